@@ -1,0 +1,44 @@
+# bulkrelay: the two commands of the README's quick start are `make lab` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONDONTWRITEBYTECODE := 1
+# Scenarios run by `make test`, in order.
+SCENARIOS ?= default
+
+.PHONY: help venv lab-up lab lab-down lint unit molecule test bench
+
+help:
+	@echo "make lab       stand up the lab and run site.yml against it, then print the summary"
+	@echo "make lab-down  remove the lab containers and networks"
+	@echo "make test      lint, unit tests and every molecule scenario (what CI runs)"
+	@echo "make bench     benchmarks (not part of the tests)"
+
+venv:
+	@scripts/bootstrap.sh
+
+lab-up: venv
+	@lab/lab.sh up
+
+lint: venv
+	yamllint --strict .
+	ruff check .
+	ruff format --check .
+	ansible-lint --profile production
+
+unit: venv
+	scripts/pytest.sh tests
+
+molecule: lab-up
+	@for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
+
+test: lint unit molecule
+
+lab: lab-up
+	scripts/lab-demo.sh
+
+lab-down: venv
+	-molecule destroy -s lab
+	lab/lab.sh down
