@@ -225,7 +225,8 @@ class StaticResolver:
 
     ``zone`` maps names to lists of ``(rdtype, value)``; values use the normalized forms of
     :func:`normalize_rdata` (TXT may be a str, a list of str or a tuple of bytes). The special
-    entry ``("TIMEOUT", None)`` makes every query for that name fail (status ``error``).
+    entry ``("TIMEOUT", None)`` makes queries for that name fail (status ``error``) for every
+    type it has no records of (the RFC 7208 suite's convention).
     CNAME entries are followed. Every query is recorded in ``self.log``.
     """
 
@@ -249,9 +250,9 @@ class StaticResolver:
         entries = self.zone.get(relative(name))
         if entries is None:
             return Answer(qname, rdtype, NXDOMAIN)
-        if any(t == "TIMEOUT" for t, _ in entries):
-            return Answer(qname, rdtype, ERROR, error="timeout (static)")
         found = [v for t, v in entries if t == rdtype]
+        if not found and any(t == "TIMEOUT" for t, _ in entries):
+            return Answer(qname, rdtype, ERROR, error="timeout (static)")
         if not found and rdtype != "CNAME":
             cnames = [v for t, v in entries if t == "CNAME"]
             if cnames and _depth < 10:
