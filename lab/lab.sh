@@ -24,7 +24,8 @@ networks=(
     "bulkrelay-apps 203.0.113.192/26 2001:db8:113::/64 company apps: relay app"
 )
 
-host_packages=(docker.io debootstrap apt-cacher-ng iproute2 postfix swaks)
+# postfix for smtp-sink/smtp-source, swaks for probes, chromium to test the HTML audit report.
+host_packages=(docker.io debootstrap apt-cacher-ng iproute2 postfix swaks chromium)
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() { printf 'lab: ERROR: %s\n' "$*" >&2; exit 1; }

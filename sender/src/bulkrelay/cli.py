@@ -12,7 +12,9 @@ import sys
 
 from bulkrelay import __version__
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "bulkrelay.report",
+]
 
 
 class UsageError(Exception):
