@@ -7,6 +7,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
+
 from bulkrelay.dns import resolver as r
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from bulkrelay.dns import spf
 from bulkrelay.dns.resolver import StaticResolver
 

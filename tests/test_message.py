@@ -4,6 +4,7 @@ import email
 import email.policy
 
 import pytest
+
 from bulkrelay.message import (
     Attachment,
     BadMessage,
