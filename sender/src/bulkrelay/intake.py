@@ -1,0 +1,376 @@
+"""SMTP intake for application servers: durable before acknowledged.
+
+A client outside ``[intake] allowed_networks`` gets ``554`` at connect and nothing else. For a
+client inside, every message is validated (:func:`bulkrelay.message.validate`) and then written
+to the queue; the ``250`` reply is sent only after :meth:`Queue.enqueue` returned, i.e. after the
+COMMIT. When the queue cannot commit (``QueueUnavailable``: disk full, database locked longer
+than its busy timeout) or anything unexpected fails, the reply is ``451`` so the client keeps the
+message and retries - never ``250`` for a message that is not on disk.
+
+Queue writes run in one worker thread with its own database connection, so a locked database
+never stalls the event loop that also runs the release loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import email.utils
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from bulkrelay.message import BadMessage, address_problem, validate
+
+log = logging.getLogger("bulkrelay.intake")
+
+MAX_RECIPIENTS = 1000
+IDENT = "bulkrelay intake"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+EnqueueFn = Callable[[bytes, str, list[str], str], int]
+
+
+def _kv(event: str, **fields: Any) -> str:
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        text = str(value)
+        if not text or any(c in text for c in ' "=\n'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def parse_networks(networks: Sequence[str]) -> list[Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in networks]
+
+
+def peer_allowed(peer: Any, networks: Sequence[Network]) -> bool:
+    """True when the peer address (``session.peer``: (host, port, ...)) is inside a network."""
+    if not peer:
+        return False
+    host = peer[0] if isinstance(peer, tuple) else str(peer)
+    try:
+        addr = ipaddress.ip_address(str(host).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """ "IP:port" or "[v6]:port" -> (host, port)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# --- AUTH: a small password file ----------------------------------------------------------------
+# One line per user: ``user:pbkdf2_sha256$ITERATIONS$SALT_B64$HASH_B64``; blank lines and lines
+# starting with # are ignored. ``hash_password`` writes the second field.
+
+_PBKDF2_ITERATIONS = 200_000
+
+
+def hash_password(password: str, *, iterations: int = _PBKDF2_ITERATIONS, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    b64 = base64.b64encode
+    return f"pbkdf2_sha256${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: bytes, stored: str) -> bool:
+    try:
+        scheme, iterations, salt, digest = stored.split("$")
+        if scheme != "pbkdf2_sha256":
+            return False
+        got = hashlib.pbkdf2_hmac("sha256", password, base64.b64decode(salt), int(iterations))
+        return hmac.compare_digest(got, base64.b64decode(digest))
+    except (ValueError, TypeError):
+        return False
+
+
+def load_auth_file(path: str) -> dict[str, str]:
+    """Users and password hashes; raises ValueError naming the line that is wrong."""
+    users: dict[str, str] = {}
+    for lineno, text in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = text.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, stored = line.partition(":")
+        if not sep or not user or not stored.startswith("pbkdf2_sha256$") or stored.count("$") != 3:
+            raise ValueError(
+                f"{path} line {lineno}: expected user:pbkdf2_sha256$..., "
+                "create the hash with `bulkrelay intake-password USER`"
+            )
+        users[user] = stored
+    return users
+
+
+class PasswordAuthenticator:
+    """aiosmtpd ``authenticator``: PLAIN/LOGIN against the password file."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        stored = self.users.get(user)
+        ok = stored is not None and verify_password(auth_data.password, stored)
+        log.info(_kv("intake.auth", user=user, mechanism=mechanism, ok=ok, peer=_peer_ip(session)))
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+
+# --- the SMTP side -----------------------------------------------------------------------------
+
+
+def _peer_ip(session: Any) -> str:
+    peer = getattr(session, "peer", None)
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+class IntakeSMTP(SMTP):
+    """aiosmtpd's SMTP with the allow-list applied before the greeting (554, then close)."""
+
+    def __init__(self, handler: IntakeHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._intake = handler
+
+    async def _handle_client(self) -> None:
+        session = self.session
+        if session is not None and not peer_allowed(session.peer, self._intake.networks):
+            log.warning(_kv("intake.refused", peer=_peer_ip(session), reason="not in allowed_networks"))
+            await self.push("554 5.7.1 This relay does not accept mail from your address")
+            # RFC 5321 3.1: after a 554 greeting, answer QUIT; we close after one reply either way.
+            try:
+                line = await asyncio.wait_for(self._reader.readline(), timeout=10)
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                line = b""
+            if line.strip().upper().startswith(b"QUIT"):
+                await self.push("221 2.0.0 Bye")
+            elif line:
+                await self.push("503 5.7.1 No service for your address")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+
+@dataclass
+class IntakeStats:
+    accepted: int = 0
+    rejected: int = 0
+    deferred: int = 0
+
+
+class IntakeHandler:
+    """aiosmtpd handler: validates, then enqueues through ``enqueue`` in ``executor``."""
+
+    def __init__(
+        self,
+        enqueue: EnqueueFn,
+        *,
+        networks: Sequence[Network],
+        max_size: int,
+        hostname: str = "localhost",
+        executor: concurrent.futures.Executor | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.enqueue = enqueue
+        self.networks = list(networks)
+        self.max_size = max_size
+        self.hostname = hostname
+        self.executor = executor
+        self.clock = clock
+        self.stats = IntakeStats()
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        problem = address_problem(address) if address else None
+        if problem:
+            return f"553 5.1.7 sender address {address!r} {problem}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        problem = address_problem(address)
+        if problem:
+            return f"553 5.1.3 recipient address {address!r} {problem}"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return f"452 4.5.3 Too many recipients; send the rest in another message (max {MAX_RECIPIENTS})"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    def received_header(self, session: Any, protocol: str) -> bytes:
+        helo = "".join(c for c in str(session.host_name or "unknown") if 33 <= ord(c) <= 126)[:64]
+        date = email.utils.formatdate(self.clock(), usegmt=True)
+        return (
+            f"Received: from {helo} ([{_peer_ip(session)}])\r\n\tby {self.hostname} ({IDENT}) "
+            f"with {protocol};\r\n\t{date}\r\n"
+        ).encode("ascii")
+
+    async def handle_DATA(self, server, session, envelope):
+        raw = envelope.original_content or b""
+        peer = _peer_ip(session)
+        mail_from = envelope.mail_from or ""
+        rcpts = list(envelope.rcpt_tos)
+        try:
+            validate(raw, mail_from, rcpts, max_size=self.max_size)
+        except BadMessage as exc:
+            self.stats.rejected += 1
+            log.warning(_kv("intake.rejected", peer=peer, mail_from=mail_from, reason=exc.reason))
+            return exc.smtp_reply()
+        protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
+        stored = self.received_header(session, protocol) + raw
+        loop = asyncio.get_running_loop()
+        try:
+            message_id = await loop.run_in_executor(
+                self.executor, self.enqueue, stored, mail_from, rcpts, f"smtp:{peer}"
+            )
+        except Exception as exc:  # QueueUnavailable and anything unexpected: never 250
+            self.stats.deferred += 1
+            log.error(
+                _kv("intake.deferred", peer=peer, mail_from=mail_from, error=type(exc).__name__, reason=exc)
+            )
+            return "451 4.3.0 Queue unavailable, message not accepted; try again later"
+        self.stats.accepted += 1
+        log.info(
+            _kv(
+                "intake.accepted",
+                peer=peer,
+                message=message_id,
+                mail_from=mail_from,
+                rcpts=len(rcpts),
+                size=len(raw),
+            )
+        )
+        return f"250 2.0.0 Ok: queued as {message_id}"
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class QueueWorker:
+    """One thread that owns its own queue connection and runs every enqueue in order."""
+
+    def __init__(self, open_queue: Callable[[], Any]) -> None:
+        self._open_queue = open_queue
+        self._local = threading.local()
+        self._queues: list[Any] = []
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="intake-queue"
+        )
+
+    def enqueue(self, raw: bytes, mail_from: str, recipients: list[str], source: str) -> int:
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            queue = self._local.queue = self._open_queue()
+            self._queues.append(queue)
+        return queue.enqueue(raw, mail_from, recipients, source=source)
+
+    def _close_all(self) -> None:
+        for queue in self._queues:
+            queue.close()
+
+    def close(self) -> None:
+        self.executor.submit(self._close_all).result()
+        self.executor.shutdown(wait=True)
+
+
+async def start_intake(
+    config: Any,
+    enqueue: EnqueueFn,
+    *,
+    executor: concurrent.futures.Executor | None = None,
+    hostname: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[asyncio.AbstractServer]:
+    """Start one listener per ``[intake] listen`` entry; returns the servers (close them to stop)."""
+    intake = config.intake
+    handler = IntakeHandler(
+        enqueue,
+        networks=parse_networks(intake.allowed_networks),
+        max_size=intake.max_message_size,
+        hostname=hostname or _hostname(),
+        executor=executor,
+        clock=clock,
+    )
+    context = tls_context(intake.tls_cert, intake.tls_key) if intake.tls_cert else None
+    authenticator = PasswordAuthenticator(load_auth_file(intake.auth_file)) if intake.auth_file else None
+
+    def factory() -> IntakeSMTP:
+        return IntakeSMTP(
+            handler,
+            hostname=handler.hostname,
+            ident=IDENT,
+            data_size_limit=intake.max_message_size,
+            tls_context=context,
+            authenticator=authenticator,
+            auth_required=authenticator is not None,
+            auth_require_tls=True,
+            timeout=300,
+        )
+
+    loop = asyncio.get_running_loop()
+    servers = []
+    for listen in intake.listen:
+        host, port = split_listen(listen)
+        servers.append(await loop.create_server(factory, host=host, port=port))
+        log.info(
+            _kv(
+                "intake.listening",
+                listen=listen,
+                networks=",".join(intake.allowed_networks) or "none",
+                tls=context is not None,
+                auth=authenticator is not None,
+            )
+        )
+    return servers
+
+
+def _hostname() -> str:
+    return socket.getfqdn()
+
+
+async def serve_intake(config: Any, queue: Any = None) -> None:
+    """Run the SMTP intake until cancelled (called by ``bulkrelay serve``).
+
+    Writes go through a dedicated thread with its own ``Queue(config.queue.path)`` connection;
+    ``queue`` (the service's own Queue) is not used from another thread.
+    """
+    if not config.intake.listen:
+        return
+    from bulkrelay.queue import Queue  # noqa: PLC0415 (D1's module; imported where it is needed)
+
+    worker = QueueWorker(lambda: Queue(config.queue.path))
+    servers = await start_intake(config, worker.enqueue, executor=worker.executor)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(None, worker.close)

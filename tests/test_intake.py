@@ -1,0 +1,307 @@
+"""SMTP intake against a real aiosmtpd server on loopback and a real SQLite queue.
+
+250 only after the COMMIT; 451 (never 250) when the database is locked or full; bad input refused
+with a reason and nothing queued; clients outside the allow-list get 554 at connect.
+"""
+
+import asyncio
+import smtplib
+import socket
+import sqlite3
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+from bulkrelay import config as cfg
+from bulkrelay import queue as queue_mod
+from bulkrelay.intake import (
+    QueueWorker,
+    hash_password,
+    load_auth_file,
+    parse_networks,
+    peer_allowed,
+    start_intake,
+    verify_password,
+)
+from bulkrelay.queue import Queue
+
+GOOD = (
+    b"From: Billing <billing@example.test>\r\nTo: alice@customer.test\r\nSubject: Invoice 1\r\n"
+    b"Message-ID: <inv-1@example.test>\r\n\r\nHello\r\n"
+)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Intake:
+    """An intake running in its own event-loop thread, as `bulkrelay serve` would run it."""
+
+    def __init__(self, conf, open_queue):
+        self.conf = conf
+        self.worker = QueueWorker(open_queue)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers = asyncio.run_coroutine_threadsafe(
+            start_intake(
+                conf, self.worker.enqueue, executor=self.worker.executor, hostname="relay.example.test"
+            ),
+            self.loop,
+        ).result(10)
+        self.port = int(conf.intake.listen[0].rpartition(":")[2])
+
+    def close(self):
+        async def stop():
+            for s in self.servers:
+                s.close()
+                await s.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.worker.close()
+
+    def client(self):
+        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+
+
+def make_conf(tmp_path, **intake):
+    data = {
+        "queue": {"path": str(tmp_path / "queue.sqlite")},
+        "intake": {"listen": [f"127.0.0.1:{free_port()}"], "allowed_networks": ["127.0.0.0/8"], **intake},
+    }
+    return cfg.parse(data)
+
+
+@pytest.fixture
+def intake(tmp_path):
+    conf = make_conf(tmp_path, max_message_size=4096)
+    server = Intake(conf, lambda: Queue(conf.queue.path))
+    yield server
+    server.close()
+
+
+def messages(conf):
+    conn = sqlite3.connect(conf.queue.path)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchall():
+            return []  # the queue was never even opened
+        return conn.execute("SELECT id, mail_from, source, body FROM messages ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_accepts_and_commits_before_250(intake):
+    with intake.client() as smtp:
+        code, msg = smtp.ehlo("app.example.test")
+        assert b"SIZE 4096" in msg
+        smtp.mail("billing@example.test")
+        smtp.rcpt("alice@customer.test")
+        smtp.rcpt("bob@customer.test")
+        code, reply = smtp.data(GOOD)
+    assert code == 250
+    message_id = int(reply.decode().rsplit(" ", 1)[1])
+    q = Queue(intake.conf.queue.path)
+    try:
+        stored = q.message(message_id)
+        assert stored["source"] == "smtp:127.0.0.1"
+        assert [r["address"] for r in stored["recipients"]] == ["alice@customer.test", "bob@customer.test"]
+        body = q.body(message_id)
+        assert b"Received: from app.example.test ([127.0.0.1])" in body.split(b"\r\n\r\n")[0]
+        assert body.endswith(GOOD)
+    finally:
+        q.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "words"),
+    [
+        (GOOD.replace(b"From: Billing <billing@example.test>\r\n", b""), 550, "no From:"),
+        (GOOD.replace(b"Subject: Invoice 1", "Subject: Rechnung für".encode()), 550, "8-bit"),
+        (b"this is not a mail\r\njust text\r\n", 550, "header"),
+    ],
+)
+def test_bad_messages_refused_nothing_queued(intake, raw, code, words):
+    with intake.client() as smtp:
+        smtp.ehlo("app.example.test")
+        smtp.mail("billing@example.test")
+        smtp.rcpt("alice@customer.test")
+        got, reply = smtp.data(raw)
+        assert got == code and words in reply.decode()
+        # the session goes on: a good message right after is accepted
+        smtp.mail("billing@example.test")
+        smtp.rcpt("alice@customer.test")
+        assert smtp.data(GOOD)[0] == 250
+    assert len(messages(intake.conf)) == 1
+
+
+def test_invalid_recipient_refused_at_rcpt(intake):
+    with intake.client() as smtp:
+        smtp.ehlo("app.example.test")
+        smtp.mail("billing@example.test")
+        code, reply = smtp.rcpt("alice@localhost")
+        assert code == 553 and b"not fully qualified" in reply
+        code, _ = smtp.rcpt("alice@customer.test")
+        assert code == 250
+        assert smtp.data(GOOD)[0] == 250
+    rows = messages(intake.conf)
+    assert len(rows) == 1
+
+
+def test_invalid_sender_refused(intake):
+    with intake.client() as smtp:
+        smtp.ehlo("app.example.test")
+        code, _ = smtp.mail("billing@@example.test")
+        assert code in (501, 553)
+    assert messages(intake.conf) == []
+
+
+def test_oversized_refused(intake):
+    with intake.client() as smtp:
+        smtp.ehlo("app.example.test")
+        smtp.mail("billing@example.test")
+        smtp.rcpt("alice@customer.test")
+        code, _ = smtp.data(GOOD + (b"x" * 900 + b"\r\n") * 6)
+        assert code == 552
+    assert messages(intake.conf) == []
+
+
+def test_locked_database_gives_451_never_250(tmp_path, monkeypatch):
+    monkeypatch.setattr(queue_mod, "BUSY_TIMEOUT_MS", 300)
+    conf = make_conf(tmp_path)
+    Queue(conf.queue.path).close()  # schema exists
+    server = Intake(conf, lambda: Queue(conf.queue.path))
+    try:
+        locker = sqlite3.connect(conf.queue.path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        with server.client() as smtp:
+            smtp.ehlo("app.example.test")
+            smtp.mail("billing@example.test")
+            smtp.rcpt("alice@customer.test")
+            code, reply = smtp.data(GOOD)
+            assert code == 451, reply
+            assert reply.startswith(b"4.3.0")
+            locker.execute("ROLLBACK")
+            locker.close()
+            # the client retries (same session) and now it is stored, exactly once
+            smtp.mail("billing@example.test")
+            smtp.rcpt("alice@customer.test")
+            assert smtp.data(GOOD)[0] == 250
+    finally:
+        server.close()
+    assert len(messages(conf)) == 1
+
+
+def test_disk_full_gives_451(tmp_path):
+    conf = make_conf(tmp_path)
+
+    def open_full_queue():
+        q = Queue(conf.queue.path)
+        pages = q.connection.execute("PRAGMA page_count").fetchone()[0]
+        q.connection.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL on growth
+        return q
+
+    server = Intake(conf, open_full_queue)
+    try:
+        with server.client() as smtp:
+            smtp.ehlo("app.example.test")
+            smtp.mail("billing@example.test")
+            smtp.rcpt("alice@customer.test")
+            code, _ = smtp.data(GOOD + (b"x" * 900 + b"\r\n") * 100)
+            assert code == 451
+    finally:
+        server.close()
+    assert messages(conf) == []
+
+
+def test_client_outside_allowed_networks_gets_554(tmp_path):
+    conf = make_conf(tmp_path, allowed_networks=["203.0.113.192/26", "2001:db8:113::/64"])
+    server = Intake(conf, lambda: Queue(conf.queue.path))
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            server.client()
+        assert info.value.smtp_code == 554
+        # raw socket: 554 banner, QUIT answered, then closed
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"554 ")
+            s.sendall(b"EHLO x\r\n")
+            assert f.readline().startswith(b"503 ")
+            assert f.readline() == b""
+    finally:
+        server.close()
+    assert not (tmp_path / "queue.sqlite").exists() or messages(conf) == []
+
+
+def test_peer_allowed_v4_v6_mapped():
+    nets = parse_networks(["203.0.113.192/26", "2001:db8:113::/64"])
+    assert peer_allowed(("203.0.113.206", 1234), nets)
+    assert peer_allowed(("::ffff:203.0.113.206", 1234, 0, 0), nets)
+    assert peer_allowed(("2001:db8:113::6", 1234, 0, 0), nets)
+    assert not peer_allowed(("198.51.100.31", 1234), nets)
+    assert not peer_allowed(("2001:db8:100::31", 1, 0, 0), nets)
+    assert not peer_allowed(None, nets)
+    assert not peer_allowed(("127.0.0.1", 1), [])
+
+
+def test_password_hash_roundtrip(tmp_path):
+    stored = hash_password("s3cret", iterations=1000)
+    assert verify_password(b"s3cret", stored)
+    assert not verify_password(b"wrong", stored)
+    path = tmp_path / "users"
+    path.write_text(f"# comment\napp1:{stored}\n")
+    assert load_auth_file(str(path)) == {"app1": stored}
+    path.write_text("app1:plaintext\n")
+    with pytest.raises(ValueError, match="line 1"):
+        load_auth_file(str(path))
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subj = "/CN=relay.example.test"
+    cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subj]
+    subprocess.run(
+        [*cmd, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_starttls_and_auth(tmp_path, tls_files):
+    cert, key = tls_files
+    users = tmp_path / "users"
+    users.write_text(f"app1:{hash_password('s3cret', iterations=1000)}\n")
+    conf = make_conf(tmp_path, tls_cert=cert, tls_key=key, auth_file=str(users))
+    server = Intake(conf, lambda: Queue(conf.queue.path))
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    try:
+        with server.client() as smtp:
+            smtp.ehlo("app.example.test")
+            assert smtp.has_extn("starttls")
+            # AUTH is not offered before TLS, and mail without AUTH is refused
+            assert not smtp.has_extn("auth")
+            code, _ = smtp.mail("billing@example.test")
+            assert code == 530
+        with server.client() as smtp:
+            smtp.starttls(context=context)
+            smtp.ehlo("app.example.test")
+            assert "PLAIN" in smtp.esmtp_features["auth"]
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                smtp.login("app1", "wrong")
+            smtp.login("app1", "s3cret")
+            smtp.mail("billing@example.test")
+            smtp.rcpt("alice@customer.test")
+            assert smtp.data(GOOD)[0] == 250
+    finally:
+        server.close()
+    rows = messages(conf)
+    assert len(rows) == 1 and b"with ESMTPSA" in rows[0][3]
