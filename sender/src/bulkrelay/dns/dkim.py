@@ -1,0 +1,139 @@
+"""DKIM: the selector record exists, parses (RFC 6376 3.6.1) and carries the relay's key."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from bulkrelay.dns import result as res
+from bulkrelay.dns.resolver import DnsSource, relative
+from bulkrelay.dns.tags import TagSyntaxError, parse_tags
+
+
+def key_of(txt: str) -> str:
+    """The ``p=`` value of a DKIM TXT (whitespace removed); '' when absent or unparsable."""
+    try:
+        tags = dict((k.lower(), v) for k, v in parse_tags(txt))
+    except TagSyntaxError:
+        return ""
+    return "".join(tags.get("p", "").split())
+
+
+def parse_record(txt: str) -> tuple[dict[str, str], list[str], list[str]]:  # noqa: PLR0912 - one branch per rule
+    """Parse and validate a DKIM key record. Returns (tags, errors, warnings)."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    try:
+        pairs = parse_tags(txt)
+    except TagSyntaxError as exc:
+        return {}, [f"syntax error: {exc}"], warnings
+    tags = {k.lower(): v for k, v in pairs}
+    if "v" in tags and (pairs[0][0].lower() != "v" or tags["v"] != "DKIM1"):
+        errors.append("v= must be the first tag and exactly DKIM1")
+    key_type = tags.get("k", "rsa").lower()
+    if key_type not in ("rsa", "ed25519"):
+        errors.append(f"k={key_type} is not rsa or ed25519")
+    if "p" not in tags:
+        errors.append("the p= (public key) tag is missing")
+    key = "".join(tags.get("p", "").split())
+    if "p" in tags and not key:
+        errors.append("p= is empty: the key is revoked")
+    if key:
+        try:
+            raw = base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            errors.append("p= is not valid base64")
+            raw = b""
+        if raw and key_type == "rsa":
+            bits = _rsa_bits(raw)
+            if bits is None:
+                errors.append("p= does not hold an RSA public key (SubjectPublicKeyInfo)")
+            elif bits < 1024:
+                errors.append(f"RSA key of {bits} bits: receivers ignore keys under 1024 bits")
+            elif bits < 2048:
+                warnings.append(f"RSA key of {bits} bits: use 2048")
+        if raw and key_type == "ed25519" and len(raw) != 32:
+            errors.append("an ed25519 p= must be 32 bytes")
+    if "y" in [f.strip().lower() for f in tags.get("t", "").split(":")]:
+        warnings.append("t=y: the domain is in DKIM testing mode, receivers may ignore signatures")
+    hashes = [h.strip().lower() for h in tags.get("h", "").split(":") if h.strip()]
+    if hashes and "sha256" not in hashes:
+        errors.append(f"h={tags['h']} does not allow sha256")
+    return tags, errors, warnings
+
+
+def _rsa_bits(der: bytes) -> int | None:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415 - optional
+        from cryptography.hazmat.primitives.serialization import load_der_public_key  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - without cryptography the size is not checked
+        return 2048
+    try:
+        key = load_der_public_key(der)
+    except ValueError:
+        return None
+    return key.key_size if isinstance(key, rsa.RSAPublicKey) else None
+
+
+def check(source: DnsSource, domain: str, selector: str, *, expected: str = "") -> res.CheckResult:
+    """``expected``: the relay's DKIM TXT (or just its p= value); '' = only check it parses."""
+    domain = relative(domain)
+    name = f"{selector}._domainkey.{domain}"
+    want = key_of(expected) if "=" in expected else "".join(expected.split())
+    fix = f'publish TXT at {name}: "{" ".join(expected.split())}"' if expected else ""
+    details: dict = {"name": name, "record": "", "tags": {}}
+    ans = source.query(name, "TXT")
+    if ans.failed:
+        return res.CheckResult("dkim", name, res.ERROR, ans.describe(), details=details)
+    texts = [t for t in ans.texts() if t.strip()] if ans.ok else []
+    if not texts:
+        return res.CheckResult(
+            "dkim",
+            name,
+            res.FAIL,
+            f"no DKIM key record at {name} ({ans.describe()})",
+            fix=fix,
+            details=details,
+        )
+    if len(texts) > 1:
+        return res.CheckResult(
+            "dkim",
+            name,
+            res.FAIL,
+            f"{name} has {len(texts)} TXT records; keep one DKIM key",
+            fix=fix,
+            details=details,
+        )
+    details["record"] = texts[0]
+    tags, errors, warnings = parse_record(texts[0])
+    details["tags"] = tags
+    if errors:
+        return res.CheckResult(
+            "dkim",
+            name,
+            res.FAIL,
+            f"DKIM record at {name} is invalid: {'; '.join(errors)}",
+            fix=fix,
+            details=details,
+        )
+    published = "".join(tags.get("p", "").split())
+    if want and published != want:
+        return res.CheckResult(
+            "dkim",
+            name,
+            res.FAIL,
+            f"DKIM key at {name} is not the relay's key "
+            f"(published p={published[:16]}..., relay p={want[:16]}...)",
+            fix=fix,
+            details=details,
+            warnings=warnings,
+        )
+    what = "matches the relay's key" if want else "parses"
+    return res.CheckResult(
+        "dkim",
+        name,
+        res.WARN if warnings else res.PASS,
+        f"DKIM key at {name} {what}",
+        details=details,
+        warnings=warnings,
+    )

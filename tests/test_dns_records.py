@@ -1,0 +1,146 @@
+"""The record generator: SPF merging, TXT splitting, lookup counting, the full record set."""
+
+import pytest
+
+from bulkrelay.dns import records, spf
+from bulkrelay.dns.resolver import StaticResolver
+
+IP4 = "198.51.100.25"
+IP6 = "2001:db8:100::25"
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected", "changed"),
+    [
+        ([], f"v=spf1 ip4:{IP4} mx ~all", True),
+        (["v=spf1 mx -all"], f"v=spf1 ip4:{IP4} mx -all", True),
+        ([f"v=spf1 ip4:{IP4} mx -all"], f"v=spf1 ip4:{IP4} mx -all", False),
+        (["v=spf1 ip4:198.51.100.0/24 -all"], "v=spf1 ip4:198.51.100.0/24 -all", False),
+        (["v=spf1 -ip4:198.51.100.0/24 -all"], f"v=spf1 ip4:{IP4} -ip4:198.51.100.0/24 -all", True),
+        (["v=spf1 redirect=_spf.example.test"], f"v=spf1 ip4:{IP4} redirect=_spf.example.test", True),
+        (
+            ["V=SPF1 include:_spf.provider.test ~all"],
+            f"v=spf1 ip4:{IP4} include:_spf.provider.test ~all",
+            True,
+        ),
+    ],
+)
+def test_merge_spf_keeps_the_live_record(existing, expected, changed):
+    merged = records.merge_spf(existing, IP4)
+    assert merged.record == expected
+    assert merged.changed is changed
+
+
+def test_merge_spf_v6_and_multiple_records():
+    merged = records.merge_spf(["v=spf1 mx -all", "v=spf1 a -all"], IP4, IP6, domain="example.test")
+    assert merged.record == f"v=spf1 ip4:{IP4} ip6:{IP6} mx -all"
+    assert "2 SPF records of example.test" in merged.warnings[0]
+    with pytest.raises(records.RecordError, match="IPv4"):
+        records.merge_spf([], IP6)
+
+
+def test_merge_spf_warns_on_lookups_and_length():
+    many = "v=spf1 " + " ".join(f"include:i{n}.example.test" for n in range(11)) + " -all"
+    merged = records.merge_spf([many], IP4)
+    assert any("11 DNS-lookup terms" in w for w in merged.warnings)
+    long = "v=spf1 " + " ".join(f"ip4:192.0.2.{n}" for n in range(30)) + " -all"
+    merged = records.merge_spf([long], IP4)
+    assert any("published as 2 strings" in w for w in merged.warnings)
+
+
+def test_split_and_quote_txt():
+    value = "p=" + "A" * 600
+    parts = records.split_txt(value)
+    assert [len(p) for p in parts] == [255, 255, 92]
+    assert "".join(parts) == value
+    assert records.quote_txt('a"b\\c') == '"a\\"b\\\\c"'
+    assert records.split_txt("") == [""]
+    # a multi-byte character is never cut in two
+    parts = records.split_txt("x" * 254 + "é" + "y")
+    assert parts[0] == "x" * 254 and parts[1] == "éy"
+
+
+def test_count_lookups_walks_includes_and_voids():
+    z = StaticResolver(
+        {
+            "a.test": [("TXT", "v=spf1 include:b.test mx:gone.test a:also-gone.test -all")],
+            "b.test": [("TXT", "v=spf1 include:c.test ip4:192.0.2.1 -all")],
+            "c.test": [("TXT", "v=spf1 exists:%{i}.x.test -all")],
+        }
+    )
+    count = spf.count_lookups(z, "a.test", z.query("a.test", "TXT").texts()[0])
+    assert count.lookups == 5  # include:b, mx, a, include:c, exists
+    assert count.void_lookups == 2
+    assert count.unresolved == []  # exists counts but needs no resolution here
+    broken = StaticResolver({"a.test": [("TXT", "v=spf1 include:none.test -all")]})
+    count = spf.count_lookups(broken, "a.test", "v=spf1 include:none.test -all")
+    assert "has no SPF record" in count.problems[0]
+
+
+def generate(**kw):
+    args = {
+        "relay_fqdn": "relay.example.test",
+        "ipv4": IP4,
+        "ipv6": IP6,
+        "sending_domains": ["example.test"],
+        "bounce_domain": "bounce.example.test",
+        "bounce_mx": "mail.example.test",
+        "relay_mx": "mail.example.test",
+        "live_spf": {"example.test": ["v=spf1 mx ~all"]},
+        "dkim": {"example.test": {"selector": "lab2026", "txt": "v=DKIM1; k=rsa; p=" + "B" * 400}},
+        "dmarc_rua": "dmarc@{domain}",
+    }
+    args.update(kw)
+    return records.generate(**args)
+
+
+def test_generate_full_set():
+    out = generate()
+    got = {(r.fqdn, r.type): r for r in out.records}
+    assert got[("relay.example.test.", "A")].value == IP4
+    assert got[("relay.example.test.", "AAAA")].value == IP6
+    assert got[("relay.example.test.", "MX")].value == "10 mail.example.test."
+    assert "accepts no inbound mail" in got[("relay.example.test.", "MX")].purpose
+    assert got[("example.test.", "TXT")].txt == f"v=spf1 ip4:{IP4} ip6:{IP6} mx ~all"
+    assert got[("bounce.example.test.", "TXT")].txt == f"v=spf1 ip4:{IP4} ip6:{IP6} mx ~all"
+    assert got[("bounce.example.test.", "MX")].value == "10 mail.example.test."
+    dkim_rec = got[("lab2026._domainkey.example.test.", "TXT")]
+    assert dkim_rec.value.count('" "') == 1  # 419 bytes -> two strings
+    assert got[("_dmarc.example.test.", "TXT")].txt == (
+        "v=DMARC1; p=none; rua=mailto:dmarc@example.test; adkim=r; aspf=r"
+    )
+    data = out.as_dict()
+    assert set(data["groups"]) == {"relay", "example.test", "bounce.example.test"}
+    assert out.warnings == []
+
+
+def test_generate_keeps_live_dmarc_and_warns_without_dkim():
+    out = generate(dkim={}, live_dmarc={"example.test": ["v=DMARC1; p=reject"]})
+    got = {(r.fqdn, r.type): r for r in out.records}
+    assert got[("_dmarc.example.test.", "TXT")].txt == "v=DMARC1; p=reject"
+    assert ("lab2026._domainkey.example.test.", "TXT") not in got
+    assert "no DKIM public key for example.test" in out.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"relay_fqdn": "relay"}, "bulkrelay_fqdn must be a full domain name"),
+        ({"ipv4": "2001:db8::1"}, "bulkrelay_ipv4 must be an IPv4"),
+        ({"ipv4": "", "ipv6": ""}, "needs an address"),
+        ({"bounce_mx": "relay.example.test"}, "bulkrelay_bounce_mx is the relay itself"),
+        ({"relay_mx": "relay.example.test."}, "must not point at the relay"),
+        ({"sending_domains": []}, "bulkrelay_sending_domains is empty"),
+    ],
+)
+def test_generate_rejects_bad_input(kw, words):
+    with pytest.raises(records.RecordError, match=words):
+        generate(**kw)
+
+
+def test_ptr_request_note():
+    note = records.ptr_request("relay.example.test", IP6, ["198.51.100.53"])
+    assert "Please set the reverse DNS (PTR) record of **2001:db8:100::25** to **relay.example.test**" in note
+    assert "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.8.b.d.0.1.0.0.2.ip6.arpa." in note
+    assert "HELO/EHLO relay.example.test" in note
+    assert "dig +short -x 2001:db8:100::25 @198.51.100.53" in note
