@@ -14,6 +14,9 @@ from bulkrelay import __version__
 
 COMMAND_MODULES: list[str] = [
     "bulkrelay.report",
+    "bulkrelay.dnsbl.cli",
+    "bulkrelay.service",
+    "bulkrelay.ops",
 ]
 
 

@@ -1,0 +1,355 @@
+"""The sender's configuration: one TOML file parsed into frozen dataclasses.
+
+Every section and key is declared here once, with its type and default. Unknown sections or
+keys and values of the wrong type are errors that name the key and say what to write instead,
+so a typo in ``/etc/bulkrelay/sender.toml`` stops the service at start instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bulkrelay.cli import UsageError
+
+DEFAULT_PATH = "/etc/bulkrelay/sender.toml"
+
+
+class ConfigError(UsageError):
+    """The configuration file is missing, unreadable or holds a bad key/value."""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    path: str = "/var/lib/bulkrelay/queue.sqlite"
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    listen: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = ()
+    max_message_size: int = 25 * 1024 * 1024
+    tls_cert: str = ""
+    tls_key: str = ""
+    auth_file: str = ""
+
+
+@dataclass(frozen=True)
+class HotfolderConfig:
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    host: str = "127.0.0.1"
+    port: int = 25
+    connections: int = 2
+    timeout: float = 30.0
+    # Backoff after a 4xx reply: retry_base * 2**(attempts-1), capped at retry_max (seconds).
+    retry_base: float = 60.0
+    retry_max: float = 3600.0
+    helo: str = ""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    batch_size: int = 100
+    interval: float = 300.0
+    daily_cap: int = 0
+    per_domain: dict[str, int] = field(default_factory=dict)
+    warmup: tuple[int, ...] = ()
+    warmup_start: dt.date | None = None
+    windows: tuple[str, ...] = ()
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class EnvelopeConfig:
+    bounce_domain: str = ""
+    verp_prefix: str = "bounces"
+    verp_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    source: str = "journal"
+    path: str = "/var/log/mail.log"
+
+
+@dataclass(frozen=True)
+class DnsblConfig:
+    state_file: str = "/var/lib/bulkrelay/dnsbl/state.json"
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_user: str = ""
+    imap_password_file: str = ""
+    imap_tls: str = "ssl"
+    mailbox: str = "INBOX"
+    processed_folder: str = "bulkrelay/processed"
+    other_folder: str = ""
+    forward_to: str = ""
+    poll_interval: float = 300.0
+    soft_limit: int = 3
+    soft_window_days: int = 7
+    tls_ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9468"
+
+
+@dataclass(frozen=True)
+class Config:
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    hotfolder: HotfolderConfig = field(default_factory=HotfolderConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    envelope: EnvelopeConfig = field(default_factory=EnvelopeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    source_path: str = ""
+
+    def verp_key(self) -> bytes:
+        """The VERP secret, read from ``envelope.verp_key_file`` (b"" when none is set)."""
+        if not self.envelope.verp_key_file:
+            return b""
+        try:
+            key = Path(self.envelope.verp_key_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"envelope.verp_key_file: cannot read {self.envelope.verp_key_file} "
+                f"({exc.strerror}); create it with 32 random bytes or fix the path"
+            ) from None
+        if len(key) < 16:
+            raise ConfigError(
+                f"envelope.verp_key_file: {self.envelope.verp_key_file} holds {len(key)} bytes; "
+                "write at least 16 random bytes (e.g. `head -c 32 /dev/urandom | base64`)"
+            )
+        return key
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
+    for f in dataclasses.fields(Config)
+    if f.name != "source_path"
+}
+
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+
+
+def _fail(key: str, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"{key}: {problem}; {fix}")
+
+
+def _want_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, f"expected a string, got {type(value).__name__} {value!r}", 'quote it: key = "..."')
+    return value
+
+
+def _want_int(key: str, value: Any, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, f"expected a whole number, got {value!r}", "write a number without quotes")
+    if value < minimum:
+        raise _fail(key, f"{value} is below the minimum {minimum}", f"use a value >= {minimum}")
+    return value
+
+
+def _want_number(key: str, value: Any, *, minimum: float = 0.0, exclusive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, f"expected a number, got {value!r}", "write a number without quotes")
+    if value < minimum or (exclusive and value == minimum):
+        bound = f"> {minimum}" if exclusive else f">= {minimum}"
+        raise _fail(key, f"{value} is out of range", f"use a value {bound}")
+    return float(value)
+
+
+def _want_str_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(key, f"expected a list of strings, got {value!r}", 'write key = ["a", "b"]')
+    return tuple(value)
+
+
+def _check_listen(key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        ok = bool(sep) and port.isdigit() and 0 < int(port) < 65536
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _fail(key, f"{value!r} is not IP:port", 'write "127.0.0.1:2525" or "[::1]:2525"')
+
+
+def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any:  # noqa: PLR0911, PLR0912
+    key = f"{section}.{name}"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if (section, name) == ("policy", "per_domain"):
+        if not isinstance(value, dict):
+            raise _fail(key, f"expected a table, got {value!r}", 'write per_domain = { "gmail.com" = 20 }')
+        out = {}
+        for domain, limit in value.items():
+            if not _DOMAIN.match(domain.lower()):
+                raise _fail(
+                    f"{key}.{domain}", "not a domain name", "use the recipient domain, e.g. gmail.com"
+                )
+            out[domain.lower()] = _want_int(f"{key}.{domain}", limit, minimum=1)
+        return out
+    if (section, name) == ("policy", "warmup_start"):
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise _fail(key, f"{value!r} is not a date", "write warmup_start = 2026-01-31")
+    if (section, name) == ("policy", "warmup"):
+        if not isinstance(value, list):
+            raise _fail(key, f"expected a list of daily caps, got {value!r}", "write warmup = [50, 100, 200]")
+        return tuple(_want_int(f"{key}[{i}]", v, minimum=1) for i, v in enumerate(value))
+    if (section, name) == ("policy", "windows"):
+        windows = _want_str_list(key, value)
+        for w in windows:
+            if not _WINDOW.match(w):
+                raise _fail(key, f"{w!r} is not a HH:MM-HH:MM window", 'write windows = ["07:00-19:30"]')
+        return windows
+    if (section, name) == ("policy", "timezone"):
+        tz = _want_str(key, value)
+        from bulkrelay.policy import zone  # noqa: PLC0415 (policy imports config's dataclasses)
+
+        try:
+            zone(tz)
+        except ValueError as exc:
+            raise _fail(key, str(exc), 'use an IANA name such as "Europe/Berlin" or "UTC"') from None
+        return tz
+    if isinstance(default, tuple):
+        values = _want_str_list(key, value)
+        if name == "listen":
+            for v in values:
+                _check_listen(key, v)
+        if name == "allowed_networks":
+            for v in values:
+                try:
+                    ipaddress.ip_network(v, strict=False)
+                except ValueError:
+                    raise _fail(
+                        key, f"{v!r} is not a network", 'write CIDR such as "203.0.113.0/24"'
+                    ) from None
+        return values
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _fail(key, f"expected true or false, got {value!r}", "write true or false")
+        return value
+    if isinstance(default, int):
+        minimum = 1 if name in {"port", "connections", "batch_size", "imap_port", "soft_limit"} else 0
+        result = _want_int(key, value, minimum=minimum)
+        if name in {"port", "imap_port"} and result > 65535:
+            raise _fail(key, f"{result} is not a TCP port", "use 1..65535")
+        return result
+    if isinstance(default, float):
+        return _want_number(
+            key, value, minimum=0.0, exclusive=name in {"interval", "timeout", "poll_interval"}
+        )
+    return _want_str(key, value)
+
+
+_CHOICES = {
+    ("tracking", "source"): ("journal", "file"),
+    ("bounces", "imap_tls"): ("ssl", "starttls"),
+}
+
+
+def parse(data: dict[str, Any], *, source_path: str = "") -> Config:
+    """Build a Config from already-parsed TOML data (a dict); raises ConfigError."""
+    sections: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise _fail(
+                f"[{section}]", "unknown section", f"remove it or use one of: {', '.join(sorted(SECTIONS))}"
+            )
+        if not isinstance(body, dict):
+            raise _fail(section, "expected a [section] table", f"write [{section}] and its keys below it")
+        cls = SECTIONS[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in body.items():
+            if name not in fields:
+                raise _fail(
+                    f"{section}.{name}",
+                    "unknown key",
+                    f"remove it or use one of: {', '.join(sorted(fields))}",
+                )
+            values[name] = _convert(section, name, fields[name], value)
+            choices = _CHOICES.get((section, name))
+            if choices and values[name] not in choices:
+                raise _fail(
+                    f"{section}.{name}", f"{value!r} is not allowed", f"use one of: {', '.join(choices)}"
+                )
+        sections[section] = cls(**values)
+    config = Config(**sections, source_path=source_path)
+    _cross_check(config)
+    return config
+
+
+def _cross_check(config: Config) -> None:
+    if config.policy.warmup and config.policy.warmup_start is None:
+        raise _fail(
+            "policy.warmup", "a warm-up schedule needs its start day", "add warmup_start = YYYY-MM-DD"
+        )
+    if bool(config.intake.tls_cert) != bool(config.intake.tls_key):
+        raise _fail("intake.tls_cert", "tls_cert and tls_key go together", "set both or neither")
+    if config.intake.auth_file and not config.intake.tls_cert:
+        raise _fail(
+            "intake.auth_file", "AUTH is offered over TLS only", "set intake.tls_cert and intake.tls_key"
+        )
+    if config.envelope.bounce_domain and not _DOMAIN.match(config.envelope.bounce_domain.lower()):
+        raise _fail("envelope.bounce_domain", "not a domain name", "write e.g. bounce.example.com")
+    if config.envelope.bounce_domain and not config.envelope.verp_key_file:
+        raise _fail(
+            "envelope.verp_key_file",
+            "VERP addresses need a secret",
+            "point verp_key_file at a file with 32 random bytes",
+        )
+    if config.metrics.listen:
+        _check_listen("metrics.listen", config.metrics.listen)
+
+
+def load(path: str | Path = DEFAULT_PATH) -> Config:
+    """Read and validate the TOML file at ``path``; raises ConfigError with a one-line reason."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; create it or pass --config FILE") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror}); check the path and permissions") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc}); fix the syntax there") from None
+    try:
+        return parse(data, source_path=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,332 @@
+"""Submission to the local Postfix: a small asyncio SMTP client and the batch submitter.
+
+One SMTP transaction per recipient, because each recipient gets its own VERP envelope sender.
+Connections are reused across transactions and batches (closed when idle). When the server
+offers PIPELINING, MAIL, RCPT and DATA go in one write.
+
+Outcomes per recipient:
+- 2xx after the final "." -> 'submitted' with the Postfix queue id from "queued as ...";
+- 4xx at any step -> back to 'queued' with exponential backoff;
+- 5xx at any step -> 'failed' with the reply;
+- connection lost before the final "." -> back to 'queued' (Postfix has nothing);
+- connection lost after the final "." but before the reply -> left 'submitting': ambiguous,
+  settled from the Postfix log (see ``bulkrelay.service.resolve_ambiguous``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bulkrelay.config import SubmitConfig
+from bulkrelay.queue import Queue
+
+log = logging.getLogger("bulkrelay.delivery")
+
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class SmtpConnectionError(Exception):
+    """The connection failed or was lost. ``after_data`` is True when the final "." was sent."""
+
+    def __init__(self, message: str, *, after_data: bool = False):
+        super().__init__(message)
+        self.after_data = after_data
+
+
+@dataclass
+class Reply:
+    code: int
+    text: str
+    stage: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+
+def encode_data(raw: bytes) -> bytes:
+    """CRLF line endings, dot-stuffing, and the terminating "." line."""
+    data = _BARE_LF.sub(b"\r\n", raw)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _LINE_START_DOT.sub(b"..", data) + b".\r\n"
+
+
+class SmtpClient:
+    """One SMTP connection (no TLS/AUTH: it talks to the Postfix on the same host)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        self.pipelining = False
+        self.last_used = time.monotonic()
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, timeout: float, helo: str = "") -> SmtpClient:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, TimeoutError) as exc:
+            raise SmtpConnectionError(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from exc
+        client = cls(reader, writer, timeout)
+        greeting = await client.read_reply("connect")
+        if greeting.code != 220:
+            await client.close()
+            raise SmtpConnectionError(f"{host}:{port} greeted with {greeting}")
+        ehlo = await client.command(f"EHLO {helo or socket.getfqdn()}", "ehlo")
+        if ehlo.code != 250:
+            await client.close()
+            raise SmtpConnectionError(f"{host}:{port} refused EHLO: {ehlo}")
+        client.pipelining = any(line.upper() == "PIPELINING" for line in ehlo.text.split("\n"))
+        return client
+
+    async def read_reply(self, stage: str, *, after_data: bool = False) -> Reply:
+        lines = []
+        try:
+            while True:
+                line = await asyncio.wait_for(self.reader.readline(), self.timeout)
+                if not line:
+                    raise SmtpConnectionError(
+                        f"connection closed by server at {stage}", after_data=after_data
+                    )
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                if len(text) < 3 or not text[:3].isdigit():
+                    raise SmtpConnectionError(f"garbled reply at {stage}: {text!r}", after_data=after_data)
+                lines.append(text[4:])
+                if text[3:4] != "-":
+                    return Reply(int(text[:3]), "\n".join(lines), stage)
+        except (OSError, TimeoutError) as exc:
+            self.closed = True
+            raise SmtpConnectionError(
+                f"no reply at {stage}: {exc or 'timeout'}", after_data=after_data
+            ) from exc
+        except SmtpConnectionError:
+            self.closed = True
+            raise
+
+    async def _write(self, data: bytes, stage: str, *, after_data: bool = False) -> None:
+        try:
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), self.timeout)
+        except (OSError, TimeoutError) as exc:
+            self.closed = True
+            raise SmtpConnectionError(
+                f"write failed at {stage}: {exc or 'timeout'}", after_data=after_data
+            ) from exc
+
+    async def command(self, line: str, stage: str) -> Reply:
+        await self._write(line.encode("utf-8") + b"\r\n", stage)
+        return await self.read_reply(stage)
+
+    async def send(self, mail_from: str, rcpt: str, raw: bytes) -> Reply:
+        """One transaction; returns the deciding reply (first failure or the final one)."""
+        self.last_used = time.monotonic()
+        mail = f"MAIL FROM:<{mail_from}>"
+        rcpt_cmd = f"RCPT TO:<{rcpt}>"
+        if self.pipelining:
+            await self._write(f"{mail}\r\n{rcpt_cmd}\r\nDATA\r\n".encode(), "mail")
+            replies = [await self.read_reply(s) for s in ("mail", "rcpt", "data")]
+        else:
+            replies = []
+            for line, stage in ((mail, "mail"), (rcpt_cmd, "rcpt"), ("DATA", "data")):
+                reply = await self.command(line, stage)
+                replies.append(reply)
+                if reply.code >= 400:
+                    break
+        for reply, expected in zip(replies, (2, 2, 3), strict=False):
+            if reply.code // 100 != expected:
+                if replies[-1].code == 354:
+                    # A pipelined DATA was accepted although MAIL/RCPT failed: send an empty body.
+                    await self._write(b".\r\n", "data")
+                    await self.read_reply("data")
+                await self.reset()
+                return reply
+        await self._write(encode_data(raw), "dot", after_data=True)
+        final = await self.read_reply("dot", after_data=True)
+        self.last_used = time.monotonic()
+        return final
+
+    async def reset(self) -> None:
+        reply = await self.command("RSET", "rset")
+        if reply.code != 250:
+            raise SmtpConnectionError(f"RSET refused: {reply}")
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.writer.write(b"QUIT\r\n")
+                await asyncio.wait_for(self.writer.drain(), 2)
+                await asyncio.wait_for(self.reader.readline(), 2)
+            except (OSError, TimeoutError):
+                pass
+        self.writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+Connector = Callable[[], Awaitable[SmtpClient]]
+
+
+@dataclass
+class BatchResult:
+    submitted: int = 0
+    retried: int = 0
+    failed: int = 0
+    returned: int = 0
+    ambiguous: list[int] = field(default_factory=list)
+    connection_error: str = ""
+
+
+def backoff(attempts: int, *, base: float, maximum: float) -> float:
+    """Delay before retry number ``attempts`` (1 = first retry)."""
+    return min(base * 2 ** max(attempts - 1, 0), maximum)
+
+
+class Submitter:
+    """Submits released recipients over a pool of reused connections."""
+
+    IDLE_CLOSE = 30.0
+    BODY_CACHE = 32
+
+    def __init__(self, queue: Queue, config: SubmitConfig, *, connector: Connector | None = None):
+        self.queue = queue
+        self.config = config
+        self.connector = connector or self._connect
+        self.pool: list[SmtpClient] = []
+        self._bodies: OrderedDict[int, bytes] = OrderedDict()
+        self.stats = {"submitted": 0, "retried": 0, "failed": 0, "connection_errors": 0}
+
+    async def _connect(self) -> SmtpClient:
+        return await SmtpClient.connect(
+            self.config.host, self.config.port, timeout=self.config.timeout, helo=self.config.helo
+        )
+
+    async def _checkout(self) -> SmtpClient:
+        while self.pool:
+            client = self.pool.pop()
+            if not client.closed and time.monotonic() - client.last_used < self.IDLE_CLOSE:
+                return client
+            await client.close()
+        return await self.connector()
+
+    async def ready(self) -> bool:
+        """Make sure at least one connection works (so nothing is released into a dead server)."""
+        try:
+            client = await self._checkout()
+        except SmtpConnectionError as exc:
+            self.stats["connection_errors"] += 1
+            log.warning(
+                "event=submit_unavailable host=%s port=%s error=%r",
+                self.config.host,
+                self.config.port,
+                str(exc),
+            )
+            return False
+        self.pool.append(client)
+        return True
+
+    def _body(self, message_id: int) -> bytes:
+        body = self._bodies.get(message_id)
+        if body is None:
+            body = self.queue.body(message_id)
+            self._bodies[message_id] = body
+            if len(self._bodies) > self.BODY_CACHE:
+                self._bodies.popitem(last=False)
+        else:
+            self._bodies.move_to_end(message_id)
+        return body
+
+    async def submit(self, rows: list[dict]) -> BatchResult:
+        result = BatchResult()
+        pending: asyncio.Queue[dict] = asyncio.Queue()
+        for row in rows:
+            pending.put_nowait(row)
+        workers = max(1, min(self.config.connections, len(rows)))
+        await asyncio.gather(*(self._worker(pending, result) for _ in range(workers)))
+        # Anything left when every connection died was never sent: it goes back unreleased.
+        leftover = []
+        while not pending.empty():
+            leftover.append(pending.get_nowait()["id"])
+        if leftover:
+            self.queue.give_back(leftover, reason=f"not sent: {result.connection_error}")
+            result.returned += len(leftover)
+        return result
+
+    async def _worker(self, pending: asyncio.Queue[dict], result: BatchResult) -> None:
+        client: SmtpClient | None = None
+        reconnects = 0
+        try:
+            while not pending.empty():
+                if client is None or client.closed:
+                    try:
+                        client = await self._checkout()
+                    except SmtpConnectionError as exc:
+                        self.stats["connection_errors"] += 1
+                        result.connection_error = str(exc)
+                        log.warning("event=submit_connect_failed error=%r", str(exc))
+                        return
+                row = pending.get_nowait()
+                try:
+                    reply = await client.send(
+                        row["envelope_from"], row["address"], self._body(row["message"])
+                    )
+                except SmtpConnectionError as exc:
+                    self.stats["connection_errors"] += 1
+                    result.connection_error = str(exc)
+                    if exc.after_data:
+                        result.ambiguous.append(row["id"])
+                        log.error(
+                            "event=submit_ambiguous message=%s recipient=%s address=%s reason=%r",
+                            row["message"],
+                            row["id"],
+                            row["address"],
+                            str(exc),
+                        )
+                    else:
+                        pending.put_nowait(row)
+                    await client.close()
+                    client = None
+                    reconnects += 1
+                    if reconnects > 3:
+                        return
+                    continue
+                self._record(row, reply, result)
+        finally:
+            if client is not None and not client.closed:
+                self.pool.append(client)
+
+    def _record(self, row: dict, reply: Reply, result: BatchResult) -> None:
+        text = str(reply)
+        ident = f"message={row['message']} recipient={row['id']} address={row['address']}"
+        if 200 <= reply.code < 300 and reply.stage == "dot":
+            qid = self.queue.mark_submitted(row["id"], text)
+            result.submitted += 1
+            self.stats["submitted"] += 1
+            log.info("event=submitted %s qid=%s envelope_from=%s", ident, qid or "-", row["envelope_from"])
+        elif 400 <= reply.code < 500 or reply.code < 200:
+            delay = backoff(row["attempts"] + 1, base=self.config.retry_base, maximum=self.config.retry_max)
+            self.queue.mark_retry(row["id"], text, delay=delay)
+            result.retried += 1
+            self.stats["retried"] += 1
+            log.warning(
+                "event=submit_deferred %s stage=%s retry_in=%.0f reply=%r", ident, reply.stage, delay, text
+            )
+        else:
+            self.queue.mark_failed(row["id"], text)
+            result.failed += 1
+            self.stats["failed"] += 1
+            log.error("event=submit_failed %s stage=%s reply=%r", ident, reply.stage, text)
+
+    async def close(self) -> None:
+        while self.pool:
+            await self.pool.pop().close()

@@ -1,0 +1,287 @@
+"""``bulkrelay serve``: the sender service (release loop, delivery tracking, intake, metrics).
+
+Start-up order matters for crash safety:
+
+1. open the queue; catch the tracking source up to the end of the Postfix log;
+2. settle recipients left in 'submitting' by a crash: a queue id seen in the log for the
+   row's VERP envelope sender (or, for a one-recipient message, its Message-ID) means Postfix
+   has it -> 'submitted'; otherwise it goes back to 'queued' and is sent again. Only rows that
+   were between the final "." and the recorded reply can be duplicated this way, which is at
+   most ``[submit] connections`` recipients per crash;
+3. then release batches as the policy allows, follow the log, and run intake and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from bulkrelay import config as configmod
+from bulkrelay import tracking
+from bulkrelay.delivery import Connector, Submitter
+from bulkrelay.policy import Policy
+from bulkrelay.queue import Queue
+
+log = logging.getLogger("bulkrelay.service")
+
+POLL = 1.0  # longest sleep between looks at the queue (intake writes from another connection)
+MAINTENANCE_EVERY = 30.0
+AMBIGUOUS_GRACE = 60.0  # a row lost after "." waits this long for Postfix's log before resending
+KEEP_RELEASES = 2 * 86400.0
+
+
+def resolve_ambiguous(queue: Queue, *, older_than: float | None = None) -> tuple[int, int]:
+    """Settle 'submitting' rows from what the Postfix log showed; returns (found, resent)."""
+    found = resent = 0
+    for row in queue.submitting():
+        if older_than is not None and row["updated_at"] > older_than:
+            continue
+        qids = queue.postfix_qids(envelope_from=row["envelope_from"]) if row["envelope_from"] else []
+        if not qids and len(queue.recipients_of(row["message"])) == 1:
+            qids = queue.postfix_qids(message_id=row["message_id_header"])
+        qid = qids[-1] if qids else None
+        queue.resolve_submitting(row["id"], qid)
+        if qid:
+            found += 1
+            log.info(
+                "event=ambiguous_resolved message=%s recipient=%s address=%s qid=%s",
+                row["message"],
+                row["id"],
+                row["address"],
+                qid,
+            )
+        else:
+            resent += 1
+            log.warning(
+                "event=ambiguous_resent message=%s recipient=%s address=%s "
+                "reason='no queue id in the Postfix log; sending again'",
+                row["message"],
+                row["id"],
+                row["address"],
+            )
+    return found, resent
+
+
+def envelope_builder(config: configmod.Config) -> Callable[[dict], str]:
+    """Envelope sender per recipient: the VERP address when a bounce domain is set."""
+    env = config.envelope
+    if not env.bounce_domain:
+        return lambda row: row["mail_from"]
+    from bulkrelay import verp  # noqa: PLC0415 (only needed with a bounce domain)
+
+    key = config.verp_key()
+    return lambda row: verp.make_address(env.verp_prefix, env.bounce_domain, row["id"], key)
+
+
+def suppression_check(queue: Queue, clock: Callable[[], float]) -> Callable[[str], str | None] | None:
+    try:
+        from bulkrelay import suppression  # noqa: PLC0415 (written by the bounces work)
+    except ImportError:
+        return None
+    suppression.ensure_schema(queue.connection)
+
+    def skip(address: str) -> str | None:
+        entry = suppression.lookup(queue.connection, address, now=clock())
+        return f"{entry['source']}: {entry['reason']}" if entry else None
+
+    return skip
+
+
+class ReleaseLoop:
+    """Asks the policy, takes a batch from the queue, submits it, sleeps until the next chance."""
+
+    def __init__(
+        self,
+        config: configmod.Config,
+        queue: Queue,
+        *,
+        clock: Callable[[], float] = time.time,
+        connector: Connector | None = None,
+    ):
+        self.config = config
+        self.queue = queue
+        self.clock = clock
+        self.policy = Policy(config.policy, dnsbl_state_file=config.dnsbl.state_file)
+        self.submitter = Submitter(queue, config.submit, connector=connector)
+        self.envelope = envelope_builder(config)
+        self.skip = suppression_check(queue, clock)
+        self.last_maintenance = 0.0
+        self.unavailable = 0
+        self.last_decision = None
+        self.batches = 0
+
+    def maintenance(self, now: float) -> None:
+        self.queue.prune(before=now - max(KEEP_RELEASES, 2 * self.config.policy.interval))
+        resolve_ambiguous(self.queue, older_than=now - AMBIGUOUS_GRACE)
+        self.last_maintenance = now
+
+    async def step(self) -> float:
+        """One round; returns how long to sleep before the next."""
+        now = self.clock()
+        if now - self.last_maintenance >= MAINTENANCE_EVERY:
+            self.maintenance(now)
+        decision = self.policy.decide(self.queue, now)
+        self.last_decision = decision
+        ready_at = self.queue.next_ready_at()
+        wake = now + POLL
+        if decision.next_at is not None:
+            wake = min(wake, decision.next_at)
+        if ready_at is None:
+            return max(wake - now, 0.0)
+        if ready_at > now:
+            return max(min(wake, ready_at) - now, 0.0)
+        if decision.allowed <= 0:
+            return max(wake - now, 0.0)
+        if not await self.submitter.ready():
+            self.unavailable += 1
+            return min(2.0**self.unavailable, 30.0)
+        self.unavailable = 0
+        rows = self.queue.take(
+            decision.allowed,
+            now=now,
+            domain_remaining=decision.per_domain,
+            skip=self.skip,
+            envelope=self.envelope,
+        )
+        if not rows:
+            blocked = [d for d, left in decision.per_domain.items() if left <= 0]
+            waits = [self.policy.domain_next_at(self.queue, d, now) for d in blocked]
+            return max(min([wake, *waits]) - now, 0.0)
+        self.batches += 1
+        log.info(
+            "event=batch_released count=%d allowed=%d batch=%d", len(rows), decision.allowed, self.batches
+        )
+        result = await self.submitter.submit(rows)
+        log.info(
+            "event=batch_done count=%d submitted=%d retried=%d failed=%d returned=%d ambiguous=%d",
+            len(rows),
+            result.submitted,
+            result.retried,
+            result.failed,
+            result.returned,
+            len(result.ambiguous),
+        )
+        return 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                delay = await self.step()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            await self.submitter.close()
+
+
+async def _optional(name: str, config: configmod.Config, queue: Queue, stop: asyncio.Event) -> None:
+    """Run D2's intake or hot folder coroutine if that module is installed."""
+    import importlib  # noqa: PLC0415
+
+    module_name, func_name = name.rsplit(".", 1)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError):
+        log.warning("event=component_missing component=%s", name)
+        return
+    if func_name == "scan_hotfolder" and not inspect.iscoroutinefunction(func):
+        while not stop.is_set():
+            await asyncio.to_thread(func, config, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+        return
+    await func(config, queue)
+
+
+async def serve(
+    config: configmod.Config,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    connector: Connector | None = None,
+) -> None:
+    stop = stop or asyncio.Event()
+    queue = Queue(config.queue.path, clock=clock)
+    tracker = tracking.Tracker(queue, clock=clock)
+    source = tracking.make_source(config.tracking.source, config.tracking.path, queue, clock=clock)
+    seen = await tracking.catch_up(source, tracker)
+    found, resent = resolve_ambiguous(queue)
+    log.info(
+        "event=started queue=%s log_events=%d ambiguous_found=%d ambiguous_resent=%d counts=%s",
+        config.queue.path,
+        seen,
+        found,
+        resent,
+        ",".join(f"{k}:{v}" for k, v in queue.counts().items() if v),
+    )
+    loop = ReleaseLoop(config, queue, clock=clock, connector=connector)
+    tasks = [
+        asyncio.create_task(loop.run(stop), name="release"),
+        asyncio.create_task(tracking.follow(source, tracker, stop), name="tracking"),
+    ]
+    side = []
+    if config.intake.listen:
+        side.append(asyncio.create_task(_optional("bulkrelay.intake.serve_intake", config, queue, stop)))
+    if config.hotfolder.path:
+        side.append(asyncio.create_task(_optional("bulkrelay.hotfolder.scan_hotfolder", config, queue, stop)))
+    if config.metrics.listen:
+        from bulkrelay import metrics  # noqa: PLC0415
+
+        side.append(asyncio.create_task(metrics.serve_metrics(config, queue, loop, tracker, stop)))
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    pending = {stopped, *tasks, *side}
+    try:
+        while stopped in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped and not task.cancelled() and task.exception() is not None:
+                    log.error(
+                        "event=component_failed component=%s error=%r", task.get_name(), task.exception()
+                    )
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        for task in side:
+            task.cancel()
+        stopped.cancel()
+        await asyncio.gather(*tasks, *side, stopped, return_exceptions=True)
+        queue.close()
+        log.info("event=stopped")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+
+def _run(args) -> int:
+    config = configmod.load(args.config)
+    setup_logging(args.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the sender service (release loop, tracking, intake, metrics)"
+    )
+    parser.add_argument("--config", default=configmod.DEFAULT_PATH, help="sender.toml (default: %(default)s)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.set_defaults(func=_run)

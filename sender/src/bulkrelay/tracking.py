@@ -1,0 +1,310 @@
+"""Delivery tracking: follow Postfix's log and apply each queue id's result to the queue.
+
+Sources: the systemd journal (``journalctl -o json``, mail facility) or a syslog file such as
+``/var/log/mail.log`` (rotation to ``mail.log.1`` is followed). The position (journal cursor or
+file inode+offset) is kept in the queue database, so a restart continues where it stopped;
+re-reading a line is harmless because results are applied idempotently.
+
+Lines used::
+
+    postfix/cleanup[..]: 4F1C2A: message-id=<...>                -> remembered (crash recovery)
+    postfix/qmgr[..]: 4F1C2A: from=<bounces+...@...>, size=..    -> remembered (crash recovery)
+    postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=2.0.0, status=sent (250 ...)      -> delivered
+    postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=4.4.1, status=deferred (...)      -> deferred
+    postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=5.1.1, status=bounced (host ...)  -> bounced
+
+A bounce with a 5.x.x DSN puts the address on the suppression list (``bulkrelay.suppression``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bulkrelay.queue import Queue
+
+log = logging.getLogger("bulkrelay.tracking")
+
+_SYSLOG = re.compile(r"\b(postfix[\w.-]*/[\w/.-]+)\[\d+\]: (.*)$")
+_QID_MSG = re.compile(r"^([0-9A-Za-z]{5,}): (.*)$")
+_RESULT = re.compile(
+    r"^to=<(?P<to>[^>]*)>,.*?\bdsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), "
+    r"status=(?P<status>\w+)(?: \((?P<reply>.*)\))?$"
+)
+_FROM = re.compile(r"^from=<(?P<from>[^>]*)>")
+_MID = re.compile(r"^message-id=(?P<mid><[^>]*>|\S+)")
+_EXPIRED = re.compile(r"^from=<(?P<from>[^>]*)>, status=expired")
+
+RESULT_STATES = {"sent": "delivered", "deferred": "deferred", "bounced": "bounced", "expired": "bounced"}
+DELIVERY_AGENTS = {"smtp", "lmtp", "local", "virtual", "error", "discard", "pipe", "relay", "retry"}
+
+
+@dataclass
+class LogEvent:
+    qid: str
+    kind: str  # "message-id" | "from" | "result"
+    value: str = ""
+    address: str = ""
+    state: str = ""
+    dsn: str = ""
+    reply: str = ""
+
+
+def parse_message(ident: str, message: str) -> LogEvent | None:  # noqa: PLR0911
+    """Parse one Postfix log message given its syslog identifier ("postfix/smtp")."""
+    program = ident.rsplit("/", 1)[-1]
+    m = _QID_MSG.match(message.strip())
+    if not m:
+        return None
+    qid, rest = m.groups()
+    if program == "cleanup":
+        mid = _MID.match(rest)
+        return LogEvent(qid, "message-id", mid.group("mid")) if mid else None
+    if program == "qmgr":
+        expired = _EXPIRED.match(rest)
+        if expired:
+            return LogEvent(qid, "result", state="bounced", dsn="5.4.7", reply="expired in the Postfix queue")
+        frm = _FROM.match(rest)
+        return LogEvent(qid, "from", frm.group("from")) if frm else None
+    if program in DELIVERY_AGENTS:
+        res = _RESULT.match(rest)
+        if not res or res.group("status") not in RESULT_STATES:
+            return None
+        return LogEvent(
+            qid,
+            "result",
+            address=res.group("to"),
+            state=RESULT_STATES[res.group("status")],
+            dsn=res.group("dsn"),
+            reply=res.group("reply") or "",
+        )
+    return None
+
+
+def parse_syslog_line(line: str) -> LogEvent | None:
+    m = _SYSLOG.search(line.rstrip("\n"))
+    return parse_message(*m.groups()) if m else None
+
+
+def parse_journal_line(line: str) -> tuple[LogEvent | None, str | None]:
+    """(event, cursor) for one ``journalctl -o json`` line."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None, None
+    cursor = entry.get("__CURSOR")
+    ident = entry.get("SYSLOG_IDENTIFIER") or ""
+    message = entry.get("MESSAGE") or ""
+    if isinstance(message, list):  # journald exports non-UTF-8 messages as byte arrays
+        message = bytes(message).decode("utf-8", "replace")
+    if not str(ident).startswith("postfix"):
+        return None, cursor
+    return parse_message(str(ident), str(message)), cursor
+
+
+class Tracker:
+    """Applies log events to the queue (and hard bounces to the suppression list)."""
+
+    def __init__(self, queue: Queue, *, clock: Callable[[], float] = time.time):
+        self.queue = queue
+        self.clock = clock
+        self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "lines": 0}
+        self._suppression = None
+        try:
+            from bulkrelay import suppression  # noqa: PLC0415 (optional: written by the bounces work)
+
+            suppression.ensure_schema(queue.connection)
+            self._suppression = suppression
+        except ImportError:
+            log.warning("event=suppression_unavailable reason='bulkrelay.suppression not installed'")
+
+    def handle(self, event: LogEvent | None) -> None:
+        if event is None:
+            return
+        self.stats["lines"] += 1
+        if event.kind == "message-id":
+            self.queue.note_postfix(event.qid, message_id=event.value)
+            return
+        if event.kind == "from":
+            self.queue.note_postfix(event.qid, envelope_from=event.value)
+            return
+        row = self.queue.record_result(
+            event.qid, event.address, state=event.state, dsn=event.dsn, reply=event.reply
+        )
+        if row is None:
+            return
+        self.stats[event.state] += 1
+        level = logging.INFO if event.state == "delivered" else logging.WARNING
+        log.log(
+            level,
+            "event=%s message=%s recipient=%s address=%s qid=%s dsn=%s reply=%r",
+            event.state,
+            row["message"],
+            row["id"],
+            row["address"],
+            event.qid,
+            event.dsn,
+            event.reply,
+        )
+        if event.state == "bounced" and event.dsn.startswith("5") and self._suppression is not None:
+            self._suppression.add(
+                self.queue.connection,
+                row["address"],
+                reason=f"{event.dsn} {event.reply}"[:500],
+                source="postfix-log",
+                now=self.clock(),
+            )
+
+
+class FileSource:
+    """Reads new complete lines of a syslog file, following rotation to ``<path>.1``."""
+
+    STATE_KEY = "tracking.file"
+
+    def __init__(self, path: str, queue: Queue):
+        self.path = path
+        self.queue = queue
+        saved = queue.get_state(self.STATE_KEY)
+        state = json.loads(saved) if saved else {}
+        self.inode: int | None = state.get("inode")
+        self.offset: int = state.get("offset", 0)
+
+    def _save(self) -> None:
+        self.queue.set_state(self.STATE_KEY, json.dumps({"inode": self.inode, "offset": self.offset}))
+
+    def _read_from(self, path: str, offset: int) -> tuple[list[str], int]:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        lines = data[:end].decode("utf-8", "replace").splitlines()
+        return lines, offset + end
+
+    def read_available(self) -> list[str]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        lines: list[str] = []
+        if self.inode is not None and st.st_ino != self.inode:
+            # Rotated: finish the old file if it is still there as <path>.1, then start over.
+            try:
+                old = os.stat(self.path + ".1")
+                if old.st_ino == self.inode:
+                    lines, _ = self._read_from(self.path + ".1", self.offset)
+            except FileNotFoundError:
+                pass
+            self.offset = 0
+        elif st.st_size < self.offset:  # truncated in place (copytruncate)
+            self.offset = 0
+        self.inode = st.st_ino
+        new, self.offset = self._read_from(self.path, self.offset)
+        lines.extend(new)
+        if lines:
+            self._save()
+        return lines
+
+    def events(self) -> list[LogEvent]:
+        return [e for e in (parse_syslog_line(line) for line in self.read_available()) if e]
+
+
+class JournalSource:
+    """Reads Postfix's journal entries (mail facility) after the saved cursor."""
+
+    STATE_KEY = "tracking.journal.cursor"
+    FIRST_RUN_SINCE = 86400
+
+    def __init__(
+        self, queue: Queue, *, journalctl: str = "journalctl", clock: Callable[[], float] = time.time
+    ):
+        self.queue = queue
+        self.journalctl = journalctl
+        self.clock = clock
+        self.cursor = queue.get_state(self.STATE_KEY)
+
+    def command(self, *, follow: bool) -> list[str]:
+        argv = [self.journalctl, "-o", "json", "--no-pager", "SYSLOG_FACILITY=2"]
+        if self.cursor:
+            argv.append(f"--after-cursor={self.cursor}")
+        else:
+            argv.append(f"--since=@{int(self.clock() - self.FIRST_RUN_SINCE)}")
+        if follow:
+            argv.append("--follow")
+        return argv
+
+    def _take(self, lines: list[str]) -> list[LogEvent]:
+        events = []
+        for line in lines:
+            event, cursor = parse_journal_line(line)
+            if cursor:
+                self.cursor = cursor
+            if event:
+                events.append(event)
+        if lines and self.cursor:
+            self.queue.set_state(self.STATE_KEY, self.cursor)
+        return events
+
+    async def catch_up(self) -> list[LogEvent]:
+        proc = await asyncio.create_subprocess_exec(
+            *self.command(follow=False), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await proc.communicate()
+        if proc.returncode not in (0, 1) and err:
+            log.warning("event=journal_read_failed rc=%s error=%r", proc.returncode, err.decode()[:300])
+        return self._take(out.decode("utf-8", "replace").splitlines())
+
+
+async def follow(
+    source: FileSource | JournalSource, tracker: Tracker, stop: asyncio.Event, *, poll: float = 1.0
+):
+    """Apply new log events until ``stop`` is set."""
+    if isinstance(source, FileSource):
+        while not stop.is_set():
+            for event in source.events():
+                tracker.handle(event)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll)
+        return
+    while not stop.is_set():
+        proc = await asyncio.create_subprocess_exec(
+            *source.command(follow=True), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        assert proc.stdout is not None
+        try:
+            while not stop.is_set():
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(), poll)
+                except TimeoutError:
+                    continue
+                if not line:
+                    break
+                for event in source._take([line.decode("utf-8", "replace")]):
+                    tracker.handle(event)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+        if not stop.is_set():
+            log.warning("event=journal_follow_restart rc=%s", proc.returncode)
+            await asyncio.sleep(poll)
+
+
+def make_source(kind: str, path: str, queue: Queue, *, clock: Callable[[], float] = time.time):
+    if kind == "file":
+        return FileSource(path, queue)
+    return JournalSource(queue, clock=clock)
+
+
+async def catch_up(source: FileSource | JournalSource, tracker: Tracker) -> int:
+    """Apply everything already in the log; returns the number of events."""
+    events = await source.catch_up() if isinstance(source, JournalSource) else source.events()
+    for event in events:
+        tracker.handle(event)
+    return len(events)
