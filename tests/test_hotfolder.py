@@ -1,0 +1,194 @@
+"""Hot folder: every file ends in done/ or rejected/ (with a reason), never twice in the queue."""
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import bulkrelay.hotfolder as hf
+from bulkrelay import config as cfg
+from bulkrelay import queue as queue_mod
+from bulkrelay.hotfolder import HotFolder, ScanResult, scan_hotfolder
+from bulkrelay.queue import Queue, QueueUnavailable
+
+GOOD = (
+    b"From: Billing <billing@example.test>\r\nTo: alice@customer.test\r\nCc: bob@customer.test\r\n"
+    b"Bcc: carol@customer.test\r\nSubject: Invoice 7\r\nMessage-ID: <inv-7@example.test>\r\n\r\nHello\r\n"
+)
+
+
+@pytest.fixture
+def conf(tmp_path):
+    return cfg.parse(
+        {
+            "queue": {"path": str(tmp_path / "queue.sqlite")},
+            "hotfolder": {"path": str(tmp_path / "hot")},
+            "intake": {"max_message_size": 4096},
+        }
+    )
+
+
+def drop(conf, name, raw):
+    """The documented protocol: write in tmp/, rename into incoming/."""
+    root = conf.hotfolder.path
+    os.makedirs(f"{root}/tmp", exist_ok=True)
+    os.makedirs(f"{root}/incoming", exist_ok=True)
+    with open(f"{root}/tmp/{name}", "wb") as f:
+        f.write(raw)
+    os.rename(f"{root}/tmp/{name}", f"{root}/incoming/{name}")
+
+
+def listing(conf, sub):
+    return sorted(os.listdir(f"{conf.hotfolder.path}/{sub}"))
+
+
+def queued(conf):
+    conn = sqlite3.connect(conf.queue.path)
+    try:
+        return conn.execute("SELECT id, mail_from, source, body FROM messages ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def rcpts(conf, message):
+    conn = sqlite3.connect(conf.queue.path)
+    try:
+        return [
+            r[0]
+            for r in conn.execute("SELECT address FROM recipients WHERE message = ? ORDER BY id", (message,))
+        ]
+    finally:
+        conn.close()
+
+
+def test_good_file_queued_and_moved_to_done(conf):
+    drop(conf, "inv7.eml", GOOD)
+    result = scan_hotfolder(conf, None)
+    assert result.done == ["inv7.eml"] and not result.rejected
+    assert listing(conf, "incoming") == [] and listing(conf, "done") == ["inv7.eml"]
+    [(mid, mail_from, source, body)] = queued(conf)
+    assert mail_from == "billing@example.test"
+    assert source.startswith("hotfolder:")
+    assert rcpts(conf, mid) == ["alice@customer.test", "bob@customer.test", "carol@customer.test"]
+    assert b"Bcc" not in body and b"carol" not in body
+
+
+BAD = {
+    "malformed.eml": (b"%PDF-1.7 not a mail\n\x00\x01", "header"),
+    "nofrom.eml": (GOOD.replace(b"From: Billing <billing@example.test>\r\n", b""), "no From:"),
+    "eightbit.eml": (GOOD.replace(b"Subject: Invoice 7", "Subject: Rechnung für".encode()), "8-bit"),
+    "big.eml": (GOOD + (b"x" * 900 + b"\r\n") * 6, "4096-byte limit"),
+    "badrcpt.eml": (GOOD.replace(b"To: alice@customer.test", b"To: alice@localhost"), "not fully qualified"),
+    "norcpt.eml": (b"From: billing@example.test\r\nSubject: x\r\n\r\nbody\r\n", "no recipient"),
+}
+
+
+def test_bad_files_rejected_with_reason_and_good_file_unaffected(conf):
+    for name, (raw, _) in BAD.items():
+        drop(conf, name, raw)
+    drop(conf, "good.eml", GOOD)
+    result = scan_hotfolder(conf, None)
+    assert result.done == ["good.eml"]
+    assert sorted(result.rejected) == sorted(BAD)
+    assert listing(conf, "incoming") == []
+    rejected = listing(conf, "rejected")
+    for name, (raw, words) in BAD.items():
+        assert name in rejected and f"{name}.reason" in rejected
+        reason = Path(f"{conf.hotfolder.path}/rejected/{name}.reason").read_text()
+        assert words in reason and reason.count("\n") == 1, (name, reason)
+        assert Path(f"{conf.hotfolder.path}/rejected/{name}").read_bytes() == raw
+    assert len(queued(conf)) == 1
+
+
+def test_ignores_temp_and_other_names(conf):
+    drop(conf, ".partial.eml", GOOD)
+    drop(conf, "notes.txt", GOOD)
+    assert scan_hotfolder(conf, None) == ScanResult()
+    assert listing(conf, "incoming") == [".partial.eml", "notes.txt"]
+    assert not os.path.exists(conf.queue.path)  # nothing to do: the queue was not even opened
+
+
+def test_queue_unavailable_leaves_file_for_retry(conf, monkeypatch):
+    monkeypatch.setattr(queue_mod, "BUSY_TIMEOUT_MS", 200)
+    Queue(conf.queue.path).close()
+    drop(conf, "a.eml", GOOD)
+    locker = sqlite3.connect(conf.queue.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        result = scan_hotfolder(conf, None)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert result.retry == ["a.eml"] and listing(conf, "incoming") == ["a.eml"]
+    assert scan_hotfolder(conf, None).done == ["a.eml"]
+    assert len(queued(conf)) == 1
+
+
+def test_failed_enqueue_is_retried_once(conf, monkeypatch):
+    drop(conf, "a.eml", GOOD)
+    q = Queue(conf.queue.path)
+    real = q.enqueue
+
+    def full(*args, **kwargs):
+        raise QueueUnavailable("database or disk is full")
+
+    monkeypatch.setattr(q, "enqueue", full)
+    assert HotFolder(conf.hotfolder.path, q, max_size=4096).scan().retry == ["a.eml"]
+    monkeypatch.setattr(q, "enqueue", real)
+    assert HotFolder(conf.hotfolder.path, q, max_size=4096).scan().done == ["a.eml"]
+    q.close()
+    assert len(queued(conf)) == 1
+
+
+def test_crash_after_commit_before_move_does_not_duplicate(conf, monkeypatch):
+    """Enqueue committed, then the process died before recording the digest and moving the file."""
+    drop(conf, "a.eml", GOOD)
+    q = Queue(conf.queue.path)
+
+    class Crash(BaseException):
+        pass
+
+    def crash(self, digest, message):
+        raise Crash
+
+    monkeypatch.setattr(HotFolder, "_record", crash)
+    with pytest.raises(Crash):
+        HotFolder(conf.hotfolder.path, q, max_size=4096).scan()
+    q.close()
+    assert listing(conf, "incoming") == ["a.eml"] and len(queued(conf)) == 1
+    monkeypatch.undo()
+    result = scan_hotfolder(conf, None)  # "restart"
+    assert result.done == ["a.eml"] and listing(conf, "incoming") == []
+    assert len(queued(conf)) == 1
+
+
+def test_crash_after_record_before_move_does_not_duplicate(conf, monkeypatch):
+    drop(conf, "a.eml", GOOD)
+    real_move = hf._move
+    monkeypatch.setattr(hf, "_move", lambda path, directory: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        scan_hotfolder(conf, None)
+    monkeypatch.setattr(hf, "_move", real_move)
+    assert scan_hotfolder(conf, None).done == ["a.eml"]
+    assert len(queued(conf)) == 1
+
+
+def test_identical_file_under_another_name_is_rejected_as_duplicate(conf):
+    drop(conf, "a.eml", GOOD)
+    scan_hotfolder(conf, None)
+    drop(conf, "b.eml", GOOD)
+    result = scan_hotfolder(conf, None)
+    assert result.rejected == ["b.eml"]
+    reason = Path(f"{conf.hotfolder.path}/rejected/b.eml.reason").read_text()
+    assert "identical to a.eml" in reason and "message 1" in reason
+    assert len(queued(conf)) == 1
+
+
+def test_name_clash_in_done_keeps_both(conf):
+    drop(conf, "a.eml", GOOD)
+    scan_hotfolder(conf, None)
+    drop(conf, "a.eml", GOOD.replace(b"inv-7", b"inv-8"))
+    assert scan_hotfolder(conf, None).done == ["a.eml"]
+    assert listing(conf, "done") == ["a.eml", "a.eml.1"]
+    assert len(queued(conf)) == 2
