@@ -34,7 +34,7 @@ STATES = ("queued", "submitting", "submitted", "delivered", "deferred", "bounced
 # States in which a recipient is finished from the sender's point of view (no further action).
 FINAL_STATES = ("delivered", "bounced", "failed", "suppressed")
 
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT = 5.0  # seconds a write waits for another writer before QueueUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -160,25 +160,28 @@ def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
 class Queue:
     """The sender's SQLite queue. Safe to share between threads (calls are serialised)."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = BUSY_TIMEOUT
+    ):
+        """Open (and create) the queue. ``busy_timeout``: seconds to wait for another writer."""
         self.path = str(path)
         self.clock = clock
         self._lock = threading.RLock()
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.connection = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             self.connection.row_factory = sqlite3.Row
-            self.connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             self.connection.execute("PRAGMA journal_mode = WAL")
             # FULL: a COMMIT survives power loss too, which is what "250 after commit" promises.
             self.connection.execute("PRAGMA synchronous = FULL")
             self.connection.execute("PRAGMA foreign_keys = ON")
             with self._lock:
                 self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
 
     # -- plumbing ---------------------------------------------------------------------------
