@@ -82,7 +82,7 @@ def test_static_resolver_states_and_cname():
     assert slow.failed and not slow.absent
 
 
-class _OneShotDns:
+class LoopbackDns:
     """A real UDP DNS server on loopback answering from a table, to test the live Resolver."""
 
     def __init__(self, table):
@@ -121,7 +121,7 @@ class _OneShotDns:
 
 @pytest.fixture
 def server():
-    srv = _OneShotDns(
+    srv = LoopbackDns(
         {
             ("relay.example.test.", "A"): "198.51.100.25",
             ("relay.example.test.", "MX"): "10 mail.example.test.",

@@ -1,0 +1,137 @@
+#!/usr/bin/python
+# managed in the bulkrelay repository; the logic lives in bulkrelay.dns.dkim (sender/).
+"""Ansible module: Check a DKIM selector record: present, valid, and carrying the relay's key (read-only)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bulkrelay_dkim
+short_description: "Check a DKIM selector record: present, valid, and carrying the relay's key"
+description:
+  - Reads the TXT record C(<selector>._domainkey.<domain>), validates its tags (v, k, p, h, t;
+    base64 key, RSA size) and compares its C(p=) with the relay's public key O(expected).
+  - Read-only; never changes anything. A failed check fails the task with a message that says
+    which record to set to what. A DNS timeout or SERVFAIL fails as "could not tell".
+  - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
+version_added: "0.1.0"
+author: bulkrelay
+options:
+  domain:
+    description: The signing domain (d=).
+    type: str
+    required: true
+  selector:
+    description: The DKIM selector (s=).
+    type: str
+    required: true
+  expected:
+    description:
+      - The relay's DKIM TXT (C(v=DKIM1; k=rsa; p=...)) or only its p= value, e.g. from the fact
+        C(relay_dkim__public_keys). Empty = only check that the record is valid.
+    type: str
+    default: ""
+  nameservers:
+    description:
+      - Nameservers to ask, each C(IP), C(IP:port) or C([IPv6]:port). Empty = the system's
+        nameservers (search domains are never used).
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds allowed for each DNS query.
+    type: float
+    default: 5
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+requirements:
+  - bulkrelay (sender/ of this repository) on the controller
+"""
+
+EXAMPLES = r"""
+- name: The published DKIM key is the relay's key
+  bulkrelay_dkim:
+    domain: example.com
+    selector: bulk2026
+    expected: "{{ relay_dkim__public_keys['example.com'].txt }}"
+    nameservers: [198.51.100.53]
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+status:
+  description: pass, warn, fail or error (could not tell).
+  type: str
+  returned: always
+message:
+  description: What was found.
+  type: str
+  returned: always
+fix:
+  description: The record to set (or request) when the check fails.
+  type: str
+  returned: always
+check:
+  description: The full check result (check, subject, status, message, fix, details, warnings).
+  type: dict
+  returned: always
+record:
+  description: The published DKIM record (strings joined).
+  type: str
+  returned: always
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from bulkrelay.dns import dkim
+    from bulkrelay.dns.resolver import NameserverError, make_resolver
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+else:
+    IMPORT_ERROR = None
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "domain": {"type": "str", "required": True},
+            "selector": {"type": "str", "required": True},
+            "expected": {"type": "str", "default": "", "no_log": False},
+            "nameservers": {"type": "list", "elements": "str", "default": []},
+            "timeout": {"type": "float", "default": 5.0},
+        },
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(
+            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
+        )
+    p = module.params
+    try:
+        resolver = make_resolver(p["nameservers"], p["timeout"])
+        result = dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"])
+    except (NameserverError, ValueError) as exc:
+        module.fail_json(msg=f"bulkrelay_dkim: {exc}")
+    for warning in result.warnings:
+        module.warn(warning)
+    out = {
+        "changed": False,
+        "status": result.status,
+        "message": result.message,
+        "fix": result.fix,
+        "record": result.details.get("record", ""),
+        "check": result.as_dict(),
+    }
+    if result.failed:
+        module.fail_json(msg=result.summary(), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

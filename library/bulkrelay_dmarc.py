@@ -1,0 +1,161 @@
+#!/usr/bin/python
+# managed in the bulkrelay repository; the logic lives in bulkrelay.dns.dmarc (sender/).
+"""Ansible module: Check a domain's DMARC record: present, valid tags, policy and alignment (read-only)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bulkrelay_dmarc
+short_description: "Check a domain's DMARC record: present, valid tags, policy and alignment"
+description:
+  - Reads C(_dmarc.<domain>) (falling back to the organizational domain), validates every tag
+    (v, p, sp, np, adkim, aspf, pct, rua, ruf, fo, rf, ri), checks the policy is at least
+    O(min_policy) and that the From domain aligns with the Return-Path domain (SPF) and/or the
+    DKIM signing domain.
+  - The organizational domain is taken as the last two labels (no Public Suffix List).
+  - Read-only; never changes anything. A failed check fails the task with a message that says
+    which record to set to what. A DNS timeout or SERVFAIL fails as "could not tell".
+  - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
+version_added: "0.1.0"
+author: bulkrelay
+options:
+  domain:
+    description: The From domain.
+    type: str
+    required: true
+  return_path_domain:
+    description: The envelope sender (Return-Path) domain the relay uses; empty = not checked.
+    type: str
+    default: ""
+  dkim_domain:
+    description: The DKIM d= domain the relay signs with; empty = not checked.
+    type: str
+    default: ""
+  min_policy:
+    description: The weakest acceptable policy.
+    type: str
+    default: none
+    choices: [none, quarantine, reject]
+  expected:
+    description: The record to suggest in the failure message.
+    type: str
+    default: ""
+  nameservers:
+    description:
+      - Nameservers to ask, each C(IP), C(IP:port) or C([IPv6]:port). Empty = the system's
+        nameservers (search domains are never used).
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds allowed for each DNS query.
+    type: float
+    default: 5
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+requirements:
+  - bulkrelay (sender/ of this repository) on the controller
+"""
+
+EXAMPLES = r"""
+- name: DMARC of example.com is valid and aligned
+  bulkrelay_dmarc:
+    domain: example.com
+    return_path_domain: bounce.example.com
+    dkim_domain: example.com
+    nameservers: [198.51.100.53]
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+status:
+  description: pass, warn, fail or error (could not tell).
+  type: str
+  returned: always
+message:
+  description: What was found.
+  type: str
+  returned: always
+fix:
+  description: The record to set (or request) when the check fails.
+  type: str
+  returned: always
+check:
+  description: The full check result (check, subject, status, message, fix, details, warnings).
+  type: dict
+  returned: always
+record:
+  description: The DMARC record found.
+  type: str
+  returned: always
+policy:
+  description: The effective policy (p=, or sp= when found at the organizational domain).
+  type: str
+  returned: when the record parses
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from bulkrelay.dns import dmarc
+    from bulkrelay.dns.resolver import NameserverError, make_resolver
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+else:
+    IMPORT_ERROR = None
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "domain": {"type": "str", "required": True},
+            "return_path_domain": {"type": "str", "default": ""},
+            "dkim_domain": {"type": "str", "default": ""},
+            "min_policy": {"type": "str", "default": "none", "choices": ["none", "quarantine", "reject"]},
+            "expected": {"type": "str", "default": ""},
+            "nameservers": {"type": "list", "elements": "str", "default": []},
+            "timeout": {"type": "float", "default": 5.0},
+        },
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(
+            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
+        )
+    p = module.params
+    try:
+        resolver = make_resolver(p["nameservers"], p["timeout"])
+        result = dmarc.check(
+            resolver,
+            p["domain"],
+            return_path_domain=p["return_path_domain"],
+            dkim_domain=p["dkim_domain"],
+            min_policy=p["min_policy"],
+            expected=p["expected"],
+        )
+    except (NameserverError, ValueError) as exc:
+        module.fail_json(msg=f"bulkrelay_dmarc: {exc}")
+    for warning in result.warnings:
+        module.warn(warning)
+    out = {
+        "changed": False,
+        "status": result.status,
+        "message": result.message,
+        "fix": result.fix,
+        "record": result.details.get("record", ""),
+        "policy": result.details.get("policy", ""),
+        "check": result.as_dict(),
+    }
+    if result.failed:
+        module.fail_json(msg=result.summary(), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

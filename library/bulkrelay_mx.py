@@ -1,0 +1,139 @@
+#!/usr/bin/python
+# managed in the bulkrelay repository; the logic lives in bulkrelay.dns.mx (sender/).
+"""Ansible module: Check that a name has MX records that resolve (and the expected targets) (read-only)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bulkrelay_mx
+short_description: "Check that a name has MX records that resolve (and the expected targets)"
+description:
+  - Looks up the MX of O(name), checks that each target has an A or AAAA record, that every name
+    in O(expected) is a target and that no name in O(forbidden) is (e.g. the relay itself, which
+    accepts no inbound mail). A null MX (RFC 7505) fails.
+  - Read-only; never changes anything. A failed check fails the task with a message that says
+    which record to set to what. A DNS timeout or SERVFAIL fails as "could not tell".
+  - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
+version_added: "0.1.0"
+author: bulkrelay
+options:
+  name:
+    description: The name whose MX is checked (the relay FQDN, the bounce domain).
+    type: str
+    required: true
+  expected:
+    description: Target host names that must be among the MX targets.
+    type: list
+    elements: str
+    default: []
+  forbidden:
+    description: Target host names that must not be MX targets.
+    type: list
+    elements: str
+    default: []
+  nameservers:
+    description:
+      - Nameservers to ask, each C(IP), C(IP:port) or C([IPv6]:port). Empty = the system's
+        nameservers (search domains are never used).
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds allowed for each DNS query.
+    type: float
+    default: 5
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+requirements:
+  - bulkrelay (sender/ of this repository) on the controller
+"""
+
+EXAMPLES = r"""
+- name: The relay name has an MX pointing at the company's mail server
+  bulkrelay_mx:
+    name: relay.example.com
+    expected: [mail.example.com]
+    forbidden: [relay.example.com]
+    nameservers: [198.51.100.53]
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+status:
+  description: pass, warn, fail or error (could not tell).
+  type: str
+  returned: always
+message:
+  description: What was found.
+  type: str
+  returned: always
+fix:
+  description: The record to set (or request) when the check fails.
+  type: str
+  returned: always
+check:
+  description: The full check result (check, subject, status, message, fix, details, warnings).
+  type: dict
+  returned: always
+mx:
+  description: The MX records found, as preference and exchange.
+  type: list
+  elements: dict
+  returned: always
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from bulkrelay.dns import mx
+    from bulkrelay.dns.resolver import NameserverError, make_resolver
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+else:
+    IMPORT_ERROR = None
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "expected": {"type": "list", "elements": "str", "default": []},
+            "forbidden": {"type": "list", "elements": "str", "default": []},
+            "nameservers": {"type": "list", "elements": "str", "default": []},
+            "timeout": {"type": "float", "default": 5.0},
+        },
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(
+            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
+        )
+    p = module.params
+    try:
+        resolver = make_resolver(p["nameservers"], p["timeout"])
+        result = mx.check(resolver, p["name"], expected=p["expected"], forbidden=p["forbidden"])
+    except (NameserverError, ValueError) as exc:
+        module.fail_json(msg=f"bulkrelay_mx: {exc}")
+    for warning in result.warnings:
+        module.warn(warning)
+    out = {
+        "changed": False,
+        "status": result.status,
+        "message": result.message,
+        "fix": result.fix,
+        "mx": result.details.get("mx", []),
+        "check": result.as_dict(),
+    }
+    if result.failed:
+        module.fail_json(msg=result.summary(), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

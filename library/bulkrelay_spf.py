@@ -1,0 +1,175 @@
+#!/usr/bin/python
+# managed in the bulkrelay repository; the logic lives in bulkrelay.dns.spf (sender/).
+"""Ansible module: does a domain's SPF authorise the relay IP? (read-only)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bulkrelay_spf
+short_description: "Check that a domain's SPF record authorises an IP (RFC 7208 check_host)"
+description:
+  - Evaluates the SPF policy of O(domain) for mail from O(ip) with the HELO name O(helo), per
+    RFC 7208 (every mechanism and modifier, macros, the 10-lookup and 2-void-lookup limits,
+    permerror on multiple records), using pyspf through the bulkrelay resolver.
+  - Read-only; never changes anything. Fails when the result is not O(expect), with a message
+    that says which TXT record to set to what. A DNS timeout or SERVFAIL fails as "could not
+    tell", never as a verdict.
+  - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
+version_added: "0.1.0"
+author: bulkrelay
+options:
+  domain:
+    description: The domain whose SPF is checked (the Return-Path / MAIL FROM domain or From domain).
+    type: str
+    required: true
+  ip:
+    description: The sending IP address (IPv4 or IPv6).
+    type: str
+    required: true
+  helo:
+    description: The HELO/EHLO name of the relay; defaults to O(domain).
+    type: str
+    default: ""
+  sender:
+    description: The envelope sender; defaults to C(postmaster@domain).
+    type: str
+    default: ""
+  expect:
+    description: The check_host() result that counts as success.
+    type: str
+    default: pass
+    choices: [pass, fail, softfail, neutral, none]
+  nameservers:
+    description:
+      - Nameservers to ask, each C(IP), C(IP:port) or C([IPv6]:port). Empty = the system's
+        nameservers (search domains are never used).
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds allowed for each DNS query.
+    type: float
+    default: 5
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+requirements:
+  - bulkrelay (sender/ of this repository) and pyspf on the controller
+"""
+
+EXAMPLES = r"""
+- name: SPF of example.com authorises the relay
+  bulkrelay_spf:
+    domain: example.com
+    ip: 203.0.113.25
+    helo: relay.example.com
+    nameservers: [198.51.100.53]
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+status:
+  description: pass, warn, fail or error (could not tell).
+  type: str
+  returned: always
+message:
+  description: What was found.
+  type: str
+  returned: always
+fix:
+  description: The record to set when the check fails.
+  type: str
+  returned: always
+result:
+  description: The check_host() result (pass, fail, softfail, neutral, none, permerror, temperror).
+  type: str
+  returned: always
+explanation:
+  description: The explanation string (exp= or pyspf's default).
+  type: str
+  returned: always
+lookups:
+  description: DNS-lookup terms used during evaluation (limit 10).
+  type: int
+  returned: always
+void_lookups:
+  description: Lookups that returned no answer (limit 2).
+  type: int
+  returned: always
+check:
+  description: The full check result (check, subject, status, message, fix, details, warnings).
+  type: dict
+  returned: always
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from bulkrelay.dns import spf
+    from bulkrelay.dns.resolver import NameserverError, make_resolver
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+else:
+    IMPORT_ERROR = None
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "domain": {"type": "str", "required": True},
+            "ip": {"type": "str", "required": True},
+            "helo": {"type": "str", "default": ""},
+            "sender": {"type": "str", "default": ""},
+            "expect": {
+                "type": "str",
+                "default": "pass",
+                "choices": ["pass", "fail", "softfail", "neutral", "none"],
+            },
+            "nameservers": {"type": "list", "elements": "str", "default": []},
+            "timeout": {"type": "float", "default": 5.0},
+        },
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(
+            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
+        )
+    p = module.params
+    try:
+        resolver = make_resolver(p["nameservers"], p["timeout"])
+        result = spf.check(
+            resolver,
+            p["domain"],
+            p["ip"],
+            helo=p["helo"],
+            sender=p["sender"],
+            expect=p["expect"],
+            timeout=p["timeout"],
+        )
+    except (NameserverError, ValueError, spf.SpfUnavailable) as exc:
+        module.fail_json(msg=f"bulkrelay_spf: {exc}")
+    for warning in result.warnings:
+        module.warn(warning)
+    out = {
+        "changed": False,
+        "status": result.status,
+        "message": result.message,
+        "fix": result.fix,
+        "result": result.details.get("result", ""),
+        "explanation": result.details.get("explanation", ""),
+        "lookups": result.details.get("lookups", 0),
+        "void_lookups": result.details.get("void_lookups", 0),
+        "check": result.as_dict(),
+    }
+    if result.failed:
+        module.fail_json(msg=result.summary(), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

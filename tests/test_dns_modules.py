@@ -1,0 +1,92 @@
+"""The library/ modules run by ansible against a real UDP DNS server on loopback.
+
+Each module: a pass, a failure with its fix message, the same in check mode, and
+`changed` is always false.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_dns_resolver import LoopbackDns
+
+ROOT = Path(__file__).resolve().parent.parent
+REV = "25.100.51.198.in-addr.arpa."
+TABLE = {
+    ("example.test.", "TXT"): '"v=spf1 ip4:198.51.100.25 mx ~all"',
+    ("nospf.example.test.", "TXT"): '"v=spf1 mx ~all"',
+    ("relay.example.test.", "A"): "198.51.100.25",
+    ("relay.example.test.", "MX"): "10 mail.example.test.",
+    ("mail.example.test.", "A"): "198.51.100.80",
+    (REV, "PTR"): "relay.example.test.",
+    (
+        "lab._domainkey.example.test.",
+        "TXT",
+    ): '"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="',
+    ("_dmarc.example.test.", "TXT"): '"v=DMARC1; p=none; rua=mailto:d@example.test"',
+    ("_dmarc.bad.test.", "TXT"): '"v=DMARC1; p=sometimes"',
+}
+
+
+@pytest.fixture(scope="module")
+def ns():
+    server = LoopbackDns(TABLE)
+    yield f"127.0.0.1:{server.port}"
+    server.close()
+
+
+def run(module, args, check=False):
+    env = dict(
+        os.environ, ANSIBLE_LIBRARY=str(ROOT / "library"), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"
+    )
+    env["ANSIBLE_LOAD_CALLBACK_PLUGINS"] = "1"
+    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.builtin.json"
+    # the modules import bulkrelay: they must run with the controller's (venv) python
+    env["ANSIBLE_PYTHON_INTERPRETER"] = sys.executable
+    cmd = ["ansible", "localhost", "-i", "localhost,", "-c", "local", "-m", module, "-a", json.dumps(args)]
+    if check:
+        cmd.append("--check")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    data = json.loads(proc.stdout)
+    return next(iter(data["plays"][0]["tasks"][0]["hosts"].values()))
+
+
+CASES = [
+    ("bulkrelay_spf", {"domain": "example.test", "ip": "198.51.100.25"}, None),
+    ("bulkrelay_spf", {"domain": "nospf.example.test", "ip": "198.51.100.25"}, "ip4:198.51.100.25 mx ~all"),
+    ("bulkrelay_fcrdns", {"ip": "198.51.100.25", "expected_name": "relay.example.test"}, None),
+    ("bulkrelay_fcrdns", {"ip": "198.51.100.25", "expected_name": "other.example.test"}, "set its PTR"),
+    ("bulkrelay_mx", {"name": "relay.example.test", "expected": ["mail.example.test"]}, None),
+    ("bulkrelay_mx", {"name": "mail.example.test"}, "publish mail.example.test. MX 10"),
+    ("bulkrelay_dkim", {"domain": "example.test", "selector": "lab"}, None),
+    (
+        "bulkrelay_dkim",
+        {"domain": "example.test", "selector": "lab", "expected": "p=AAAA"},
+        "not the relay's key",
+    ),
+    ("bulkrelay_dmarc", {"domain": "example.test", "return_path_domain": "bounce.example.test"}, None),
+    ("bulkrelay_dmarc", {"domain": "bad.test"}, "p=sometimes is not none"),
+]
+
+
+@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize(("module", "args", "failure"), CASES)
+def test_module(ns, module, args, failure, check_mode):
+    result = run(module, {**args, "nameservers": [ns], "timeout": 2}, check=check_mode)
+    assert result["changed"] is False
+    if failure is None:
+        assert not result.get("failed"), result.get("msg")
+        assert result["status"] in ("pass", "warn")
+    else:
+        assert result["failed"] is True
+        assert failure in result["msg"], result["msg"]
+        assert result["status"] == "fail"
+
+
+def test_bad_nameserver_is_a_clear_message():
+    result = run("bulkrelay_mx", {"name": "example.test", "nameservers": ["ns1.example.test"]})
+    assert result["failed"] is True
+    assert "not an IP address" in result["msg"] and "Traceback" not in result["msg"]
