@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "bulkrelay.dnsbl.cli",
     "bulkrelay.service",
     "bulkrelay.ops",
+    "bulkrelay.submitcli",
 ]
 
 

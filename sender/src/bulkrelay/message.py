@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
+from typing import Any
 
 # RFC 5322 2.2: a field name is printable US-ASCII except colon.
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")
@@ -212,16 +213,26 @@ def _check_header_fields(block: HeaderBlock) -> None:
             raise BadMessage(f"message has more than one {unique!r} header; RFC 5322 allows one")
 
 
+def _parsed_headers(raw: bytes) -> Any:
+    block = split_headers(raw)
+    return BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[: block.body_offset])
+
+
+def header_sender(raw: bytes) -> str:
+    """The first From: address of the message ("" when there is none)."""
+    headers = _parsed_headers(raw)
+    senders = [a for _, a in _header_addresses(" ".join(str(v) for v in headers.get_all("from", [])))]
+    return next((a for a in senders if a), "")
+
+
 def envelope_from_headers(raw: bytes) -> tuple[str, list[str]]:
     """The envelope a message's own headers imply: (From address, To+Cc+Bcc addresses).
 
     Used by the hot folder and ``bulkrelay enqueue`` without --from/--to. Duplicates are dropped
     (domain compared case-insensitively); raises :class:`BadMessage` when there is no recipient.
     """
-    block = split_headers(raw)
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[: block.body_offset])
-    senders = [a for _, a in _header_addresses(" ".join(str(v) for v in headers.get_all("from", [])))]
-    mail_from = senders[0] if senders else ""
+    headers = _parsed_headers(raw)
+    mail_from = header_sender(raw)
     found: list[str] = []
     seen: set[str] = set()
     for field in ("to", "cc", "bcc"):
