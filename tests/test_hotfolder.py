@@ -8,7 +8,6 @@ import pytest
 
 import bulkrelay.hotfolder as hf
 from bulkrelay import config as cfg
-from bulkrelay import queue as queue_mod
 from bulkrelay.hotfolder import HotFolder, ScanResult, scan_hotfolder
 from bulkrelay.queue import Queue, QueueUnavailable
 
@@ -109,20 +108,23 @@ def test_ignores_temp_and_other_names(conf):
     assert not os.path.exists(conf.queue.path)  # nothing to do: the queue was not even opened
 
 
-def test_queue_unavailable_leaves_file_for_retry(conf, monkeypatch):
-    monkeypatch.setattr(queue_mod, "BUSY_TIMEOUT_MS", 200)
-    Queue(conf.queue.path).close()
+def test_queue_unavailable_leaves_file_for_retry(conf):
+    q = Queue(conf.queue.path, busy_timeout=0.2)
     drop(conf, "a.eml", GOOD)
+    drop(conf, "b.eml", GOOD.replace(b"inv-7", b"inv-8"))
     locker = sqlite3.connect(conf.queue.path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
-        result = scan_hotfolder(conf, None)
+        result = HotFolder(conf.hotfolder.path, q, max_size=4096).scan()
+        assert sorted(result.retry) == ["a.eml", "b.eml"] and not result.done
+        assert scan_hotfolder(conf, None).retry == ["a.eml", "b.eml"]  # cannot even open the queue
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    assert result.retry == ["a.eml"] and listing(conf, "incoming") == ["a.eml"]
-    assert scan_hotfolder(conf, None).done == ["a.eml"]
-    assert len(queued(conf)) == 1
+    assert listing(conf, "incoming") == ["a.eml", "b.eml"]
+    assert sorted(HotFolder(conf.hotfolder.path, q, max_size=4096).scan().done) == ["a.eml", "b.eml"]
+    q.close()
+    assert len(queued(conf)) == 2
 
 
 def test_failed_enqueue_is_retried_once(conf, monkeypatch):

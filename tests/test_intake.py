@@ -15,7 +15,6 @@ import threading
 import pytest
 
 from bulkrelay import config as cfg
-from bulkrelay import queue as queue_mod
 from bulkrelay.intake import (
     QueueWorker,
     hash_password,
@@ -172,11 +171,10 @@ def test_oversized_refused(intake):
     assert messages(intake.conf) == []
 
 
-def test_locked_database_gives_451_never_250(tmp_path, monkeypatch):
-    monkeypatch.setattr(queue_mod, "BUSY_TIMEOUT_MS", 300)
+def test_locked_database_gives_451_never_250(tmp_path):
     conf = make_conf(tmp_path)
     Queue(conf.queue.path).close()  # schema exists
-    server = Intake(conf, lambda: Queue(conf.queue.path))
+    server = Intake(conf, lambda: Queue(conf.queue.path, busy_timeout=0.3))
     try:
         locker = sqlite3.connect(conf.queue.path, isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")

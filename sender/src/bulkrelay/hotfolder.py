@@ -137,8 +137,13 @@ class HotFolder:
         self.queue = queue
         self.max_size = max_size
         self.clock = clock
-        with queue.transaction() as conn:
-            conn.execute(SCHEMA)
+        self._schema_ready = False
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            with self.queue.transaction() as conn:
+                conn.execute(SCHEMA)
+            self._schema_ready = True
 
     def _claim(self, digest: str, name: str) -> dict | None:
         """The existing claim for ``digest`` or None; creates a claim when there is none."""
@@ -241,6 +246,7 @@ class HotFolder:
         files = pending(self.root)
         for i, path in enumerate(files):
             try:
+                self._ensure_schema()
                 outcome = self.process(path)
             except QueueUnavailable as exc:
                 log.error(
