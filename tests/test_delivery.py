@@ -1,0 +1,311 @@
+"""Submission into a real SMTP server on loopback (aiosmtpd): VERP, queue ids, 4xx/5xx, outages."""
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from bulkrelay import suppression, verp
+from bulkrelay.config import Config, EnvelopeConfig, PolicyConfig, QueueConfig, SubmitConfig, TrackingConfig
+from bulkrelay.delivery import SmtpClient, Submitter, backoff, encode_data
+from bulkrelay.queue import Queue
+from bulkrelay.service import ReleaseLoop, resolve_ambiguous
+
+KEY = b"k" * 32
+RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
+
+
+def sink_user():
+    """smtp-sink refuses to run as root without -u."""
+    return ["-u", "nobody"] if os.geteuid() == 0 else []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Recorder:
+    """aiosmtpd handler: records each transaction, answers like Postfix ("queued as ...").
+
+    Recipients whose local part starts with "tempfail" get 451, "reject" 550.
+    """
+
+    def __init__(self):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.counter = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("tempfail"):
+            return "451 4.3.0 Temporary lookup failure"
+        if local.startswith("reject"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.counter += 1
+            qid = f"4Q{self.counter:08X}"
+            self.messages.append(
+                {
+                    "at": time.time(),
+                    "mail_from": envelope.mail_from,
+                    "rcpt_tos": list(envelope.rcpt_tos),
+                    "content": envelope.original_content,
+                    "session": id(session),
+                    "qid": qid,
+                }
+            )
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+
+class Receiver:
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.handler = Recorder()
+        self.controller = None
+
+    def start(self):
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self):
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def messages(self):
+        return self.handler.messages
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+def make_config(tmp_path, port, **policy):
+    keyfile = tmp_path / "verp.key"
+    keyfile.write_bytes(KEY)
+    return Config(
+        queue=QueueConfig(path=str(tmp_path / "q.sqlite")),
+        submit=SubmitConfig(
+            host="127.0.0.1", port=port, connections=2, timeout=5, retry_base=60, retry_max=600
+        ),
+        policy=PolicyConfig(**policy),
+        envelope=EnvelopeConfig(bounce_domain="bounce.example.test", verp_key_file=str(keyfile)),
+        tracking=TrackingConfig(source="file", path=str(tmp_path / "mail.log")),
+    )
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_encode_data_normalises_line_endings_and_stuffs_dots():
+    assert encode_data(b"a\n.b\r\n..c") == b"a\r\n..b\r\n...c\r\n.\r\n"
+    assert encode_data(b".\r\n") == b"..\r\n.\r\n"
+
+
+def test_backoff_grows_and_caps():
+    assert [backoff(n, base=60, maximum=600) for n in (1, 2, 3, 4, 5)] == [60, 120, 240, 480, 600]
+
+
+def test_release_loop_submits_with_verp_sender_and_records_queue_ids(tmp_path, receiver):
+    config = make_config(tmp_path, receiver.port)
+    queue = Queue(config.queue.path)
+    mid = queue.enqueue(RAW, "billing@example.test", [f"c{i}@customer.test" for i in range(6)], source="t")
+    loop = ReleaseLoop(config, queue)
+
+    async def go():
+        await loop.step()
+        await loop.submitter.close()
+
+    run(go())
+    assert len(receiver.messages) == 6
+    header_mid = queue.message(mid)["message_id"].encode()
+    for msg in receiver.messages:
+        (rcpt,) = msg["rcpt_tos"]
+        row = next(r for r in queue.message(mid)["recipients"] if r["address"] == rcpt)
+        assert msg["mail_from"] == verp.make_address("bounces", "bounce.example.test", row["id"], KEY)
+        assert verp.parse_address(msg["mail_from"], KEY) == row["id"]
+        assert row["state"] == "submitted"
+        assert row["postfix_qid"] == msg["qid"]
+        assert b"Message-ID: " + header_mid in msg["content"]
+        assert b"\r\n.leading dot\r\n" in msg["content"]  # dot-stuffing undone by the server
+    # connections are reused: six transactions over at most two sessions
+    assert len({m["session"] for m in receiver.messages}) <= 2
+    queue.close()
+
+
+def test_4xx_is_retried_with_backoff_and_5xx_fails_with_the_reply(tmp_path, receiver, caplog):
+    config = make_config(tmp_path, receiver.port)
+    queue = Queue(config.queue.path)
+    queue.enqueue(RAW, "billing@example.test", ["tempfail@customer.test", "reject@customer.test"], source="t")
+    ok = queue.enqueue(RAW, "billing@example.test", ["fine@customer.test"], source="t")
+    loop = ReleaseLoop(config, queue)
+
+    async def go():
+        await loop.step()
+        await loop.submitter.close()
+
+    with caplog.at_level("INFO"):
+        run(go())
+    temp = queue.list_recipients(state="queued")
+    assert [r["address"] for r in temp] == ["tempfail@customer.test"]
+    row = queue.recipient(temp[0]["id"])
+    assert row["attempts"] == 1 and row["last_reply"].startswith("451 4.3.0")
+    assert row["next_attempt"] == pytest.approx(time.time() + 60, abs=5)
+    (failed,) = queue.list_recipients(state="failed")
+    assert failed["address"] == "reject@customer.test" and "550 5.1.1" in failed["last_reply"]
+    assert queue.message(ok)["recipients"][0]["state"] == "submitted"
+    assert [m["rcpt_tos"] for m in receiver.messages] == [["fine@customer.test"]]
+    # the log names message, recipient and reason
+    text = caplog.text
+    assert f"event=submit_failed message=1 recipient={failed['id']} address=reject@customer.test" in text
+    assert "event=submit_deferred message=1" in text and "451 4.3.0" in text
+    queue.close()
+
+
+def test_receiver_down_keeps_everything_queued_then_drains(tmp_path):
+    port = free_port()
+    config = make_config(tmp_path, port)
+    queue = Queue(config.queue.path)
+    queue.enqueue(RAW, "billing@example.test", [f"c{i}@customer.test" for i in range(5)], source="t")
+    loop = ReleaseLoop(config, queue)
+
+    delay = run(loop.step())
+    assert delay > 0
+    assert queue.counts()["queued"] == 5
+    assert queue.released_since(0) == 0  # nothing counted against the batch while down
+
+    receiver = Receiver(port).start()
+    try:
+
+        async def go():
+            await loop.step()
+            await loop.submitter.close()
+
+        run(go())
+        assert queue.counts()["submitted"] == 5
+        assert len(receiver.messages) == 5
+    finally:
+        receiver.stop()
+        queue.close()
+
+
+def test_suppressed_recipients_are_skipped(tmp_path, receiver):
+    config = make_config(tmp_path, receiver.port)
+    queue = Queue(config.queue.path)
+    suppression.ensure_schema(queue.connection)
+    suppression.add(queue.connection, "gone@customer.test", reason="5.1.1 user unknown", source="dsn", now=0)
+    queue.enqueue(RAW, "billing@example.test", ["gone@CUSTOMER.test", "here@customer.test"], source="t")
+    loop = ReleaseLoop(config, queue)
+
+    async def go():
+        await loop.step()
+        await loop.submitter.close()
+
+    run(go())
+    assert [m["rcpt_tos"] for m in receiver.messages] == [["here@customer.test"]]
+    (row,) = queue.list_recipients(state="suppressed")
+    assert row["address"] == "gone@CUSTOMER.test" and "5.1.1 user unknown" in row["last_reply"]
+    queue.close()
+
+
+class DropAfterDot:
+    """A raw SMTP server that swallows the message and closes the connection before replying."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.received = 0
+
+    async def handle(self, reader, writer):
+        writer.write(b"220 drop ESMTP\r\n")
+        while line := await reader.readline():
+            cmd = line.strip().upper()
+            if cmd.startswith(b"EHLO"):
+                writer.write(b"250-drop\r\n250 8BITMIME\r\n")
+            elif cmd == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                await writer.drain()
+                while (await reader.readline()) != b".\r\n":
+                    pass
+                self.received += 1
+                writer.close()
+                return
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+
+
+def test_reply_lost_after_the_dot_is_ambiguous_and_resolved_from_the_log(tmp_path):
+    server = DropAfterDot()
+    config = make_config(tmp_path, server.port)
+    queue = Queue(config.queue.path)
+    queue.enqueue(RAW, "billing@example.test", ["a@customer.test"], source="t")
+    queue.enqueue(RAW, "billing@example.test", ["b@customer.test"], source="t")
+
+    async def go():
+        srv = await asyncio.start_server(server.handle, "127.0.0.1", server.port)
+        submitter = Submitter(queue, config.submit)
+        rows = queue.take(2, now=time.time(), envelope=lambda r: f"bounces+{r['id']}@bounce.example.test")
+        result = await submitter.submit(rows)
+        await submitter.close()
+        srv.close()
+        return result
+
+    result = run(go())
+    assert server.received >= 1
+    assert len(result.ambiguous) == server.received
+    assert queue.counts()["submitting"] == len(result.ambiguous)
+    # Postfix logged the first one (cleanup/qmgr lines seen by tracking), not the second
+    first, *rest = sorted(result.ambiguous)
+    queue.note_postfix("4ABCDEF12", envelope_from=f"bounces+{first}@bounce.example.test")
+    found, resent = resolve_ambiguous(queue)
+    assert (found, resent) == (1, len(rest))
+    assert queue.recipient(first)["state"] == "submitted"
+    assert queue.recipient(first)["postfix_qid"] == "4ABCDEF12"
+    for rid in rest:
+        assert queue.recipient(rid)["state"] == "queued"
+    queue.close()
+
+
+def test_client_uses_pipelining_when_offered():
+    """Against Postfix's smtp-sink (which offers PIPELINING) one transaction is one write."""
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    port = free_port()
+    proc = subprocess.Popen([sink, *sink_user(), f"127.0.0.1:{port}", "10"])
+    try:
+        for _ in range(50):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+
+        async def go():
+            client = await SmtpClient.connect("127.0.0.1", port, timeout=5, helo="relay.test")
+            replies = [await client.send("a@b.test", f"r{i}@c.test", RAW) for i in range(3)]
+            await client.close()
+            return client.pipelining, replies
+
+        pipelining, replies = run(go())
+        assert pipelining
+        assert [r.code for r in replies] == [250, 250, 250]
+        assert all(r.stage == "dot" for r in replies)
+    finally:
+        proc.terminate()
+        proc.wait()
