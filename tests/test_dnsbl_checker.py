@@ -1,0 +1,222 @@
+"""The checker against a table-driven DNS: verdicts per return code, self-tests, allowlists,
+deadline, DQS. No network."""
+
+import asyncio
+import time
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from bulkrelay.dnsbl.checker import Checker, judge
+from bulkrelay.dnsbl.lists import DnsblList, Settings
+from bulkrelay.dnsbl.lookup import Answer
+
+
+class FakeDns:
+    """answers: name -> {"A": [...], "TXT": [...]} | "NXDOMAIN" | "SERVFAIL" | "REFUSED" | "TIMEOUT".
+    Names absent from the table are NXDOMAIN."""
+
+    def __init__(self, answers):
+        self.answers = {k.lower(): v for k, v in answers.items()}
+        self.asked = []
+
+    async def __call__(self, query, server, timeout):
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.asked.append((name, rdtype, str(server)))
+        entry = self.answers.get(name, "NXDOMAIN")
+        response = dns.message.make_response(query)
+        if entry == "TIMEOUT":
+            await asyncio.sleep(3600)
+        if isinstance(entry, str):
+            response.set_rcode(dns.rcode.from_text(entry))
+            return response
+        values = entry.get(rdtype, [])
+        if values:
+            if rdtype == "TXT":
+                values = ['"' + v + '"' for v in values]
+            response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", rdtype, values))
+        return response
+
+
+RELAY = "198.51.100.25"
+RELAY_REV = "25.100.51.198"
+
+
+def zone_answers(zone, relay=None, test_listed=("127.0.0.2",), test_clean=None, txt=None):
+    """A well-behaved list: RFC 5782 test points plus an optional answer for the relay."""
+    answers = {f"2.0.0.127.{zone}.": {"A": list(test_listed)}}
+    if test_clean is not None:
+        answers[f"1.0.0.127.{zone}."] = test_clean
+    if relay is not None:
+        answers[f"{RELAY_REV}.{zone}."] = {"A": list(relay), "TXT": [txt] if txt else []}
+    return answers
+
+
+def settings(*lists, **kw):
+    return Settings.from_mapping({"lists": list(lists), "nameservers": ["192.0.2.53"], **kw})
+
+
+def run(fake, cfg, targets=(RELAY,)):
+    return Checker(cfg, transport=fake).run(list(targets))
+
+
+def test_listed_with_reason():
+    fake = FakeDns(zone_answers("bl.test", relay=["127.0.0.2"], txt="Listed: spam trap hits"))
+    result = run(fake, settings({"zone": "bl.test"}))
+    (hit,) = result.listings
+    assert (hit.target, hit.zone, hit.codes, hit.reason) == (
+        RELAY,
+        "bl.test",
+        ("127.0.0.2",),
+        "Listed: spam trap hits",
+    )
+    assert not result.errors
+    assert (f"{RELAY_REV}.bl.test.", "TXT", "192.0.2.53") in fake.asked
+
+
+def test_nxdomain_is_clean():
+    result = run(FakeDns(zone_answers("bl.test")), settings({"zone": "bl.test"}))
+    assert [r.outcome for r in result.results] == ["clean"]
+    assert result.checked == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "meaning"),
+    [
+        ("127.255.255.252", "typo"),
+        ("127.255.255.254", "public/open resolver"),
+        ("127.255.255.255", "rate limited"),
+    ],
+)
+def test_spamhaus_error_codes_are_errors_not_listings(code, meaning):
+    zen = {"zone": "zen.test", "listed": ["127.0.0.2-127.0.0.11"], "errors": ["127.255.255.0/24"]}
+    fake = FakeDns(zone_answers("zen.test", relay=[code]))
+    result = run(fake, settings(zen))
+    assert not result.listings
+    (err,) = result.errors
+    assert code in err.error and meaning in err.error
+
+
+def test_undefined_code_is_an_error():
+    fake = FakeDns(zone_answers("bl.test", relay=["127.0.0.99"]))
+    result = run(fake, settings({"zone": "bl.test", "listed": ["127.0.0.2"]}))
+    assert not result.listings
+    assert "does not define as a listing" in result.errors[0].error
+
+
+def test_answer_outside_127_is_an_error_by_default():
+    fake = FakeDns(zone_answers("bl.test", relay=["198.51.100.200"]))
+    result = run(fake, settings({"zone": "bl.test"}))
+    assert result.errors and not result.listings
+
+
+def test_dead_list_that_answers_everything_is_unknown_not_listed():
+    dead = {"A": ["127.0.0.2"]}
+    fake = FakeDns(
+        {"2.0.0.127.dead.test.": dead, "1.0.0.127.dead.test.": dead, f"{RELAY_REV}.dead.test.": dead}
+    )
+    result = run(fake, settings({"zone": "dead.test"}))
+    assert not result.listings
+    assert "dead list" in result.errors[0].error and "127.0.0.1" in result.errors[0].error
+
+
+def test_shut_down_list_fails_selftest():
+    fake = FakeDns({})  # everything NXDOMAIN: 127.0.0.2 is not listed any more
+    result = run(fake, settings({"zone": "gone.test"}))
+    assert result.errors and "not listed" in result.errors[0].error and not result.checked
+
+
+def test_refused_resolver_on_selftest_is_an_error_for_every_target():
+    refused = {"A": ["127.255.255.254"]}
+    fake = FakeDns({"2.0.0.127.zen.test.": refused, f"{RELAY_REV}.zen.test.": "NXDOMAIN"})
+    result = run(fake, settings({"zone": "zen.test"}))
+    assert result.errors and "127.255.255.254" in result.errors[0].error
+    assert result.checked == 0  # the NXDOMAIN for the relay is not trusted: never reported clean
+
+
+@pytest.mark.parametrize("rcode", ["SERVFAIL", "REFUSED"])
+def test_servfail_and_refused_are_errors(rcode):
+    answers = zone_answers("bl.test")
+    answers[f"{RELAY_REV}.bl.test."] = rcode
+    result = run(FakeDns(answers), settings({"zone": "bl.test"}, retries=0))
+    assert result.errors and rcode in result.errors[0].error
+
+
+def test_timeouts_are_bounded_by_one_timeout_plus_margin():
+    answers = {}
+    lists = []
+    for i in range(8):
+        zone = f"slow{i}.test"
+        answers[f"2.0.0.127.{zone}."] = "TIMEOUT"
+        answers[f"1.0.0.127.{zone}."] = "TIMEOUT"
+        answers[f"{RELAY_REV}.{zone}."] = "TIMEOUT"
+        lists.append({"zone": zone})
+    answers.update(zone_answers("bl.test", relay=["127.0.0.2"]))
+    lists.append({"zone": "bl.test"})
+    started = time.monotonic()
+    result = run(FakeDns(answers), settings(*lists, timeout=0.4, retries=1))
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.4 + 0.6
+    assert len(result.error_zones()) == 8
+    assert all("timeout" in e.error for e in result.errors)
+    assert [r.zone for r in result.listings] == ["bl.test"]
+
+
+def test_allowlist_reported_apart_never_a_listing():
+    wl = {"zone": "wl.test", "allowlist": True, "listed": ["127.0.0.0-127.0.255.254"], "selftest": False}
+    fake = FakeDns({f"{RELAY_REV}.wl.test.": {"A": ["127.0.10.2"]}})
+    result = run(fake, settings(wl))
+    assert not result.listings
+    assert [r.zone for r in result.allowlisted] == ["wl.test"]
+
+
+def test_allowlist_error_does_not_make_the_check_fail():
+    wl = {"zone": "wl.test", "allowlist": True, "selftest": False}
+    fake = FakeDns({f"{RELAY_REV}.wl.test.": "SERVFAIL"})
+    result = run(fake, settings(wl, retries=0))
+    assert not result.errors and result.allowlist_errors
+
+
+def test_ipv6_only_asked_where_supported_and_by_nibbles():
+    v6 = "2001:db8:100::25"
+    nibbles = "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.8.b.d.0.1.0.0.2"
+    answers = zone_answers("v6.test") | zone_answers("v4only.test")
+    answers[f"{nibbles}.v6.test."] = {"A": ["127.0.0.2"]}
+    fake = FakeDns(answers)
+    result = run(fake, settings({"zone": "v6.test", "ipv6": True}, {"zone": "v4only.test"}), targets=[v6])
+    assert [(r.target, r.zone) for r in result.listings] == [(v6, "v6.test")]
+    assert result.lists == ["v6.test"]
+    assert not any(name.endswith("v4only.test.") for name, _t, _s in fake.asked)
+
+
+def test_domain_list_uses_rfc5782_domain_test_points():
+    answers = {"test.dbl.test.": {"A": ["127.0.1.2"]}, "spam.example.dbl.test.": {"A": ["127.0.1.2"]}}
+    dbl = {"zone": "dbl.test", "kind": "domain", "listed": ["127.0.1.2-127.0.1.255"]}
+    result = run(FakeDns(answers), settings(dbl), targets=["spam.example", "ham.example", RELAY])
+    assert [r.target for r in result.listings] == ["spam.example"]
+    assert [r.target for r in result.results if r.outcome == "clean"] == ["ham.example"]
+
+
+def test_dqs_key_used_in_queries_but_never_shown():
+    key = "abcdefghijklmnopqrstuvwxyz"
+    zone = f"{key}.zen.dq.test"
+    answers = zone_answers(zone, relay=["127.0.0.4"], txt=f"https://check.example/{key}")
+    zen = {"zone": "zen.test", "dqs_zone": "zen.dq.test", "listed": ["127.0.0.2-127.0.0.11"]}
+    fake = FakeDns(answers)
+    result = run(fake, settings(zen, dqs_key=key))
+    (hit,) = result.listings
+    assert hit.zone == "zen.test"
+    assert key not in hit.reason and "<dqs-key>" in hit.reason
+    assert all(name.endswith(f".{zone}.") for name, _t, _s in fake.asked)
+
+
+def test_judge_treats_nodata_as_error():
+    dnsbl = DnsblList.from_mapping({"zone": "bl.test"})
+    assert judge(dnsbl, Answer("nodata", error="no A record"))[0] == "error"
+    assert judge(dnsbl, Answer("nxdomain"))[0] == "clean"
+    assert judge(dnsbl, Answer("found", ("127.0.0.3",)))[0] == "listed"

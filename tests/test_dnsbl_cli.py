@@ -1,0 +1,45 @@
+"""The CLI: operator mistakes give one line and the right exit code, never a traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent  # the venv's console scripts, whatever PATH says
+
+
+def run(command, *args):
+    return subprocess.run(
+        [str(BIN / command), *args], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def test_bulkrelay_dnsbl_usage_errors_exit_2(tmp_path):
+    bad = run("bulkrelay", "dnsbl", "check", "-H", "example.com")
+    assert bad.returncode == 2 and "check domains with -d/--domain" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    cfg = tmp_path / "dnsbl.json"
+    cfg.write_text(json.dumps({"lists": [{"zone": "dnsbl.sorbs.net"}]}))
+    sorbs = run("bulkrelay", "dnsbl", "check", "--config", str(cfg), "-H", "192.0.2.1")
+    assert sorbs.returncode == 2 and "SORBS" in sorbs.stderr and "remove it" in sorbs.stderr
+    cfg.write_text("{broken")
+    broken = run("bulkrelay", "dnsbl", "check", "--config", str(cfg), "-H", "192.0.2.1")
+    assert broken.returncode == 2 and "not valid JSON" in broken.stderr
+
+
+def test_check_dnsbl_usage_errors_are_nagios_unknown():
+    none = run("check_dnsbl")
+    assert none.returncode == 3 and none.stdout.startswith("DNSBL UNKNOWN - nothing to check")
+    bad_ns = run("check_dnsbl", "-H", "192.0.2.1", "-s", "resolver.example")
+    assert bad_ns.returncode == 3 and "not an IP address" in bad_ns.stdout
+    bad_opt = run("check_dnsbl", "--bogus")
+    assert bad_opt.returncode == 3
+
+
+def test_lists_prints_curated_defaults(tmp_path):
+    out = run("bulkrelay", "dnsbl", "lists", "--config", str(tmp_path / "absent.json"))
+    assert out.returncode == 2 and "cannot read settings file" in out.stderr
+    cfg = tmp_path / "empty.json"
+    cfg.write_text("{}")
+    out = run("bulkrelay", "dnsbl", "lists", "--config", str(cfg))
+    assert out.returncode == 0 and "zen.spamhaus.org" in out.stdout and "allowlist" in out.stdout
