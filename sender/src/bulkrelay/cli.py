@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "bulkrelay.service",
     "bulkrelay.ops",
     "bulkrelay.submitcli",
+    "bulkrelay.bounces.cli",
 ]
 
 

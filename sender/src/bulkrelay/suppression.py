@@ -150,7 +150,7 @@ def list_entries(conn: sqlite3.Connection, *, now: float | None = None) -> list[
 
 
 # -- CSV ---------------------------------------------------------------------------------------
-def _iso(ts: float | None) -> str:
+def iso_time(ts: float | None) -> str:
     if ts is None:
         return ""
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -183,7 +183,7 @@ def export_csv(conn: sqlite3.Connection, out: io.TextIOBase) -> int:
     entries = list_entries(conn)
     for e in entries:
         writer.writerow(
-            [e["address"], e["reason"], e["source"], _iso(e["created_at"]), _iso(e["expires_at"])]
+            [e["address"], e["reason"], e["source"], iso_time(e["created_at"]), iso_time(e["expires_at"])]
         )
     return len(entries)
 
