@@ -114,6 +114,14 @@ def test_generate_full_set():
     assert out.warnings == []
 
 
+def test_generate_normalizes_a_folded_dkim_key():
+    out = generate(dkim={"example.test": {"selector": "s1", "txt": "v=DKIM1;  k=rsa;\n p=AB CD\n EF=="}})
+    got = {(r.fqdn, r.type): r for r in out.records}
+    assert got[("s1._domainkey.example.test.", "TXT")].txt == "v=DKIM1; k=rsa; p=ABCDEF=="
+    with pytest.raises(records.RecordError, match=r"DKIM public key TXT for example\.test does not parse"):
+        generate(dkim={"example.test": {"selector": "s1", "txt": "garbage"}})
+
+
 def test_generate_keeps_live_dmarc_and_warns_without_dkim():
     out = generate(dkim={}, live_dmarc={"example.test": ["v=DMARC1; p=reject"]})
     got = {(r.fqdn, r.type): r for r in out.records}

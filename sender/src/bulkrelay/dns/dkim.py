@@ -19,6 +19,15 @@ def key_of(txt: str) -> str:
     return "".join(tags.get("p", "").split())
 
 
+def normalize(txt: str) -> str:
+    """A DKIM TXT in canonical form: ``tag=value`` joined by ``; ``, whitespace removed from p=.
+
+    Raises TagSyntaxError when the text is not a tag list.
+    """
+    pairs = parse_tags(" ".join(str(txt).split()))
+    return "; ".join(f"{k}={''.join(v.split()) if k.lower() == 'p' else v}" for k, v in pairs)
+
+
 def parse_record(txt: str) -> tuple[dict[str, str], list[str], list[str]]:  # noqa: PLR0912 - one branch per rule
     """Parse and validate a DKIM key record. Returns (tags, errors, warnings)."""
     errors: list[str] = []

@@ -22,8 +22,9 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bulkrelay.dns import spf
+from bulkrelay.dns import dkim, spf
 from bulkrelay.dns.resolver import relative
+from bulkrelay.dns.tags import TagSyntaxError
 
 TXT_STRING_MAX = 255
 SPF_UDP_SAFE = 450  # RFC 7208 3.4: keep the answer small enough for one UDP packet
@@ -242,7 +243,10 @@ def _dkim_dmarc_records(
         selector = key.get("selector") or ""
         if not selector:
             raise RecordError(f"the DKIM key for {name} has no selector (set bulkrelay_dkim_selector)")
-        txt = " ".join(str(key["txt"]).split())
+        try:
+            txt = dkim.normalize(key["txt"])
+        except TagSyntaxError as exc:
+            raise RecordError(f"the DKIM public key TXT for {name} does not parse ({exc})") from None
         out.add(f"{selector}._domainkey.{name}", "TXT", quote_txt(txt), ttl, name, "DKIM public key", txt=txt)
     else:
         out.warnings.append(
