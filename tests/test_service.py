@@ -1,0 +1,186 @@
+"""`bulkrelay serve` end to end: a real process, a real SMTP receiver on loopback, real timing.
+
+1,000 messages are queued, the service releases them at 100 per 1 s (the production default
+of 100 per 300 s, scaled down) and the receiver timestamps every arrival.
+"""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from test_delivery import KEY, RAW, Receiver, free_port
+
+from bulkrelay import verp
+from bulkrelay.queue import Queue
+
+BATCH = 100
+INTERVAL = 1.0
+
+
+def write_config(tmp_path, port, *, extra=""):
+    (tmp_path / "verp.key").write_bytes(KEY)
+    metrics_port = free_port()
+    text = f"""
+[queue]
+path = "{tmp_path / "q.sqlite"}"
+
+[submit]
+host = "127.0.0.1"
+port = {port}
+connections = 2
+timeout = 10
+
+[policy]
+batch_size = {BATCH}
+interval = {INTERVAL}
+
+[envelope]
+bounce_domain = "bounce.example.test"
+verp_key_file = "{tmp_path / "verp.key"}"
+
+[tracking]
+source = "file"
+path = "{tmp_path / "mail.log"}"
+
+[dnsbl]
+state_file = "{tmp_path / "dnsbl.json"}"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+{extra}
+"""
+    path = tmp_path / "sender.toml"
+    path.write_text(text)
+    return path, metrics_port
+
+
+def start_service(config_path, log_path):
+    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
+    log = open(log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+    return subprocess.Popen([bulkrelay, "serve", "--config", str(config_path)], stdout=log, stderr=log)
+
+
+def groups(times, gap):
+    """Split sorted arrival times into bursts separated by more than `gap` seconds."""
+    out = [[times[0]]]
+    for t in times[1:]:
+        if t - out[-1][-1] > gap:
+            out.append([])
+        out[-1].append(t)
+    return out
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+def test_thousand_messages_leave_in_exact_batches(tmp_path, receiver):
+    config_path, metrics_port = write_config(tmp_path, receiver.port)
+    queue = Queue(tmp_path / "q.sqlite")
+    ids = [
+        queue.enqueue(RAW.replace(b"Invoice", f"Invoice {i}".encode()), "billing@example.test",
+                      [f"customer{i}@customer.test"], source="test")
+        for i in range(1000)
+    ]  # fmt: skip
+    proc = start_service(config_path, tmp_path / "service.log")
+    try:
+        wait_for(lambda: len(receiver.messages) >= 1000, 60, "1000 arrivals")
+        time.sleep(0.5)  # nothing more may arrive
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0, (tmp_path / "service.log").read_text()[-3000:]
+
+    msgs = receiver.messages
+    assert len(msgs) == 1000
+    assert sorted(m["rcpt_tos"][0] for m in msgs) == sorted(f"customer{i}@customer.test" for i in range(1000))
+    times = sorted(m["at"] for m in msgs)
+    bursts = groups(times, gap=INTERVAL / 2)
+    sizes = [len(b) for b in bursts]
+    starts = [b[0] for b in bursts]
+    spacing = [b - a for a, b in itertools.pairwise(starts)]
+    # exactly ten batches of 100, each starting one interval after the previous one
+    assert sizes == [BATCH] * 10, sizes
+    assert min(spacing) >= INTERVAL - 0.05, spacing
+    assert max(spacing) <= INTERVAL + 0.5, spacing
+    assert max(b[-1] - b[0] for b in bursts) < INTERVAL / 2
+
+    # every row ended 'submitted' with the receiver's queue id and its own VERP sender
+    by_rcpt = {m["rcpt_tos"][0]: m for m in msgs}
+    for mid in ids[::97]:
+        (row,) = queue.message(mid)["recipients"]
+        assert row["state"] == "submitted"
+        assert row["postfix_qid"] == by_rcpt[row["address"]]["qid"]
+        assert verp.parse_address(by_rcpt[row["address"]]["mail_from"], KEY) == row["id"]
+    assert queue.counts()["submitted"] == 1000
+    assert 'bulkrelay_recipients{state="submitted"} 1000' in metrics
+    assert 'bulkrelay_submit_total{outcome="submitted"} 1000' in metrics
+    log = (tmp_path / "service.log").read_text()
+    assert log.count("event=batch_released count=100") == 10
+    queue.close()
+
+
+def test_status_pause_resume_cli_against_a_running_service(tmp_path, receiver):
+    config_path, _ = write_config(tmp_path, receiver.port)
+    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
+
+    def cli(*args):
+        return subprocess.run(
+            [bulkrelay, *args, "--config", str(config_path)], capture_output=True, text=True, check=False
+        )
+
+    assert cli("pause", "--reason", "maintenance").returncode == 0
+    queue = Queue(tmp_path / "q.sqlite")
+    for i in range(5):
+        queue.enqueue(RAW, "billing@example.test", [f"p{i}@customer.test"], source="test")
+    proc = start_service(config_path, tmp_path / "service.log")
+    try:
+        time.sleep(2.5)
+        assert receiver.messages == []
+        status = json.loads(cli("status", "--json").stdout)
+        assert status["paused"] is True and "maintenance" in status["policy"]
+        assert status["counts"]["queued"] == 5
+        assert status["next_release"] is None
+        assert cli("resume").stdout.strip() == "resumed"
+        wait_for(lambda: len(receiver.messages) == 5, 10, "5 arrivals after resume")
+        status = json.loads(cli("status", "--json").stdout)
+        assert status["counts"]["submitted"] == 5 and status["rates"]["released_last_hour"] == 5
+        listing = cli("queue", "list", "--state", "submitted")
+        assert listing.returncode == 0 and "p4@customer.test" in listing.stdout
+        assert cli("queue", "show", "999").returncode == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    queue.close()
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[policy]\nbatch_size = "many"\n')
+    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
+    result = subprocess.run(
+        [bulkrelay, "serve", "--config", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "policy.batch_size" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
