@@ -1,0 +1,215 @@
+"""Delivery tracking from Postfix's log: parsing, file follow with rotation, journal cursor,
+hard bounces to the suppression list, and crash recovery by the log."""
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+from test_delivery import KEY, RAW, Receiver
+
+from bulkrelay import suppression, tracking, verp
+from bulkrelay.queue import Queue
+from bulkrelay.service import resolve_ambiguous
+
+HOST = "2026-11-27T10:00:00.123456+00:00 relay postfix"
+LINES = {
+    "client": f"{HOST}/smtpd[811]: 4Fk2ab0XyZz1: client=localhost[127.0.0.1]",
+    "mid": f"{HOST}/cleanup[812]: 4Fk2ab0XyZz1: message-id=<inv-1@example.test>",
+    "from": f"{HOST}/qmgr[500]: 4Fk2ab0XyZz1: from=<bounces+r1-abc@bounce.example.test>, size=1234, nrcpt=1 "
+    "(queue active)",
+    "sent": f"{HOST}/smtp[813]: 4Fk2ab0XyZz1: to=<a@customer.test>, "
+    "relay=mx.customer.test[198.51.100.40]:25, "
+    "delay=0.31, delays=0.02/0.01/0.1/0.18, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 9C1D2E)",
+    "deferred": f"{HOST}/smtp[814]: 3A7F21C0B2D: to=<b@customer.test>, relay=none, delay=30, "
+    "delays=0.01/0/30/0, dsn=4.4.1, status=deferred (connect to mx.customer.test[198.51.100.40]:25: "
+    "Connection timed out)",
+    "bounced": f"{HOST}/smtp[815]: 3A7F21C0B2E: to=<c@customer.test>, "
+    "relay=mx.customer.test[198.51.100.40]:25,"
+    " delay=0.5, delays=0.1/0/0.2/0.2, dsn=5.1.1, status=bounced (host mx.customer.test[198.51.100.40] said: "
+    "550 5.1.1 <c@customer.test>: Recipient address rejected: User unknown (in reply to RCPT TO command))",
+    "expired": f"{HOST}/qmgr[500]: 3A7F21C0B2F: from=<bounces+r9-abc@bounce.example.test>, status=expired, "
+    "returned to sender",
+    "other": "2026-11-27T10:00:00+00:00 relay sshd[99]: Accepted publickey for admin",
+}
+
+
+def test_parse_realistic_postfix_lines():
+    p = tracking.parse_syslog_line
+    assert p(LINES["client"]) is None
+    mid = p(LINES["mid"])
+    assert (mid.qid, mid.kind, mid.value) == ("4Fk2ab0XyZz1", "message-id", "<inv-1@example.test>")
+    frm = p(LINES["from"])
+    assert (frm.kind, frm.value) == ("from", "bounces+r1-abc@bounce.example.test")
+    sent = p(LINES["sent"])
+    assert (sent.state, sent.address, sent.dsn) == ("delivered", "a@customer.test", "2.0.0")
+    assert sent.reply == "250 2.0.0 Ok: queued as 9C1D2E"
+    deferred = p(LINES["deferred"])
+    assert (deferred.state, deferred.dsn) == ("deferred", "4.4.1") and "timed out" in deferred.reply
+    bounced = p(LINES["bounced"])
+    assert (bounced.state, bounced.dsn) == ("bounced", "5.1.1")
+    assert bounced.reply.endswith("(in reply to RCPT TO command)")
+    assert p(LINES["expired"]).state == "bounced"
+    assert p(LINES["other"]) is None
+    # multi-instance Postfix names its syslog identifier postfix-out/smtp
+    assert p(LINES["sent"].replace("postfix/smtp", "postfix-out/smtp")).state == "delivered"
+    # the classic syslog timestamp works the same
+    assert p("Nov 27 10:00:00 relay " + LINES["sent"].split(" relay ", 1)[1]).state == "delivered"
+
+
+def test_parse_journal_json():
+    entry = {
+        "__CURSOR": "s=abc;i=1f",
+        "SYSLOG_IDENTIFIER": "postfix/smtp",
+        "MESSAGE": LINES["sent"].split(": ", 1)[1],
+    }
+    event, cursor = tracking.parse_journal_line(json.dumps(entry))
+    assert cursor == "s=abc;i=1f" and event.state == "delivered" and event.qid == "4Fk2ab0XyZz1"
+    entry["MESSAGE"] = list(entry["MESSAGE"].encode())  # journald's form for non-UTF-8 text
+    assert tracking.parse_journal_line(json.dumps(entry))[0].state == "delivered"
+    entry["SYSLOG_IDENTIFIER"] = "sshd"
+    assert tracking.parse_journal_line(json.dumps(entry)) == (None, "s=abc;i=1f")
+
+
+def submitted_rows(queue, qids):
+    queue.enqueue(
+        RAW, "billing@example.test", ["a@customer.test", "b@customer.test", "c@customer.test"], source="t"
+    )
+    rows = queue.take(3, now=time.time())
+    for row, qid in zip(rows, qids, strict=True):
+        queue.mark_submitted(row["id"], f"250 2.0.0 Ok: queued as {qid}")
+    return rows
+
+
+def test_file_source_applies_results_follows_rotation_and_remembers_position(tmp_path):
+    log = tmp_path / "mail.log"
+    queue = Queue(tmp_path / "q.sqlite")
+    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    tracker = tracking.Tracker(queue)
+    log.write_text("\n".join([LINES["mid"], LINES["sent"], LINES["deferred"]]) + "\n" + LINES["bounced"][:40])
+    source = tracking.FileSource(str(log), queue)
+    for event in source.events():
+        tracker.handle(event)
+    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "deferred", "submitted"]
+    # the half-written last line is completed, then the file is rotated and a new one started
+    with open(log, "a") as fh:
+        fh.write(LINES["bounced"][40:] + "\n")
+    os.rename(log, str(log) + ".1")
+    log.write_text(
+        LINES["deferred"].replace("status=deferred", "status=sent").replace("4.4.1", "2.0.0") + "\n"
+    )
+    # a restart in between: the position comes back from the database
+    source = tracking.FileSource(str(log), queue)
+    for event in source.events():
+        tracker.handle(event)
+    states = [queue.recipient(r["id"]) for r in rows]
+    assert [s["state"] for s in states] == ["delivered", "delivered", "bounced"]
+    assert states[2]["dsn"] == "5.1.1" and "User unknown" in states[2]["last_reply"]
+    # the hard bounce is on the suppression list; the deferral never was
+    assert suppression.lookup(queue.connection, "c@customer.test", now=time.time())["source"] == "postfix-log"
+    assert suppression.lookup(queue.connection, "b@customer.test", now=time.time()) is None
+    assert tracker.stats["bounced"] == 1 and tracker.stats["delivered"] == 2
+    assert source.events() == []  # nothing read twice
+    queue.close()
+
+
+def test_journal_source_uses_and_stores_the_cursor(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    entries = [
+        {"__CURSOR": f"c{i}", "SYSLOG_IDENTIFIER": line.split(" relay ", 1)[1].split("[")[0],
+         "MESSAGE": line.split("]: ", 1)[1]}
+        for i, line in enumerate([LINES["sent"], LINES["deferred"], LINES["bounced"]])
+    ]  # fmt: skip
+    data = tmp_path / "journal.json"
+    data.write_text("\n".join(json.dumps(e) for e in entries) + "\n")
+    argv_log = tmp_path / "argv.log"
+    fake = tmp_path / "journalctl"
+    fake.write_text(f"""#!{sys.executable}
+import json, sys
+open({str(argv_log)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")
+after = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--after-cursor=")), None)
+lines = open({str(data)!r}).read().splitlines()
+cursors = [json.loads(l)["__CURSOR"] for l in lines]
+start = cursors.index(after) + 1 if after else 0
+print("\\n".join(lines[start:]))
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    tracker = tracking.Tracker(queue)
+    source = tracking.JournalSource(queue, journalctl=str(fake))
+    assert asyncio.run(tracking.catch_up(source, tracker)) == 3
+    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "deferred", "bounced"]
+    assert queue.get_state(tracking.JournalSource.STATE_KEY) == "c2"
+    # a new process continues after the stored cursor: nothing is read twice
+    source = tracking.JournalSource(queue, journalctl=str(fake))
+    assert asyncio.run(tracking.catch_up(source, tracker)) == 0
+    calls = argv_log.read_text().splitlines()
+    assert "SYSLOG_FACILITY=2" in calls[0] and "--since=@" in calls[0]
+    assert "--after-cursor=c2" in calls[1]
+    queue.close()
+
+
+def test_restart_resolves_submitting_rows_from_the_postfix_log_before_resending(tmp_path):
+    """A crash left two rows 'submitting'; the log shows Postfix took one: only the other is sent."""
+    receiver = Receiver().start()
+    (tmp_path / "verp.key").write_bytes(KEY)
+    config = tmp_path / "sender.toml"
+    config.write_text(f"""
+[queue]
+path = "{tmp_path / "q.sqlite"}"
+[submit]
+port = {receiver.port}
+[envelope]
+bounce_domain = "bounce.example.test"
+verp_key_file = "{tmp_path / "verp.key"}"
+[tracking]
+source = "file"
+path = "{tmp_path / "mail.log"}"
+[metrics]
+listen = ""
+""")
+    queue = Queue(tmp_path / "q.sqlite")
+    queue.enqueue(RAW, "billing@example.test", ["taken@customer.test"], source="t")
+    queue.enqueue(RAW, "billing@example.test", ["lost@customer.test"], source="t")
+
+    def envelope(row):
+        return verp.make_address("bounces", "bounce.example.test", row["id"], KEY)
+
+    taken, lost = queue.take(2, now=time.time(), envelope=envelope)  # ...and then the process died
+    (tmp_path / "mail.log").write_text(
+        f"{HOST}/cleanup[812]: 4Qqid00001: message-id={queue.message(taken['message'])['message_id']}\n"
+        f"{HOST}/qmgr[500]: 4Qqid00001: from=<{taken['envelope_from']}>, size=300, nrcpt=1 (queue active)\n"
+    )
+    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
+    with open(tmp_path / "service.log", "wb") as out:
+        proc = subprocess.Popen([bulkrelay, "serve", "--config", str(config)], stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 15
+            while not receiver.messages and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+            receiver.stop()
+    assert [m["rcpt_tos"] for m in receiver.messages] == [["lost@customer.test"]]
+    assert queue.recipient(taken["id"])["state"] == "submitted"
+    assert queue.recipient(taken["id"])["postfix_qid"] == "4Qqid00001"
+    assert queue.recipient(lost["id"])["state"] == "submitted"
+    text = (tmp_path / "service.log").read_text()
+    assert "ambiguous_found=1 ambiguous_resent=1" in text
+    queue.close()
+
+
+def test_resolve_by_message_id_for_single_recipient_messages(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    queue.enqueue(RAW, "billing@example.test", ["a@customer.test"], source="t")
+    (row,) = queue.take(1, now=time.time())
+    queue.note_postfix("4Qmid0001", message_id=queue.message(row["message"])["message_id"])
+    assert resolve_ambiguous(queue) == (1, 0)
+    assert queue.recipient(row["id"])["postfix_qid"] == "4Qmid0001"
+    queue.close()
