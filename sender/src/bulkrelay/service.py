@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import inspect
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bulkrelay import config as configmod
 from bulkrelay import tracking
+from bulkrelay.cli import UsageError
 from bulkrelay.delivery import Connector, Submitter
 from bulkrelay.policy import Policy
-from bulkrelay.queue import Queue
+from bulkrelay.queue import Queue, QueueUnavailable
 
 log = logging.getLogger("bulkrelay.service")
 
@@ -263,9 +266,26 @@ def setup_logging(level: str = "INFO") -> None:
     )
 
 
+def single_instance(queue_path: str):
+    """Hold an exclusive lock beside the queue: two services on one queue would double-send."""
+    lock_path = f"{queue_path}.lock"
+    try:
+        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a")  # noqa: SIM115 (held for the life of the process)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(
+            f"another `bulkrelay serve` already runs on {queue_path} (lock {lock_path}); stop it first"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot lock {lock_path}: {exc.strerror}; check [queue] path permissions") from None
+    return handle
+
+
 def _run(args) -> int:
     config = configmod.load(args.config)
     setup_logging(args.log_level)
+    lock = single_instance(config.queue.path)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -274,7 +294,12 @@ def _run(args) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop=stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except QueueUnavailable as exc:
+        raise UsageError(f"{exc}; check [queue] path and free disk space") from None
+    finally:
+        lock.close()
     return 0
 
 
