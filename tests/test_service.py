@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -184,3 +185,49 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "policy.batch_size" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_intake_and_hot_folder_feed_the_release_loop(tmp_path, receiver):
+    """D2's intake and hot folder run inside `bulkrelay serve` and their mail reaches Postfix."""
+    intake_port = free_port()
+    hot = tmp_path / "hot"
+    config_path, _ = write_config(
+        tmp_path,
+        receiver.port,
+        extra=f"""
+[intake]
+listen = ["127.0.0.1:{intake_port}"]
+allowed_networks = ["127.0.0.0/8"]
+
+[hotfolder]
+path = "{hot}"
+""",
+    )
+    proc = start_service(config_path, tmp_path / "service.log")
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                smtp = smtplib.SMTP("127.0.0.1", intake_port, timeout=5)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError((tmp_path / "service.log").read_text()[-2000:])
+        msg = b"From: billing@example.test\r\nTo: app@customer.test\r\nSubject: via intake\r\n\r\nhi\r\n"
+        smtp.sendmail("billing@example.test", ["app@customer.test"], msg)
+        smtp.quit()
+        (hot / "tmp").mkdir(parents=True, exist_ok=True)
+        (hot / "incoming").mkdir(parents=True, exist_ok=True)
+        eml = hot / "tmp" / "invoice-7.eml"
+        eml.write_bytes(
+            b"From: billing@example.test\r\nTo: file@customer.test\r\nSubject: via folder\r\n\r\nhi\r\n"
+        )
+        eml.rename(hot / "incoming" / "invoice-7.eml")
+        wait_for(lambda: len(receiver.messages) == 2, 20, "intake and hot folder mail at the receiver")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+    assert sorted(m["rcpt_tos"][0] for m in receiver.messages) == ["app@customer.test", "file@customer.test"]
+    assert (hot / "done" / "invoice-7.eml").exists()
