@@ -213,3 +213,41 @@ def test_resolve_by_message_id_for_single_recipient_messages(tmp_path):
     assert resolve_ambiguous(queue) == (1, 0)
     assert queue.recipient(row["id"])["postfix_qid"] == "4Qmid0001"
     queue.close()
+
+
+def test_journal_follow_applies_new_entries_then_stops(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    entries = [
+        {"__CURSOR": f"f{i}", "SYSLOG_IDENTIFIER": "postfix/smtp", "MESSAGE": line.split("]: ", 1)[1]}
+        for i, line in enumerate([LINES["sent"], LINES["bounced"]])
+    ]
+    fake = tmp_path / "journalctl"
+    # like `journalctl --follow`: print what exists, then keep the pipe open
+    fake.write_text(f"""#!{sys.executable}
+import sys, time
+assert "--follow" in sys.argv
+for line in {[json.dumps(e) for e in entries]!r}:
+    print(line, flush=True)
+time.sleep(30)
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    tracker = tracking.Tracker(queue)
+    source = tracking.JournalSource(queue, journalctl=str(fake))
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(tracking.follow(source, tracker, stop, poll=0.2))
+        for _ in range(100):
+            if queue.recipient(rows[2]["id"])["state"] == "bounced":
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    started = time.monotonic()
+    asyncio.run(go())
+    assert time.monotonic() - started < 5  # the follower stops promptly and reaps journalctl
+    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "submitted", "bounced"]
+    assert queue.get_state(tracking.JournalSource.STATE_KEY) == "f1"
+    queue.close()

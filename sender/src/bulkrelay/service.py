@@ -264,6 +264,8 @@ def setup_logging(level: str = "INFO") -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="level=%(levelname)s logger=%(name)s %(message)s",
     )
+    # aiosmtpd logs every SMTP command at INFO on "mail.log"; the intake logs its own events.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def single_instance(queue_path: str):

@@ -42,6 +42,8 @@ _FROM = re.compile(r"^from=<(?P<from>[^>]*)>")
 _MID = re.compile(r"^message-id=(?P<mid><[^>]*>|\S+)")
 _EXPIRED = re.compile(r"^from=<(?P<from>[^>]*)>, status=expired")
 
+BATCH = 500  # journal lines applied per cursor write
+
 RESULT_STATES = {"sent": "delivered", "deferred": "deferred", "bounced": "bounced", "expired": "bounced"}
 DELIVERY_AGENTS = {"smtp", "lmtp", "local", "virtual", "error", "discard", "pipe", "relay", "retry"}
 
@@ -239,7 +241,8 @@ class JournalSource:
             argv.append("--follow")
         return argv
 
-    def _take(self, lines: list[str]) -> list[LogEvent]:
+    def take(self, lines: list[str]) -> list[LogEvent]:
+        """Parse journal JSON lines; remembers the last cursor in the queue database."""
         events = []
         for line in lines:
             event, cursor = parse_journal_line(line)
@@ -258,7 +261,7 @@ class JournalSource:
         out, err = await proc.communicate()
         if proc.returncode not in (0, 1) and err:
             log.warning("event=journal_read_failed rc=%s error=%r", proc.returncode, err.decode()[:300])
-        return self._take(out.decode("utf-8", "replace").splitlines())
+        return self.take(out.decode("utf-8", "replace").splitlines())
 
 
 async def follow(
@@ -278,14 +281,22 @@ async def follow(
         )
         assert proc.stdout is not None
         try:
-            while not stop.is_set():
-                try:
-                    line = await asyncio.wait_for(proc.stdout.readline(), poll)
-                except TimeoutError:
-                    continue
-                if not line:
-                    break
-                for event in source._take([line.decode("utf-8", "replace")]):
+            eof = False
+            while not stop.is_set() and not eof:
+                # Gather what is there (up to BATCH lines), then apply it and store the cursor once.
+                lines: list[str] = []
+                timeout = poll
+                while len(lines) < BATCH:
+                    try:
+                        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+                    except TimeoutError:
+                        break
+                    if not line:
+                        eof = True
+                        break
+                    lines.append(line.decode("utf-8", "replace"))
+                    timeout = 0.05
+                for event in source.take(lines):
                     tracker.handle(event)
         finally:
             if proc.returncode is None:
