@@ -94,6 +94,7 @@ def test_file_source_applies_results_follows_rotation_and_remembers_position(tmp
     source = tracking.FileSource(str(log), queue)
     for event in source.events():
         tracker.handle(event)
+    source.commit()
     assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "deferred", "submitted"]
     # the half-written last line is completed, then the file is rotated and a new one started
     with open(log, "a") as fh:
@@ -106,6 +107,7 @@ def test_file_source_applies_results_follows_rotation_and_remembers_position(tmp
     source = tracking.FileSource(str(log), queue)
     for event in source.events():
         tracker.handle(event)
+    source.commit()
     states = [queue.recipient(r["id"]) for r in rows]
     assert [s["state"] for s in states] == ["delivered", "delivered", "bounced"]
     assert states[2]["dsn"] == "5.1.1" and "User unknown" in states[2]["last_reply"]
@@ -114,6 +116,11 @@ def test_file_source_applies_results_follows_rotation_and_remembers_position(tmp
     assert suppression.lookup(queue.connection, "b@customer.test", now=time.time()) is None
     assert tracker.stats["bounced"] == 1 and tracker.stats["delivered"] == 2
     assert source.events() == []  # nothing read twice
+    # a crash before commit() re-reads (idempotently) instead of losing results
+    with open(log, "a") as fh:
+        fh.write(LINES["sent"] + "\n")
+    assert len(tracking.FileSource(str(log), queue).events()) == 1
+    assert len(tracking.FileSource(str(log), queue).events()) == 1
     queue.close()
 
 

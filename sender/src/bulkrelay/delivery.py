@@ -246,27 +246,31 @@ class Submitter:
             self._bodies.move_to_end(message_id)
         return body
 
-    async def submit(self, rows: list[dict]) -> BatchResult:
+    async def submit(self, rows: list[dict], *, stop: asyncio.Event | None = None) -> BatchResult:
+        """Submit released rows; when ``stop`` is set, the rows not yet started go back unsent."""
         result = BatchResult()
         pending: asyncio.Queue[dict] = asyncio.Queue()
         for row in rows:
             pending.put_nowait(row)
+        stop = stop or asyncio.Event()
         workers = max(1, min(self.config.connections, len(rows)))
-        await asyncio.gather(*(self._worker(pending, result) for _ in range(workers)))
-        # Anything left when every connection died was never sent: it goes back unreleased.
+        await asyncio.gather(*(self._worker(pending, result, stop) for _ in range(workers)))
+        # Anything left (every connection died, or the service is stopping) was never sent: it
+        # goes back to 'queued' and its release is forgotten.
         leftover = []
         while not pending.empty():
             leftover.append(pending.get_nowait()["id"])
         if leftover:
-            self.queue.give_back(leftover, reason=f"not sent: {result.connection_error}")
+            reason = "not sent: service stopping" if stop.is_set() else f"not sent: {result.connection_error}"
+            self.queue.give_back(leftover, reason=reason)
             result.returned += len(leftover)
         return result
 
-    async def _worker(self, pending: asyncio.Queue[dict], result: BatchResult) -> None:
+    async def _worker(self, pending: asyncio.Queue[dict], result: BatchResult, stop: asyncio.Event) -> None:
         client: SmtpClient | None = None
         reconnects = 0
         try:
-            while not pending.empty():
+            while not pending.empty() and not stop.is_set():
                 if client is None or client.closed:
                     try:
                         client = await self._checkout()
@@ -328,5 +332,6 @@ class Submitter:
             log.error("event=submit_failed %s stage=%s reply=%r", ident, reply.stage, text)
 
     async def close(self) -> None:
+        """Close every pooled connection (QUIT)."""
         while self.pool:
             await self.pool.pop().close()

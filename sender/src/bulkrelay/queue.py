@@ -178,6 +178,7 @@ class Queue:
             self.connection.execute("PRAGMA journal_mode = WAL")
             # FULL: a COMMIT survives power loss too, which is what "250 after commit" promises.
             self.connection.execute("PRAGMA synchronous = FULL")
+            self._durable = True
             self.connection.execute("PRAGMA foreign_keys = ON")
             with self._lock:
                 self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
@@ -186,10 +187,19 @@ class Queue:
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE .. COMMIT; any sqlite error becomes QueueUnavailable after ROLLBACK."""
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE .. COMMIT; any sqlite error becomes QueueUnavailable after ROLLBACK.
+
+        ``durable=False`` skips the fsync at COMMIT (WAL, synchronous=NORMAL): the change
+        survives a killed process but not a power loss until the next durable commit syncs
+        the log. Used for the per-recipient results after submission, where a lost update only
+        sends the row back to 'submitting' (resolved from the Postfix log).
+        """
         with self._lock:
             conn = self.connection
+            if durable != self._durable:
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -441,7 +451,7 @@ class Queue:
         if not recipient_ids:
             return
         now = self.clock()
-        with self.transaction() as conn:
+        with self.transaction(durable=False) as conn:
             for rid in recipient_ids:
                 conn.execute(
                     "UPDATE recipients SET state = 'queued', updated_at = ?, last_reply = ? "
@@ -455,7 +465,7 @@ class Queue:
 
     def mark_submitted(self, recipient_id: int, reply: str) -> str | None:
         qid = queue_id_from_reply(reply)
-        with self.transaction() as conn:
+        with self.transaction(durable=False) as conn:
             conn.execute(
                 "UPDATE recipients SET state = 'submitted', postfix_qid = ?, last_reply = ?, "
                 "attempts = attempts + 1, updated_at = ? WHERE id = ?",
@@ -465,7 +475,7 @@ class Queue:
 
     def mark_retry(self, recipient_id: int, reply: str, *, delay: float) -> None:
         now = self.clock()
-        with self.transaction() as conn:
+        with self.transaction(durable=False) as conn:
             conn.execute(
                 "UPDATE recipients SET state = 'queued', last_reply = ?, attempts = attempts + 1, "
                 "next_attempt = ?, updated_at = ? WHERE id = ?",
@@ -474,7 +484,7 @@ class Queue:
             self._error(conn, recipient_id, f"retry in {delay:.0f}s: {reply}")
 
     def mark_failed(self, recipient_id: int, reply: str) -> None:
-        with self.transaction() as conn:
+        with self.transaction(durable=False) as conn:
             conn.execute(
                 "UPDATE recipients SET state = 'failed', last_reply = ?, attempts = attempts + 1, "
                 "updated_at = ? WHERE id = ?",
@@ -498,7 +508,7 @@ class Queue:
         """
         if state not in ("delivered", "deferred", "bounced"):
             raise ValueError(f"unknown result state {state!r}")
-        with self.transaction() as conn:
+        with self.transaction(durable=False) as conn:
             rows = conn.execute(
                 "SELECT id, message, address, state FROM recipients WHERE postfix_qid = ?", (qid,)
             ).fetchall()
@@ -546,7 +556,7 @@ class Queue:
         self, qid: str, *, message_id: str | None = None, envelope_from: str | None = None
     ) -> None:
         """Remember a queue id seen in the Postfix log (cleanup: message-id, qmgr: from)."""
-        with self.transaction() as conn:
+        with self.transaction(durable=False) as conn:
             conn.execute(
                 "INSERT INTO postfix_seen(qid, message_id, envelope_from, at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(qid) DO UPDATE SET message_id = coalesce(excluded.message_id, message_id), "

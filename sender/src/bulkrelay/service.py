@@ -37,6 +37,7 @@ POLL = 1.0  # longest sleep between looks at the queue (intake writes from anoth
 MAINTENANCE_EVERY = 30.0
 AMBIGUOUS_GRACE = 60.0  # a row lost after "." waits this long for Postfix's log before resending
 KEEP_RELEASES = 2 * 86400.0
+QUEUE_RETRY = 5.0  # seconds before the release loop retries after QueueUnavailable
 
 
 def resolve_ambiguous(queue: Queue, *, older_than: float | None = None) -> tuple[int, int]:
@@ -118,6 +119,7 @@ class ReleaseLoop:
         self.unavailable = 0
         self.last_decision = None
         self.batches = 0
+        self.stop = asyncio.Event()
 
     def maintenance(self, now: float) -> None:
         self.queue.prune(before=now - max(KEEP_RELEASES, 2 * self.config.policy.interval))
@@ -130,6 +132,9 @@ class ReleaseLoop:
         if now - self.last_maintenance >= MAINTENANCE_EVERY:
             self.maintenance(now)
         decision = self.policy.decide(self.queue, now)
+        if self.last_decision is None or decision.reason != self.last_decision.reason:
+            level = logging.WARNING if decision.paused else logging.INFO
+            log.log(level, "event=policy_state reason=%r allowed=%d", decision.reason, decision.allowed)
         self.last_decision = decision
         ready_at = self.queue.next_ready_at()
         wake = now + POLL
@@ -160,7 +165,7 @@ class ReleaseLoop:
         log.info(
             "event=batch_released count=%d allowed=%d batch=%d", len(rows), decision.allowed, self.batches
         )
-        result = await self.submitter.submit(rows)
+        result = await self.submitter.submit(rows, stop=self.stop)
         log.info(
             "event=batch_done count=%d submitted=%d retried=%d failed=%d returned=%d ambiguous=%d",
             len(rows),
@@ -173,9 +178,18 @@ class ReleaseLoop:
         return 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop = stop
         try:
             while not stop.is_set():
-                delay = await self.step()
+                try:
+                    delay = await self.step()
+                except QueueUnavailable as exc:
+                    # e.g. an operator command holds the write lock, or the disk is full:
+                    # nothing was lost (the transaction rolled back); try again shortly.
+                    log.error("event=queue_unavailable error=%r retry_in=%.0f", str(exc), QUEUE_RETRY)
+                    delay = QUEUE_RETRY
+                if delay >= Submitter.IDLE_CLOSE:
+                    await self.submitter.close()  # do not hold Postfix smtpd processes while idle
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)

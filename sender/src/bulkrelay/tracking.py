@@ -2,8 +2,9 @@
 
 Sources: the systemd journal (``journalctl -o json``, mail facility) or a syslog file such as
 ``/var/log/mail.log`` (rotation to ``mail.log.1`` is followed). The position (journal cursor or
-file inode+offset) is kept in the queue database, so a restart continues where it stopped;
-re-reading a line is harmless because results are applied idempotently.
+file inode+offset) is kept in the queue database and stored only after the lines before it were
+applied, so a restart (or a crash while applying) continues where it stopped without losing a
+result; re-reading a line is harmless because results are applied idempotently.
 
 Lines used::
 
@@ -209,9 +210,11 @@ class FileSource:
         self.inode = st.st_ino
         new, self.offset = self._read_from(self.path, self.offset)
         lines.extend(new)
-        if lines:
-            self._save()
         return lines
+
+    def commit(self) -> None:
+        """Store the position; called after the lines read so far have been applied."""
+        self._save()
 
     def events(self) -> list[LogEvent]:
         return [e for e in (parse_syslog_line(line) for line in self.read_available()) if e]
@@ -242,7 +245,7 @@ class JournalSource:
         return argv
 
     def take(self, lines: list[str]) -> list[LogEvent]:
-        """Parse journal JSON lines; remembers the last cursor in the queue database."""
+        """Parse journal JSON lines and note the last cursor (stored by ``commit``)."""
         events = []
         for line in lines:
             event, cursor = parse_journal_line(line)
@@ -250,9 +253,12 @@ class JournalSource:
                 self.cursor = cursor
             if event:
                 events.append(event)
-        if lines and self.cursor:
-            self.queue.set_state(self.STATE_KEY, self.cursor)
         return events
+
+    def commit(self) -> None:
+        """Store the cursor; called after the entries read so far have been applied."""
+        if self.cursor and self.cursor != self.queue.get_state(self.STATE_KEY):
+            self.queue.set_state(self.STATE_KEY, self.cursor)
 
     async def catch_up(self) -> list[LogEvent]:
         proc = await asyncio.create_subprocess_exec(
@@ -264,17 +270,23 @@ class JournalSource:
         return self.take(out.decode("utf-8", "replace").splitlines())
 
 
-async def follow(
-    source: FileSource | JournalSource, tracker: Tracker, stop: asyncio.Event, *, poll: float = 1.0
-):
-    """Apply new log events until ``stop`` is set."""
-    if isinstance(source, FileSource):
-        while not stop.is_set():
-            for event in source.events():
-                tracker.handle(event)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll)
-        return
+async def _read_batch(stream: asyncio.StreamReader, poll: float) -> tuple[list[str], bool]:
+    """What the stream has now (up to BATCH lines, waiting at most ``poll`` for the first)."""
+    lines: list[str] = []
+    timeout = poll
+    while len(lines) < BATCH:
+        try:
+            line = await asyncio.wait_for(stream.readline(), timeout)
+        except TimeoutError:
+            return lines, False
+        if not line:
+            return lines, True
+        lines.append(line.decode("utf-8", "replace"))
+        timeout = 0.05
+    return lines, False
+
+
+async def _follow_journal(source: JournalSource, tracker: Tracker, stop: asyncio.Event, poll: float) -> None:
     while not stop.is_set():
         proc = await asyncio.create_subprocess_exec(
             *source.command(follow=True), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
@@ -283,21 +295,11 @@ async def follow(
         try:
             eof = False
             while not stop.is_set() and not eof:
-                # Gather what is there (up to BATCH lines), then apply it and store the cursor once.
-                lines: list[str] = []
-                timeout = poll
-                while len(lines) < BATCH:
-                    try:
-                        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-                    except TimeoutError:
-                        break
-                    if not line:
-                        eof = True
-                        break
-                    lines.append(line.decode("utf-8", "replace"))
-                    timeout = 0.05
+                lines, eof = await _read_batch(proc.stdout, poll)
                 for event in source.take(lines):
                     tracker.handle(event)
+                if lines:
+                    source.commit()
         finally:
             if proc.returncode is None:
                 proc.terminate()
@@ -305,6 +307,23 @@ async def follow(
         if not stop.is_set():
             log.warning("event=journal_follow_restart rc=%s", proc.returncode)
             await asyncio.sleep(poll)
+
+
+async def follow(
+    source: FileSource | JournalSource, tracker: Tracker, stop: asyncio.Event, *, poll: float = 1.0
+) -> None:
+    """Apply new log events until ``stop`` is set."""
+    if isinstance(source, JournalSource):
+        await _follow_journal(source, tracker, stop, poll)
+        return
+    while not stop.is_set():
+        events = source.events()
+        for event in events:
+            tracker.handle(event)
+        if events:
+            source.commit()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll)
 
 
 def make_source(kind: str, path: str, queue: Queue, *, clock: Callable[[], float] = time.time):
@@ -318,4 +337,5 @@ async def catch_up(source: FileSource | JournalSource, tracker: Tracker) -> int:
     events = await source.catch_up() if isinstance(source, JournalSource) else source.events()
     for event in events:
         tracker.handle(event)
+    source.commit()
     return len(events)
