@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""(1) Sender drain rate against Postfix's smtp-source, into smtp-sink and into a real Postfix.
+
+For each case (receiver x message size x connections) the same message file goes twice into
+the same receiver, back to back:
+
+- baseline: ``smtp-source -d -s C -m N -F message`` (Postfix's own load generator, one
+  connection reused per session, no PIPELINING - it has none);
+- sender: N copies queued with ``Queue.enqueue`` (one message per recipient, own Message-ID),
+  then ``bulkrelay serve`` drains them with ``[submit] connections = C`` and the policy opened
+  wide (``batch_size`` 1000 per 1 ms). The drain time is read from the queue itself: first
+  release (``releases.at``) to the last 'submitted' row's ``updated_at``, so process start-up
+  is not counted but every batch pick, SMTP transaction and durable state change is.
+
+Receivers: smtp-sink (discards, announces PIPELINING) and a throwaway Postfix on loopback
+(smtpd + cleanup write every message into its queue with fsync, ``discard:`` empties it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import common as c
+
+from bulkrelay.queue import Queue
+
+# (receiver, message kind, connections, messages)
+CASES = [
+    ("sink", "small", 1, 3000),
+    ("sink", "small", 4, 3000),
+    ("sink", "pdf", 1, 400),
+    ("sink", "pdf", 4, 400),
+    ("postfix", "small", 1, 800),
+    ("postfix", "small", 4, 800),
+    ("postfix", "pdf", 1, 300),
+    ("postfix", "pdf", 4, 300),
+]
+BATCH = 1000
+
+
+def prepare_queue(path: Path, raw: bytes, count: int) -> None:
+    """A queue file holding ``count`` one-recipient messages, each with its own Message-ID."""
+    queue = Queue(path)
+    for i in range(count):
+        body = raw.replace(b"<bench-0001@example.test>", f"<bench-{i:07d}@example.test>".encode())
+        queue.enqueue(body, c.FROM, [f"customer{i}@customer.test"], source="bench")
+    queue.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    queue.close()
+
+
+def sender_drain(work: Path, template: Path, port: int, connections: int, count: int) -> float:
+    """Seconds from the first release to the last submission, measured in the queue."""
+    run = c.workdir(f"{work.name}/run")
+    shutil.copy(template, run / "queue.sqlite")
+    config = c.sender_config(run, submit_port=port, connections=connections, batch_size=BATCH)
+    with c.Service(config):
+        conn = c.db(run / "queue.sqlite")
+        c.wait_until(
+            lambda: c.state_counts(conn).get("submitted", 0) >= count,
+            timeout=300,
+            what=f"{count} submissions (see {run / 'service.log'})",
+            poll=0.05,
+        )
+        first = conn.execute("SELECT min(at) FROM releases").fetchone()[0]
+        last = conn.execute("SELECT max(updated_at) FROM recipients WHERE state = 'submitted'").fetchone()[0]
+        bad = sum(n for s, n in c.state_counts(conn).items() if s not in ("submitted",))
+        conn.close()
+    if bad:
+        raise c.BenchError(f"{bad} recipients were not submitted; see {run / 'service.log'}")
+    return last - first
+
+
+def one_case(report: c.Report, work: Path, *, receiver: str, kind: str, conns: int, count: int,
+             rounds: int) -> float:  # fmt: skip
+    message = work / f"{kind}.eml"
+    template = work / f"{kind}-{count}.sqlite"
+    if not template.exists():
+        prepare_queue(template, message.read_bytes(), count)
+    base_rates, sender_rates = [], []
+
+    def measure(port: int) -> None:
+        for _ in range(rounds):
+            base_rates.append(count / c.smtp_source(port, message, count=count, sessions=conns))
+            sender_rates.append(count / sender_drain(work, template, port, conns, count))
+
+    port = c.free_port()
+    if receiver == "sink":
+        with c.smtp_sink(port):
+            measure(port)
+    else:
+        with c.postfix(work / "postfix", port) as etc:
+            measure(port)
+            c.wait_until(lambda: c.postfix_queue_size(etc) == 0, 60, "the Postfix queue to empty")
+    key = f"{receiver}.{kind}.c{conns}"
+    base, sender = c.median(base_rates), c.median(sender_rates)
+    report.figure(f"{key}.smtp_source_msgs_per_s", round(base, 1), "msg/s", f"N={count}, median of {rounds}")
+    report.figure(f"{key}.sender_msgs_per_s", round(sender, 1), "msg/s", f"N={count}, median of {rounds}")
+    report.figure(f"{key}.ratio", round(sender / base, 3), "x smtp-source")
+    return sender / base
+
+
+def run() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case (median)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the messages (smoke test)")
+    args = parser.parse_args()
+    work = c.workdir("drain")
+    c.write_message(work, "small")
+    c.write_message(work, "pdf")
+    report = c.Report("drain", "sender drain rate vs smtp-source (smtp-sink and a real Postfix)")
+    started = time.monotonic()
+    ratios = {}
+    for receiver, kind, conns, count in CASES:
+        n = max(count // 10, 20) if args.quick else count
+        ratios[(receiver, kind, conns)] = one_case(
+            report, work, receiver=receiver, kind=kind, conns=conns, count=n, rounds=args.rounds
+        )
+    for kind in ("small", "pdf"):
+        report.verdict(
+            f"sink.{kind}.c1.ratio", ratios[("sink", kind, 1)], ">=", 1.0,
+            "into smtp-sink, one connection: sender >= smtp-source",
+        )  # fmt: skip
+        for conns in (1, 4):
+            report.verdict(
+                f"postfix.{kind}.c{conns}.ratio", ratios[("postfix", kind, conns)], ">=", 0.9,
+                "into a real Postfix the sender is never the bottleneck",
+            )  # fmt: skip
+    report.figure("elapsed", round(time.monotonic() - started, 1), "s")
+    print(f"   results: {report.save()}")
+    return 0
+
+
+if __name__ == "__main__":
+    c.main(run)

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""(2) Intake rate: smtp-source into the sender's SMTP intake vs into a real Postfix smtpd.
+
+Both receivers commit every message durably before their 250: the intake (``bulkrelay serve``
+with ``[intake] listen``; release paused so the queue only grows) writes it to its SQLite queue
+(WAL, synchronous=FULL); the throwaway Postfix's smtpd/cleanup write it into the Postfix queue
+with fsync. The same smtp-source command (same message, sessions, count) drives both, back to
+back; the verdict is the ratio of the rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import common as c
+
+# (message kind, sessions, messages)
+CASES = [("small", 1, 500), ("small", 4, 800), ("pdf", 1, 150)]
+
+
+def intake_rate(kind: str, sessions: int, count: int, rounds: int) -> tuple[float, float, int]:
+    work = c.workdir(f"intake/{kind}-{sessions}")
+    message = c.write_message(work, kind)
+    base_rates, intake_rates = [], []
+    pf_port = c.free_port()
+    intake_port = c.free_port()
+    config = c.sender_config(work, submit_port=c.free_port(), intake=f"127.0.0.1:{intake_port}")
+    c.cli("pause", "--config", str(config), "--reason", "intake benchmark: queue only")
+    with c.postfix(work / "postfix", pf_port) as etc, c.Service(config) as service:
+        c.wait_port("127.0.0.1", intake_port, what="sender intake")
+        for _ in range(rounds):
+            base_rates.append(count / c.smtp_source(pf_port, message, count=count, sessions=sessions))
+            intake_rates.append(count / c.smtp_source(intake_port, message, count=count, sessions=sessions))
+        c.wait_until(lambda: c.postfix_queue_size(etc) == 0, 60, "the Postfix queue to empty")
+        rss = service.rss_peak_kib()
+    conn = c.db(work / "queue.sqlite")
+    queued = c.state_counts(conn).get("queued", 0)
+    conn.close()
+    if queued != count * rounds:
+        raise c.BenchError(
+            f"intake queued {queued} recipients, expected {count * rounds}: mail lost or doubled"
+        )
+    return c.median(base_rates), c.median(intake_rates), rss
+
+
+def run() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case (median)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the messages (smoke test)")
+    args = parser.parse_args()
+    report = c.Report("intake", "smtp-source into the sender's intake vs into Postfix smtpd")
+    started = time.monotonic()
+    for kind, sessions, count in CASES:
+        n = max(count // 10, 20) if args.quick else count
+        base, rate, rss = intake_rate(kind, sessions, n, args.rounds)
+        key = f"{kind}.s{sessions}"
+        note = f"N={n}, median of {args.rounds}"
+        report.figure(f"{key}.postfix_smtpd_msgs_per_s", round(base, 1), "msg/s", note)
+        report.figure(f"{key}.sender_intake_msgs_per_s", round(rate, 1), "msg/s", note)
+        report.figure(f"{key}.service_peak_rss", round(rss / 1024, 1), "MiB")
+        report.verdict(
+            f"{key}.ratio", rate / base, ">=", 1.0, "intake >= Postfix smtpd, durable commit included"
+        )
+    report.figure("elapsed", round(time.monotonic() - started, 1), "s")
+    print(f"   results: {report.save()}")
+    return 0
+
+
+if __name__ == "__main__":
+    c.main(run)
