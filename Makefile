@@ -36,6 +36,9 @@ molecule: lab-up
 
 test: lint unit molecule
 
+bench: venv
+	bench/run_all.sh
+
 lab: lab-up
 	scripts/lab-demo.sh
 

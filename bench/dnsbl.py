@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""(5) DNSBL check: 40 lists behind a 100 ms DNS delay, against the slowest query and check_rbl.
+
+Set-up, all on loopback and stopped at the end:
+
+- a throwaway rbldnsd on 127.0.0.152:5353 serving 40 ip4set zones ``blNN.bench.test``, each
+  with the RFC 5782 test point 127.0.0.2 listed; ``--listed`` of them also list the target;
+- a delay proxy on 127.0.0.153:53 (UDP): every query waits ``--delay`` (100 ms) before it is
+  forwarded to rbldnsd, like a resolver in front of distant list servers. (A proxy, not
+  ``tc netem``: netem on ``lo`` would slow every other process on this shared machine.)
+
+Measured, each ``--rounds`` times (median):
+
+- slowest single query: every list's A query for the target asked alone, one after another
+  (dnspython, through the proxy) - the floor for any checker that asks all lists;
+- ``Checker.check`` in process (the code the CLI, cron and Ansible module run): wall time;
+- the Nagios plugins as Nagios runs them, each a fresh process: ``check_dnsbl -H IP`` and
+  Debian's ``check_rbl -H IP -n 127.0.0.153 -s zone ...`` (monitoring-plugins-contrib), both
+  on the same 40 zones; check_rbl with its default 20 workers and with 40.
+
+Targets: in-process wall <= 1.3x the slowest single query; check_dnsbl <= 1.0x check_rbl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common as c
+import dns.message
+import dns.query
+
+from bulkrelay.dnsbl.checker import Checker
+from bulkrelay.dnsbl.lists import Settings
+
+RBLDNSD_ADDR = ("127.0.0.152", 5353)
+PROXY_ADDR = ("127.0.0.153", 53)
+CHECK_RBL = "/usr/lib/nagios/plugins/check_rbl"
+TARGET = "198.51.100.10"
+
+
+class DelayProxy(asyncio.DatagramProtocol):
+    """Holds every query ``delay`` seconds, then forwards it and relays the answer back."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float):
+        self.upstream = upstream
+        self.delay = delay
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        asyncio.get_running_loop().create_task(self.forward(data, addr))
+
+    async def forward(self, data: bytes, addr: tuple[str, int]) -> None:
+        await asyncio.sleep(self.delay)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bytes] = loop.create_future()
+
+        class Upstream(asyncio.DatagramProtocol):
+            def datagram_received(self, reply: bytes, _addr: tuple[str, int]) -> None:
+                if not answer.done():
+                    answer.set_result(reply)
+
+        transport, _ = await loop.create_datagram_endpoint(Upstream, remote_addr=self.upstream)
+        try:
+            transport.sendto(data)
+            reply = await asyncio.wait_for(answer, 5)
+            assert self.transport is not None
+            self.transport.sendto(reply, addr)
+        except TimeoutError:
+            pass
+        finally:
+            transport.close()
+
+
+async def serve_proxy(delay: float) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(
+        lambda: DelayProxy(RBLDNSD_ADDR, delay), local_addr=PROXY_ADDR, reuse_port=False
+    )
+    print("proxy ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def zones(count: int) -> list[str]:
+    return [f"bl{i:02d}.bench.test" for i in range(1, count + 1)]
+
+
+def start_rbldnsd(work: Path, names: list[str], listed: int) -> subprocess.Popen:
+    c.need("/usr/sbin/rbldnsd", "rbldnsd")
+    data = work / "zones"
+    data.mkdir()
+    specs = []
+    for i, zone in enumerate(names):
+        lines = [f":127.0.0.2:listed in {zone}, see https://{zone}/lookup", "127.0.0.2"]
+        if i < listed:
+            lines.append(TARGET)
+        (data / zone).write_text("\n".join(lines) + "\n")
+        specs.append(f"{zone}:ip4set:{zone}")
+    shutil.chown(data, "nobody")
+    proc = subprocess.Popen(
+        [
+            "/usr/sbin/rbldnsd",
+            "-n",
+            "-q",
+            "-b",
+            f"{RBLDNSD_ADDR[0]}/{RBLDNSD_ADDR[1]}",
+            "-w",
+            str(data),
+            "-u",
+            "nobody",
+            *specs,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ask = dns.message.make_query(f"2.0.0.127.{names[0]}.", "A")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(ask, RBLDNSD_ADDR[0], port=RBLDNSD_ADDR[1], timeout=0.5)
+            return proc
+        except (OSError, dns.exception.Timeout):
+            if proc.poll() is not None:
+                raise c.BenchError(f"rbldnsd exited: {proc.stderr.read().decode()[:300]}") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise c.BenchError("rbldnsd did not answer within 10s")
+
+
+def start_proxy(delay: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-proxy", "--delay", str(delay)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "proxy ready" not in line:
+        proc.kill()
+        raise c.BenchError(f"delay proxy did not start on {PROXY_ADDR[0]}:53: {proc.stderr.read()[:300]}")
+    return proc
+
+
+def single_queries(names: list[str]) -> list[float]:
+    reversed_ip = ".".join(reversed(TARGET.split(".")))
+    times = []
+    for zone in names:
+        query = dns.message.make_query(f"{reversed_ip}.{zone}.", "A")
+        started = time.perf_counter()
+        dns.query.udp(query, PROXY_ADDR[0], port=PROXY_ADDR[1], timeout=4)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def settings(names: list[str]) -> dict:
+    return {
+        "lists": [{"zone": z} for z in names],
+        "nameservers": [PROXY_ADDR[0]],
+        "timeout": 4.0,
+        "retries": 1,
+    }
+
+
+def timed(argv: list[str], expect: set[int]) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if proc.returncode not in expect:
+        raise c.BenchError(f"{argv[0]} exited {proc.returncode}: {(proc.stdout + proc.stderr).strip()[:300]}")
+    return elapsed, proc.stdout.strip()
+
+
+def run() -> int:  # noqa: PLR0915 (one linear script)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lists", type=int, default=40)
+    parser.add_argument("--listed", type=int, default=0, help="lists that list the target")
+    parser.add_argument("--delay", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--serve-proxy", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_proxy:
+        asyncio.run(serve_proxy(args.delay))
+        return 0
+    c.need(CHECK_RBL, "monitoring-plugins-contrib")
+    name = "dnsbl" if not args.listed else f"dnsbl_listed{args.listed}"
+    work = c.workdir(name)
+    names = zones(args.lists)
+    (work / "dnsbl.json").write_text(json.dumps(settings(names)))
+    report = c.Report(
+        name, f"{args.lists} lists behind {args.delay * 1000:g} ms, target listed on {args.listed}"
+    )
+    check_dnsbl = str(c.VENV_BIN / "check_dnsbl")
+    dnsbl_argv = [check_dnsbl, "-H", TARGET, "--config", str(work / "dnsbl.json")]
+    rbl_argv = [CHECK_RBL, "-H", TARGET, "-n", PROXY_ADDR[0], "-t", "30", "--query-timeout", "4"]
+    for zone in names:
+        rbl_argv += ["-s", zone]
+    want = {0} if not args.listed else {1, 2}
+    rbldnsd = start_rbldnsd(work, names, args.listed)
+    proxy = None
+    try:
+        proxy = start_proxy(args.delay)
+        checker = Checker(Settings.from_mapping(settings(names)))
+        slowest, medians, inproc, ours, rbl20, rbl40 = [], [], [], [], [], []
+        outputs = {}
+        for _ in range(args.rounds):
+            singles = single_queries(names)
+            slowest.append(max(singles))
+            medians.append(c.median(singles))
+            started = time.perf_counter()
+            result = checker.run([TARGET])
+            inproc.append(time.perf_counter() - started)
+            if result.errors or len(result.listings) != args.listed:
+                raise c.BenchError(
+                    f"checker saw {len(result.listings)} listings and {len(result.errors)} errors, "
+                    f"expected {args.listed} and 0: {result.error_zones()}"
+                )
+            seconds, outputs["check_dnsbl"] = timed(dnsbl_argv, want)
+            ours.append(seconds)
+            seconds, outputs["check_rbl"] = timed(rbl_argv, want)
+            rbl20.append(seconds)
+            seconds, outputs["check_rbl_w40"] = timed([*rbl_argv, "--workers", "40"], want)
+            rbl40.append(seconds)
+    finally:
+        for proc in (proxy, rbldnsd):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(5)
+    note = f"median of {args.rounds}"
+    report.figure("single_query_median", round(c.median(medians) * 1000, 1), "ms", note)
+    report.figure("single_query_slowest", round(c.median(slowest) * 1000, 1), "ms", note)
+    report.figure("checker_in_process", round(c.median(inproc) * 1000, 1), "ms", note)
+    report.figure("check_dnsbl_process", round(c.median(ours) * 1000, 1), "ms", note)
+    report.figure("check_rbl_process_20_workers", round(c.median(rbl20) * 1000, 1), "ms", note)
+    report.figure("check_rbl_process_40_workers", round(c.median(rbl40) * 1000, 1), "ms", note)
+    for key, text in outputs.items():
+        print(f"   {key}: {text.splitlines()[0][:150] if text else '(no output)'}")
+    report.verdict(
+        "checker_vs_slowest_query",
+        c.median(inproc) / c.median(slowest),
+        "<=",
+        1.3,
+        "all lists in parallel: wall time close to the slowest single query",
+    )
+    report.verdict(
+        "check_dnsbl_vs_check_rbl_20",
+        c.median(ours) / c.median(rbl20),
+        "<=",
+        1.0,
+        "plugin process vs check_rbl (default workers)",
+    )
+    report.verdict(
+        "check_dnsbl_vs_check_rbl_40",
+        c.median(ours) / c.median(rbl40),
+        "<=",
+        1.0,
+        "plugin process vs check_rbl --workers 40",
+    )
+    print(f"   results: {report.save()}")
+    return 0
+
+
+if __name__ == "__main__":
+    if "--serve-proxy" not in sys.argv:
+        socket.setdefaulttimeout(10)
+    c.main(run)
