@@ -255,12 +255,15 @@ def _dkim_dmarc_records(
         )
     existing = [d.strip() for d in live_dmarc if d.strip().lower().startswith("v=dmarc1")]
     if len(existing) == 1:
-        txt, purpose = existing[0], "DMARC: the live record, kept as it is"
+        txt = existing[0]
     else:
         if len(existing) > 1:
             out.warnings.append(f"_dmarc.{name} has {len(existing)} DMARC records: keep exactly one")
         txt = dmarc_record(policy, rua.replace("{domain}", name))
-        purpose = f"DMARC: start at p={policy} with reports, tighten later (see the summary)"
+    # the purpose text does not depend on what is published, so regenerating after an apply
+    # gives identical files (idempotent); `notes` says what happened this run
+    purpose = "DMARC: a published record is kept; a new one starts with reports, tighten later"
+    out.notes.setdefault(name, []).append("DMARC kept" if len(existing) == 1 else f"DMARC new (p={policy})")
     out.add(f"_dmarc.{name}", "TXT", quote_txt(txt), ttl, name, purpose, txt=txt)
 
 
@@ -301,9 +304,9 @@ def generate(
             live_spf.get(name, []), ipv4, ipv6, new_terms=spf_new_terms, new_all=spf_new_all, domain=name
         )
         out.warnings += merged.warnings
-        purpose = "SPF: the live record with the relay added" if live_spf.get(name) else "SPF: new record"
-        if not merged.changed:
-            purpose = "SPF: the live record already authorises the relay (unchanged)"
+        purpose = "SPF: the published record with the relay's addresses merged in (nothing else changed)"
+        state = "new" if not live_spf.get(name) else ("relay added" if merged.changed else "unchanged")
+        out.notes.setdefault(name, []).append(f"SPF {state}")
         out.add(name, "TXT", quote_txt(merged.record), ttl, name, purpose, txt=merged.record)
     for name in domains:
         _dkim_dmarc_records(

@@ -1,0 +1,255 @@
+#!/usr/bin/python
+# managed in the bulkrelay repository; the logic lives in bulkrelay.dns.records (sender/).
+"""Ansible module: compute the DNS records of a relay, merging into the live SPF (read-only)."""
+# ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bulkrelay_dns_records
+short_description: "Compute the DNS records a bulk relay needs, merged into the live zone"
+description:
+  - Reads the live TXT records of each sending domain and of the bounce domain, and the live
+    DMARC records, then computes the relay's records with bulkrelay.dns.records - A/AAAA and
+    MX for the relay name, SPF merged into the live record, DKIM, DMARC, the bounce MX - and the
+    PTR request notes. Changes nothing; the role writes files and optionally applies RRsets.
+  - A DNS failure while reading a live record fails the task - the SPF is never generated
+    without knowing what is published.
+version_added: "0.1.0"
+author: bulkrelay
+options:
+  relay_fqdn: {description: The relay's name (HELO, PTR target, A/AAAA owner)., type: str, required: true}
+  ipv4: {description: The relay's sending IPv4 address., type: str, default: ""}
+  ipv6: {description: The relay's sending IPv6 address., type: str, default: ""}
+  sending_domains: {description: From domains., type: list, elements: str, required: true}
+  bounce_domain: {description: Return-Path domain; empty = none., type: str, default: ""}
+  bounce_mx: {description: MX target of the bounce domain (accepts mail)., type: str, default: ""}
+  relay_mx: {description: MX target published for the relay name., type: str, required: true}
+  dkim_keys:
+    description: "Domain -> {selector, txt} (the relay_dkim__public_keys fact)."
+    type: dict
+    default: {}
+  dmarc_policy:
+    description: Policy of a new DMARC record.
+    type: str
+    default: none
+    choices: [none, quarantine, reject]
+  dmarc_rua: {description: "Aggregate report address; {domain} is replaced.", type: str, default: ""}
+  ttl: {description: TTL of every record., type: int, default: 3600}
+  spf_new_terms:
+    description: Terms of a new SPF record besides the relay's.
+    type: list
+    elements: str
+    default: [mx]
+  spf_new_all: {description: Final all of a new SPF record., type: str, default: "~all"}
+  spf_existing:
+    description: "Name -> SPF record to merge into instead of the live one (offline use)."
+    type: dict
+    default: {}
+  live: {description: Read live records (false = treat every name as empty)., type: bool, default: true}
+  nameservers:
+    description: "Nameservers (IP, IP:port, [IPv6]:port); [] = the system's."
+    type: list
+    elements: str
+    default: []
+  timeout: {description: Seconds per DNS query., type: float, default: 5}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Compute the relay's records
+  bulkrelay_dns_records:
+    relay_fqdn: relay.example.com
+    ipv4: 203.0.113.25
+    sending_domains: [example.com]
+    bounce_domain: bounce.example.com
+    bounce_mx: mail.example.com
+    relay_mx: mail.example.com
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+records:
+  description: Every record (name, fqdn, type, value, ttl, group, purpose, txt, strings).
+  type: list
+  elements: dict
+  returned: success
+groups:
+  description: The records by group (relay, each sending domain, the bounce domain).
+  type: dict
+  returned: success
+rrsets:
+  description: Complete RRsets to apply (fqdn, type, ttl, rdata), other live TXT kept.
+  type: list
+  elements: dict
+  returned: success
+ptr_requests:
+  description: One PTR request note (Markdown) per relay IP (ip, ptr_owner, text).
+  type: list
+  elements: dict
+  returned: success
+warnings_found:
+  description: Warnings about the records (multiple SPF, lookup limits, missing DKIM key).
+  type: list
+  elements: str
+  returned: success
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from bulkrelay.dns import records as rec
+    from bulkrelay.dns import spf
+    from bulkrelay.dns.resolver import NameserverError, make_resolver, relative, reverse_name
+except ImportError:
+    IMPORT_ERROR = traceback.format_exc()
+else:
+    IMPORT_ERROR = None
+
+
+def presentation(parts) -> str:
+    """TXT character-strings (bytes) as zone-file text, keeping the published split."""
+    out = []
+    for part in parts:
+        text = part.decode("utf-8", "replace").replace("\\", "\\\\").replace('"', '\\"')
+        out.append(f'"{text}"')
+    return " ".join(out)
+
+
+def read_live(module, resolver, names):
+    """name -> list of (text, presentation) of its TXT records; fails on a DNS error."""
+    live = {}
+    for name in names:
+        answer = resolver.query(name, "TXT")
+        if answer.failed:
+            module.fail_json(
+                msg=f"could not read the live TXT records of {name} ({answer.error}); refusing to generate "
+                "records without knowing what is published - fix DNS reachability (dns_records__nameservers) "
+                "or set dns_records__spf_existing for an offline run"
+            )
+        live[name] = [(b"".join(p).decode("utf-8", "replace"), presentation(p)) for p in answer.records]
+    return live
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "relay_fqdn": {"type": "str", "required": True},
+            "ipv4": {"type": "str", "default": ""},
+            "ipv6": {"type": "str", "default": ""},
+            "sending_domains": {"type": "list", "elements": "str", "required": True},
+            "bounce_domain": {"type": "str", "default": ""},
+            "bounce_mx": {"type": "str", "default": ""},
+            "relay_mx": {"type": "str", "required": True},
+            "dkim_keys": {"type": "dict", "default": {}},
+            "dmarc_policy": {"type": "str", "default": "none", "choices": ["none", "quarantine", "reject"]},
+            "dmarc_rua": {"type": "str", "default": ""},
+            "ttl": {"type": "int", "default": 3600},
+            "spf_new_terms": {"type": "list", "elements": "str", "default": ["mx"]},
+            "spf_new_all": {"type": "str", "default": "~all"},
+            "spf_existing": {"type": "dict", "default": {}},
+            "live": {"type": "bool", "default": True},
+            "nameservers": {"type": "list", "elements": "str", "default": []},
+            "timeout": {"type": "float", "default": 5.0},
+        },
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(
+            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
+        )
+    p = module.params
+    try:
+        resolver = make_resolver(p["nameservers"], p["timeout"])
+    except (NameserverError, ValueError) as exc:
+        module.fail_json(msg=f"bulkrelay_dns_records: {exc}")
+    domains = [relative(d) for d in p["sending_domains"]]
+    bounce = relative(p["bounce_domain"]) if p["bounce_domain"] else ""
+    spf_names = [*domains, *([bounce] if bounce and bounce not in domains else [])]
+    overrides = {relative(k): v for k, v in p["spf_existing"].items()}
+    to_read = [n for n in spf_names if n not in overrides] if p["live"] else []
+    live_txt = read_live(module, resolver, to_read)
+    live_dmarc_txt = read_live(module, resolver, [f"_dmarc.{d}" for d in domains]) if p["live"] else {}
+    live_spf = {n: spf.spf_records([t for t, _ in live_txt.get(n, [])]) for n in spf_names}
+    live_spf.update({n: [v] if isinstance(v, str) else list(v) for n, v in overrides.items()})
+    live_dmarc = {d: [t for t, _ in live_dmarc_txt.get(f"_dmarc.{d}", [])] for d in domains}
+    try:
+        out = rec.generate(
+            relay_fqdn=p["relay_fqdn"],
+            ipv4=p["ipv4"],
+            ipv6=p["ipv6"],
+            sending_domains=domains,
+            bounce_domain=bounce,
+            bounce_mx=p["bounce_mx"],
+            relay_mx=p["relay_mx"],
+            live_spf=live_spf,
+            dkim=p["dkim_keys"],
+            live_dmarc=live_dmarc,
+            dmarc_policy=p["dmarc_policy"],
+            dmarc_rua=p["dmarc_rua"],
+            ttl=p["ttl"],
+            spf_new_terms=p["spf_new_terms"],
+            spf_new_all=p["spf_new_all"],
+        )
+    except rec.RecordError as exc:
+        module.fail_json(msg=f"cannot generate the DNS records: {exc}")
+    data = out.as_dict()
+    warnings = list(out.warnings)
+    rrsets = {}
+    for item in data["records"]:
+        key = (item["fqdn"], item["type"])
+        rrsets.setdefault(key, {"fqdn": item["fqdn"], "type": item["type"], "ttl": item["ttl"], "rdata": []})
+        rrsets[key]["rdata"].append(item["value"])
+        if (
+            item["type"] == "TXT"
+            and relative(item["fqdn"]) in spf_names
+            and item["txt"].lower().startswith("v=spf1")
+        ):
+            name = relative(item["fqdn"])
+            others = [
+                pres for text, pres in live_txt.get(name, []) if not spf.RE_SPF_START.match(text.strip())
+            ]
+            same = [pres for text, pres in live_txt.get(name, []) if text.strip() == item["txt"]]
+            rrsets[key]["rdata"] = [*others, *(same[:1] or [item["value"]])]
+            if p["live"]:
+                count = spf.count_lookups(resolver, name, item["txt"])
+                if count.lookups > spf.MAX_LOOKUPS:
+                    warnings.append(
+                        f"SPF of {name} needs {count.lookups} DNS lookups (limit 10): receivers permerror"
+                    )
+                if count.void_lookups > spf.MAX_VOID_LOOKUPS:
+                    warnings.append(
+                        f"SPF of {name} has {count.void_lookups} void lookups (limit 2): permerror"
+                    )
+                warnings += count.problems
+    ptr = []
+    for ip in (p["ipv4"], p["ipv6"]):
+        if ip:
+            ptr.append(
+                {
+                    "ip": ip,
+                    "ptr_owner": reverse_name(ip),
+                    "text": rec.ptr_request(p["relay_fqdn"], ip, p["nameservers"]),
+                }
+            )
+    for warning in warnings:
+        module.warn(warning)
+    module.exit_json(
+        changed=False,
+        records=data["records"],
+        groups=data["groups"],
+        rrsets=list(rrsets.values()),
+        ptr_requests=ptr,
+        warnings_found=warnings,
+    )
+
+
+if __name__ == "__main__":
+    main()
