@@ -1,0 +1,200 @@
+"""The sender service on the relay, proven from the outside: the unit runs hardened, the app
+server submits to the intake and the message is in the queue, the outsider gets nowhere
+(firewall drop when the relay's firewall is there, 554 from the allow-list either way), the hot
+folder and the CLI queue what is good and reject what is bad with a reason."""
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["br-sender-relay"]
+
+RELAY_V4 = "198.51.100.30"
+RELAY_APPS_V4 = "203.0.113.205"
+PORT = 2525
+HOT = "/var/spool/bulkrelay/hotfolder"
+AS_SENDER = "runuser -u bulkrelay -- /usr/local/bin/bulkrelay"
+
+
+def _docker(name):
+    return testinfra.get_host(f"docker://{name}")
+
+
+@pytest.fixture(scope="module")
+def relay():
+    return _docker("br-sender-relay")
+
+
+@pytest.fixture(scope="module")
+def app():
+    return _docker("br-sender-app")
+
+
+@pytest.fixture(scope="module")
+def outsider():
+    return _docker("br-sender-outsider")
+
+
+def _swaks(client, server, *extra, timeout=8):
+    tag = uuid.uuid4().hex[:12]
+    cmd = (
+        f"swaks --server {server} --port {PORT} --timeout {timeout} --helo {client.backend.get_hostname()} "
+        f"--from billing@example.test --to alice@customer.test "
+        f"--header 'Subject: sender-test {tag}' --header 'Message-Id: <{tag}@example.test>' {' '.join(extra)}"
+    )
+    return client.run(cmd), tag
+
+
+def _queued_as(output):
+    match = re.search(r"<-\s+250 2\.0\.0 Ok: queued as (\d+)", output)
+    return int(match.group(1)) if match else None
+
+
+def _show(relay, message_id):
+    out = relay.check_output(f"{AS_SENDER} queue show {message_id} --json")
+    return json.loads(out)
+
+
+def test_service_runs_as_unprivileged_user(relay):
+    service = relay.service("bulkrelay-sender")
+    assert service.is_enabled and service.is_running
+    pid = relay.check_output("systemctl show -p MainPID --value bulkrelay-sender")
+    assert relay.check_output(f"stat -c %U /proc/{pid}").strip() == "bulkrelay"
+    assert relay.socket(f"tcp://0.0.0.0:{PORT}").is_listening
+
+
+def test_config_is_checked_and_private(relay):
+    conf = relay.file("/etc/bulkrelay/sender.toml")
+    assert conf.user == "root" and conf.group == "bulkrelay" and conf.mode == 0o640
+    assert conf.content_string.startswith("# managed by bulkrelay")
+    assert relay.run(f"{AS_SENDER} config check").rc == 0
+    key = relay.file("/etc/bulkrelay/verp.key")
+    assert key.mode == 0o640 and key.group == "bulkrelay" and key.size > 40
+
+
+def test_systemd_hardening_score(relay):
+    out = relay.check_output("systemd-analyze security --no-pager bulkrelay-sender.service | tail -1")
+    print(out)  # the report quotes this line
+    score = float(re.search(r"exposure level for bulkrelay-sender.service:\s+([0-9.]+)", out).group(1))
+    assert score <= 2.5, out
+
+
+def test_app_submits_and_message_is_queued(relay, app):
+    result, tag = _swaks(app, RELAY_APPS_V4)
+    assert result.rc == 0, result.stdout
+    message_id = _queued_as(result.stdout)
+    assert message_id, result.stdout
+    shown = _show(relay, message_id)
+    assert shown["mail_from"] == "billing@example.test"
+    assert shown["source"] == "smtp:203.0.113.206"
+    assert [r["address"] for r in shown["recipients"]] == ["alice@customer.test"]
+    body = relay.check_output(f"{AS_SENDER} queue show {message_id} --body")
+    assert f"sender-test {tag}" in body
+    assert re.search(
+        r"Received: from \S+ \(\[203\.0\.113\.206\]\)\s+by relay\.example\.test \(bulkrelay intake\)", body
+    )
+
+
+def test_app_bad_input_refused_with_reason(app):
+    result, _ = _swaks(app, RELAY_APPS_V4, "--to", "alice@localhost")
+    assert "553 5.1.3" in result.stdout and "not fully qualified" in result.stdout
+    assert _queued_as(result.stdout) is None
+    result, _ = _swaks(app, RELAY_APPS_V4, "--header", "'From: '", "--add-header", "'X-Test: 1'")
+    assert _queued_as(result.stdout) is None
+
+
+def _firewall_table(relay):
+    return relay.run("nft list table inet bulkrelay").rc == 0
+
+
+def _banner(host, address):
+    """The first line the intake sends to a client on `host` ("" when no connection)."""
+    cmd = f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{PORT} && head -n1 <&3' 2>/dev/null || true"
+    return host.run(cmd).stdout.strip()
+
+
+def test_outsider_cannot_submit(relay, outsider):
+    """Dropped before SMTP: nftables (when the relay's firewall runs) and the unit's IP filter."""
+    result, _ = _swaks(outsider, RELAY_V4, timeout=5)
+    assert _queued_as(result.stdout) is None
+    assert "220 " not in result.stdout and "Error connecting" in result.stderr, result.stdout
+
+
+def test_allow_list_answers_554_to_clients_outside_app_networks(relay):
+    """Third layer, the intake's own allow-list: loopback passes the unit's IP filter but is
+    no app network, so it gets 554 at connect."""
+    assert _banner(relay, "127.0.0.1").startswith("554 5.7.1")
+
+
+def test_allow_list_holds_without_the_firewalls(relay, outsider):
+    """With the nftables table removed and the unit's IP filter lifted, the outsider reaches
+    the intake and still gets 554 at connect; nothing is queued."""
+    had_table = _firewall_table(relay)
+    try:
+        if had_table:
+            relay.check_output("nft delete table inet bulkrelay")
+        relay.check_output("systemctl set-property --runtime bulkrelay-sender.service IPAddressDeny=")
+        result, _ = _swaks(outsider, RELAY_V4, timeout=5)
+        assert "554 5.7.1" in result.stdout, result.stdout + result.stderr
+        assert _queued_as(result.stdout) is None
+    finally:
+        relay.check_output("systemctl revert bulkrelay-sender.service && systemctl daemon-reload")
+        relay.check_output("systemctl restart bulkrelay-sender.service")
+        if had_table:
+            relay.check_output("systemctl restart bulkrelay-firewall.service")
+            assert _firewall_table(relay)
+    assert _banner(outsider, RELAY_V4) == ""
+
+
+def _wait_for(host, path, seconds=20):
+    for _ in range(seconds * 2):
+        if host.file(path).exists:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_hot_folder_done_and_rejected(relay):
+    tag = uuid.uuid4().hex[:12]
+    good = (
+        f"From: Billing <billing@example.test>\\nTo: bob@customer.test\\nSubject: hot {tag}\\n"
+        f"Message-ID: <hot-{tag}@example.test>\\n\\nInvoice attached.\\n"
+    )
+    bad = f"To: bob@customer.test\\nSubject: no sender {tag}\\n\\nbody\\n"
+    for name, text in ((f"good-{tag}.eml", good), (f"bad-{tag}.eml", bad)):
+        relay.check_output(f"printf '{text}' > {HOT}/tmp/{name} && mv {HOT}/tmp/{name} {HOT}/incoming/{name}")
+    assert _wait_for(relay, f"{HOT}/done/good-{tag}.eml")
+    assert _wait_for(relay, f"{HOT}/rejected/bad-{tag}.eml.reason")
+    reason = relay.file(f"{HOT}/rejected/bad-{tag}.eml.reason").content_string
+    assert "no From:" in reason
+    assert relay.file(f"{HOT}/rejected/bad-{tag}.eml").exists
+    assert not relay.file(f"{HOT}/incoming/good-{tag}.eml").exists
+    listed = json.loads(relay.check_output(f"{AS_SENDER} queue list --limit 1000 --json"))
+    assert any(r["address"] == "bob@customer.test" for r in listed)
+
+
+def test_cli_send_and_header_injection(relay):
+    ok = relay.run(
+        f"{AS_SENDER} send --from billing@example.test --to carol@customer.test --subject 'Invoice 12' "
+        "--body 'Attached.' --attach /etc/hostname"
+    )
+    assert ok.rc == 0 and "queued as message" in ok.stdout, ok.stderr
+    bad = relay.run(
+        f"{AS_SENDER} send --from billing@example.test --to carol@customer.test "
+        "--subject \"$(printf 'Hi\\r\\nBcc: victim@customer.test')\" --body x"
+    )
+    assert bad.rc == 2 and "header injection is refused" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_intake_survives_restart(relay, app):
+    relay.check_output("systemctl restart bulkrelay-sender")
+    for _ in range(20):
+        if relay.socket(f"tcp://0.0.0.0:{PORT}").is_listening:
+            break
+        time.sleep(0.5)
+    result, _ = _swaks(app, RELAY_APPS_V4)
+    assert _queued_as(result.stdout), result.stdout

@@ -1,0 +1,63 @@
+"""Build the bulkrelay wheel reproducibly on the controller; print the wheel's path.
+
+Usage: build_wheel.py SOURCE_DIR OUT_DIR
+
+The source tree is copied to a scratch directory first (without build/, *.egg-info, caches), so
+the checkout is never written to and two builds never share a build/ directory. With
+SOURCE_DATE_EPOCH fixed, the same sources give a byte-identical wheel, which keeps the copy to
+the relay (and the reinstall it triggers) idempotent.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
+
+
+def main(source: str, out: str) -> int:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("bulkrelay-*.whl"):
+        old.unlink()
+    with tempfile.TemporaryDirectory(prefix="bulkrelay-src-") as scratch:
+        tree = Path(scratch) / "sender"
+        shutil.copytree(
+            source, tree, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.pyc")
+        )
+        env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--quiet",
+                "--wheel-dir",
+                str(out_dir),
+                str(tree),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        return result.returncode
+    wheels = sorted(out_dir.glob("bulkrelay-*.whl"))
+    if len(wheels) != 1:
+        sys.stderr.write(f"expected one bulkrelay wheel in {out_dir}, found {[w.name for w in wheels]}\n")
+        return 1
+    print(wheels[0])
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    sys.exit(main(sys.argv[1], sys.argv[2]))
