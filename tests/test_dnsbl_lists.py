@@ -81,3 +81,8 @@ def test_dqs_zone_only_with_key():
     zen = DnsblList.from_mapping({"zone": "zen.spamhaus.org", "dqs_zone": "zen.dq.spamhaus.net"})
     assert zen.query_zone("") == "zen.spamhaus.org."
     assert zen.query_zone("k3y") == "k3y.zen.dq.spamhaus.net."
+
+
+def test_underscore_keys_are_comments():
+    cfg = Settings.from_mapping({"_comment": "managed by bulkrelay", "lists": [{"zone": "bl.test"}]})
+    assert [item.label for item in cfg.lists] == ["bl.test"]

@@ -283,7 +283,7 @@ class Settings:
             "ips",
             "domains",
         }
-        unknown = sorted(set(data) - known)
+        unknown = sorted(k for k in set(data) - known if not str(k).startswith("_"))  # "_comment" etc.
         if unknown:
             raise InputError(
                 f"unknown DNSBL setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
