@@ -258,3 +258,22 @@ time.sleep(30)
     assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "submitted", "bounced"]
     assert queue.get_state(tracking.JournalSource.STATE_KEY) == "f1"
     queue.close()
+
+
+def test_result_logged_before_the_row_knew_its_queue_id_is_applied_on_resolve(tmp_path):
+    """After a crash the log may hold the final result before the row is matched to its qid."""
+    queue = Queue(tmp_path / "q.sqlite")
+    tracker = tracking.Tracker(queue)
+    queue.enqueue(RAW, "billing@example.test", ["c@customer.test"], source="t")
+    (row,) = queue.take(1, now=time.time(), envelope=lambda r: "bounces+r1-x@bounce.example.test")
+    for line in (
+        f"{HOST}/qmgr[500]: 3A7F21C0B2E: from=<bounces+r1-x@bounce.example.test>, size=300, nrcpt=1",
+        LINES["bounced"],
+    ):
+        tracker.handle(tracking.parse_syslog_line(line))
+    assert queue.recipient(row["id"])["state"] == "submitting"  # nothing matched yet
+    assert resolve_ambiguous(queue, suppress=tracker.suppress) == (1, 0)
+    done = queue.recipient(row["id"])
+    assert (done["state"], done["postfix_qid"], done["dsn"]) == ("bounced", "3A7F21C0B2E", "5.1.1")
+    assert suppression.lookup(queue.connection, "c@customer.test", now=time.time()) is not None
+    queue.close()

@@ -103,7 +103,12 @@ CREATE TABLE IF NOT EXISTS postfix_seen (
     qid TEXT PRIMARY KEY,
     message_id TEXT,
     envelope_from TEXT,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    -- a result logged before the row knew its queue id (applied when it learns it)
+    result_address TEXT,
+    result_state TEXT,
+    result_dsn TEXT,
+    result_reply TEXT
 );
 CREATE INDEX IF NOT EXISTS postfix_seen_from ON postfix_seen(envelope_from);
 CREATE INDEX IF NOT EXISTS postfix_seen_mid ON postfix_seen(message_id);
@@ -182,10 +187,18 @@ class Queue:
             self.connection.execute("PRAGMA foreign_keys = ON")
             with self._lock:
                 self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+                self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
 
     # -- plumbing ---------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Columns added after the first release of the schema."""
+        have = {r[1] for r in self.connection.execute("PRAGMA table_info(postfix_seen)")}
+        for column in ("result_address", "result_state", "result_dsn", "result_reply"):
+            if column not in have:
+                self.connection.execute(f"ALTER TABLE postfix_seen ADD COLUMN {column} TEXT")
+
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE .. COMMIT; any sqlite error becomes QueueUnavailable after ROLLBACK.
@@ -471,6 +484,8 @@ class Queue:
                 "attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (qid, reply, self.clock(), recipient_id),
             )
+            if qid:
+                self._apply_pending(conn, recipient_id, qid)
         return qid
 
     def mark_retry(self, recipient_id: int, reply: str, *, delay: float) -> None:
@@ -514,6 +529,17 @@ class Queue:
             ).fetchall()
             match = [r for r in rows if r["address"].lower() == address.lower()] or rows
             if not match:
+                # Not (yet) one of our rows: keep it for a row that learns this queue id later
+                # (a 'submitting' row resolved from the log after a crash).
+                conn.execute(
+                    "INSERT INTO postfix_seen"
+                    "(qid, at, result_address, result_state, result_dsn, result_reply) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(qid) DO UPDATE SET "
+                    "result_address = excluded.result_address, result_state = excluded.result_state, "
+                    "result_dsn = excluded.result_dsn, result_reply = excluded.result_reply "
+                    "WHERE coalesce(result_state, 'deferred') = 'deferred'",
+                    (qid, self.clock(), address, state, dsn, reply),
+                )
                 return None
             row = dict(match[0])
             if state == "deferred" and row["state"] in FINAL_STATES:
@@ -571,17 +597,36 @@ class Queue:
             rows = self._query("SELECT qid FROM postfix_seen WHERE message_id = ?", (message_id,))
         return [r[0] for r in rows]
 
-    def resolve_submitting(self, recipient_id: int, qid: str | None) -> None:
-        """Settle an ambiguous 'submitting' row: Postfix has it (qid) or it goes back to 'queued'."""
+    def _apply_pending(self, conn: sqlite3.Connection, recipient_id: int, qid: str) -> dict | None:
+        """Apply a result the log showed for ``qid`` before this row knew its queue id."""
+        seen = conn.execute(
+            "SELECT result_state, result_dsn, result_reply FROM postfix_seen "
+            "WHERE qid = ? AND result_state IS NOT NULL",
+            (qid,),
+        ).fetchone()
+        if seen is None:
+            return None
+        conn.execute(
+            "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+            (seen["result_state"], seen["result_dsn"], seen["result_reply"], self.clock(), recipient_id),
+        )
+        return {"state": seen["result_state"], "dsn": seen["result_dsn"], "reply": seen["result_reply"]}
+
+    def resolve_submitting(self, recipient_id: int, qid: str | None) -> dict | None:
+        """Settle an ambiguous 'submitting' row: Postfix has it (qid) or it goes back to 'queued'.
+
+        Returns the result already logged for that queue id (applied to the row), if any.
+        """
         now = self.clock()
         with self.transaction() as conn:
             if qid:
-                conn.execute(
+                changed = conn.execute(
                     "UPDATE recipients SET state = 'submitted', postfix_qid = ?, attempts = attempts + 1, "
                     "last_reply = 'resolved from the Postfix log after a restart', updated_at = ? "
                     "WHERE id = ? AND state = 'submitting'",
                     (qid, now, recipient_id),
-                )
+                ).rowcount
+                return self._apply_pending(conn, recipient_id, qid) if changed else None
             else:
                 conn.execute(
                     "UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?, "
@@ -589,6 +634,7 @@ class Queue:
                     "WHERE id = ? AND state = 'submitting'",
                     (now, now, recipient_id),
                 )
+        return None
 
     # -- operator actions -------------------------------------------------------------------
     def retry(self, *, recipient_ids: list[int] | None = None, state: str | None = None) -> int:

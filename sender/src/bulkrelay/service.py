@@ -40,8 +40,14 @@ KEEP_RELEASES = 2 * 86400.0
 QUEUE_RETRY = 5.0  # seconds before the release loop retries after QueueUnavailable
 
 
-def resolve_ambiguous(queue: Queue, *, older_than: float | None = None) -> tuple[int, int]:
-    """Settle 'submitting' rows from what the Postfix log showed; returns (found, resent)."""
+def resolve_ambiguous(
+    queue: Queue, *, older_than: float | None = None, suppress: Callable[[str, str], None] | None = None
+) -> tuple[int, int]:
+    """Settle 'submitting' rows from what the Postfix log showed; returns (found, resent).
+
+    ``suppress(address, reason)`` is called for a resolved row whose logged result is a hard
+    bounce (the tracker could not do it while the row had no queue id yet).
+    """
     found = resent = 0
     for row in queue.submitting():
         if older_than is not None and row["updated_at"] > older_than:
@@ -50,16 +56,19 @@ def resolve_ambiguous(queue: Queue, *, older_than: float | None = None) -> tuple
         if not qids and len(queue.recipients_of(row["message"])) == 1:
             qids = queue.postfix_qids(message_id=row["message_id_header"])
         qid = qids[-1] if qids else None
-        queue.resolve_submitting(row["id"], qid)
+        result = queue.resolve_submitting(row["id"], qid)
         if qid:
             found += 1
             log.info(
-                "event=ambiguous_resolved message=%s recipient=%s address=%s qid=%s",
+                "event=ambiguous_resolved message=%s recipient=%s address=%s qid=%s result=%s",
                 row["message"],
                 row["id"],
                 row["address"],
                 qid,
+                result["state"] if result else "-",
             )
+            if result and result["state"] == "bounced" and (result["dsn"] or "").startswith("5") and suppress:
+                suppress(row["address"], f"{result['dsn']} {result['reply']}"[:500])
         else:
             resent += 1
             log.warning(
@@ -107,8 +116,10 @@ class ReleaseLoop:
         *,
         clock: Callable[[], float] = time.time,
         connector: Connector | None = None,
+        suppress: Callable[[str, str], None] | None = None,
     ):
         self.config = config
+        self.suppress = suppress
         self.queue = queue
         self.clock = clock
         self.policy = Policy(config.policy, dnsbl_state_file=config.dnsbl.state_file)
@@ -123,7 +134,7 @@ class ReleaseLoop:
 
     def maintenance(self, now: float) -> None:
         self.queue.prune(before=now - max(KEEP_RELEASES, 2 * self.config.policy.interval))
-        resolve_ambiguous(self.queue, older_than=now - AMBIGUOUS_GRACE)
+        resolve_ambiguous(self.queue, older_than=now - AMBIGUOUS_GRACE, suppress=self.suppress)
         self.last_maintenance = now
 
     async def step(self) -> float:
@@ -228,7 +239,7 @@ async def serve(
     tracker = tracking.Tracker(queue, clock=clock)
     source = tracking.make_source(config.tracking.source, config.tracking.path, queue, clock=clock)
     seen = await tracking.catch_up(source, tracker)
-    found, resent = resolve_ambiguous(queue)
+    found, resent = resolve_ambiguous(queue, suppress=tracker.suppress)
     log.info(
         "event=started queue=%s log_events=%d ambiguous_found=%d ambiguous_resent=%d counts=%s",
         config.queue.path,
@@ -237,7 +248,7 @@ async def serve(
         resent,
         ",".join(f"{k}:{v}" for k, v in queue.counts().items() if v),
     )
-    loop = ReleaseLoop(config, queue, clock=clock, connector=connector)
+    loop = ReleaseLoop(config, queue, clock=clock, connector=connector, suppress=tracker.suppress)
     tasks = [
         asyncio.create_task(loop.run(stop), name="release"),
         asyncio.create_task(tracking.follow(source, tracker, stop), name="tracking"),

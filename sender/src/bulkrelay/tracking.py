@@ -156,14 +156,19 @@ class Tracker:
             event.dsn,
             event.reply,
         )
-        if event.state == "bounced" and event.dsn.startswith("5") and self._suppression is not None:
+        if event.state == "bounced" and event.dsn.startswith("5"):
+            self.suppress(row["address"], f"{event.dsn} {event.reply}")
+
+    def suppress(self, address: str, reason: str) -> None:
+        """Put a hard-bounced address on the suppression list (source "postfix-log")."""
+        if self._suppression is None:
+            return
+        try:
             self._suppression.add(
-                self.queue.connection,
-                row["address"],
-                reason=f"{event.dsn} {event.reply}"[:500],
-                source="postfix-log",
-                now=self.clock(),
+                self.queue.connection, address, reason=reason[:500], source="postfix-log", now=self.clock()
             )
+        except ValueError as exc:  # suppression.BadAddress: nothing to suppress
+            log.warning("event=suppress_skipped address=%r reason=%r", address, str(exc))
 
 
 class FileSource:
