@@ -114,6 +114,10 @@ def connect(
         raise PollError(
             f"IMAP {host}:{port}: login as {user} refused; check imap_user and the password file"
         ) from None
+    # the capabilities change after login (MOVE, UIDPLUS are often announced only then)
+    typ, data = imap.capability()
+    if typ == "OK" and data and data[0]:
+        imap.capabilities = tuple(data[0].decode("ascii", "replace").upper().split())
     return imap
 
 

@@ -1,0 +1,277 @@
+"""The bounce path end to end, with real Postfix, Dovecot (IMAPS), systemd and SQLite.
+
+sender (relay_sender + bounce_poller) --VERP envelope--> mailhost (customer.test's MX), which
+accepts unknown users and bounces them --DSN--> bounces+TOKEN@bounce.example.test (a Maildir
+on the mailhost) --IMAPS--> `bulkrelay bounces poll --once` (the bounce_poller's unit).
+"""
+
+import json
+import re
+import shlex
+import time
+import uuid
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["br-bounces-sender"]
+
+MAILHOST = "198.51.100.40"
+BULKRELAY = "/opt/bulkrelay/venv/bin/bulkrelay"
+PYTHON = "/opt/bulkrelay/venv/bin/python"
+CONFIG = "/etc/bulkrelay/sender.toml"
+PROCESSED = "bulkrelay/processed"
+
+
+@pytest.fixture(scope="module")
+def sender():
+    return testinfra.get_host("docker://br-bounces-sender")
+
+
+@pytest.fixture(scope="module")
+def mail():
+    return testinfra.get_host("docker://br-bounces-mail")
+
+
+def as_sender_user(host, *argv):
+    return host.run("runuser -u bulkrelay -- " + " ".join(shlex.quote(a) for a in argv))
+
+
+def bulkrelay(host, *args):
+    return as_sender_user(host, BULKRELAY, *args, "--config", CONFIG)
+
+
+def py(host, code):
+    """Run Python with the installed package as the service user; return parsed JSON output."""
+    result = as_sender_user(host, PYTHON, "-c", code)
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def recipient(host, rid):
+    return py(
+        host,
+        "import json; from bulkrelay.queue import Queue; "
+        f"q = Queue('/var/lib/bulkrelay/queue.sqlite'); print(json.dumps(q.recipient({rid}), default=str))",
+    )
+
+
+def message(host, message_id):
+    return py(
+        host,
+        "import json; from bulkrelay.queue import Queue; "
+        f"print(json.dumps(Queue('/var/lib/bulkrelay/queue.sqlite').message({message_id}), default=str))",
+    )
+
+
+def verp_address(host, rid):
+    return py(
+        host,
+        "import json; from bulkrelay import config, verp; c = config.load('/etc/bulkrelay/sender.toml'); "
+        "e = c.envelope; "
+        f"print(json.dumps(verp.make_address(e.verp_prefix, e.bounce_domain, {rid}, c.verp_key())))",
+    )
+
+
+def mailbox(mail, folder="INBOX"):
+    """[(flags, subject)] of a folder of the bounce mailbox, read with doveadm (no IMAP flags touched)."""
+    result = mail.run(
+        f"doveadm -f tab fetch -u bounces 'flags hdr.subject' mailbox {shlex.quote(folder)} all"
+    )
+    assert result.rc == 0, result.stderr
+    rows = [line.split("\t", 1) for line in result.stdout.splitlines()[1:] if line.strip()]
+    return [(r[0], r[1] if len(r) > 1 else "") for r in rows]
+
+
+def wait_for(predicate, timeout=60, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def new_bounce_count(mail):
+    return int(
+        mail.run(
+            "ls /home/bounces/Maildir/new /home/bounces/Maildir/cur 2>/dev/null | grep -c . || true"
+        ).stdout
+        or 0
+    )
+
+
+def poll(sender):
+    """Run the poller's own systemd unit once (what the timer starts) and return its journal."""
+    since = sender.run("date +%s").stdout.strip()
+    result = sender.run("systemctl start bulkrelay-bounces.service")
+    assert result.rc == 0, sender.run("journalctl -u bulkrelay-bounces.service -n 30 --no-pager").stdout
+    return sender.run(f"journalctl -u bulkrelay-bounces.service --since @{since} --no-pager -o cat").stdout
+
+
+def test_units_are_installed_and_timer_active(sender):
+    assert sender.service("bulkrelay-bounces.timer").is_enabled
+    assert sender.service("bulkrelay-bounces.timer").is_running
+    password_file = sender.file("/etc/bulkrelay/imap-password")
+    assert password_file.mode == 0o640 and password_file.user == "root" and password_file.group == "bulkrelay"
+
+
+def test_password_never_in_logs(sender):
+    journal = sender.run("journalctl --no-pager -o cat").stdout
+    assert "lab-bounce-imap-secret" not in journal
+
+
+def test_swaks_bounce_is_ingested_and_suppressed(sender, mail):
+    """The path of the brief, independent of the release loop: a recipient row created in the
+    queue (paused so the service does not send it), mail sent with swaks with that row's VERP
+    address as envelope sender to an unknown user, the DSN polled over IMAPS."""
+    assert bulkrelay(sender, "pause", "--reason", "swaks test").rc == 0
+    try:
+        unknown = f"nobody-{uuid.uuid4().hex[:8]}@customer.test"
+        queued = bulkrelay(
+            sender,
+            "send",
+            "--from",
+            "billing@example.test",
+            "--to",
+            unknown,
+            "--subject",
+            "Invoice (swaks test)",
+            "--body",
+            "hello",
+        )
+        assert queued.rc == 0, queued.stderr
+        message_id = int(re.search(r"queued as message (\d+)", queued.stdout).group(1))
+        rid = message(sender, message_id)["recipients"][0]["id"]
+        envelope = verp_address(sender, rid)
+        before = new_bounce_count(mail)
+        sent = sender.run(
+            f"swaks --server {MAILHOST} --from {shlex.quote(envelope)} --to {shlex.quote(unknown)} "
+            "--header 'Subject: Invoice (swaks test)' --body 'hello' --hide-all"
+        )
+        assert sent.rc == 0, sent.stdout + sent.stderr
+        wait_for(lambda: new_bounce_count(mail) > before, what="the DSN in the bounce mailbox")
+        journal = poll(sender)
+        assert "event=bounce" in journal and "outcome=suppressed" in journal, journal
+        row = recipient(sender, rid)
+        assert row["state"] == "bounced" and row["dsn"] == "5.1.1", row
+        listed = bulkrelay(sender, "suppress", "list")
+        assert unknown in listed.stdout, listed.stdout + listed.stderr
+    finally:
+        bulkrelay(sender, "resume")
+
+
+def test_processed_bounces_are_moved_not_deleted(mail):
+    processed = mailbox(mail, PROCESSED)
+    assert processed, "processed bounces are kept in their folder"
+    assert all("Undelivered Mail" in subject for _, subject in processed)
+    assert not [s for _, s in mailbox(mail) if "Undelivered Mail" in s], "no bounce left in INBOX"
+
+
+def test_sender_path_next_message_is_not_sent(sender, mail):
+    """The release loop sends with VERP, the bounce comes back, the next mail is suppressed."""
+    unknown = f"gone-{uuid.uuid4().hex[:8]}@customer.test"
+    first = bulkrelay(
+        sender,
+        "send",
+        "--from",
+        "billing@example.test",
+        "--to",
+        unknown,
+        "--subject",
+        "Invoice 1",
+        "--body",
+        "one",
+    )
+    assert first.rc == 0, first.stderr
+    mid = int(re.search(r"queued as message (\d+)", first.stdout).group(1))
+
+    def row():
+        return message(sender, mid)["recipients"][0]
+
+    wait_for(lambda: row()["state"] in ("submitted", "delivered"), what="the release loop to submit")
+    assert row()["envelope_from"].startswith("bounces+r"), row()
+    wait_for(
+        lambda: mail.run(f"grep -rl {shlex.quote(unknown)} /home/bounces/Maildir/new").rc == 0,
+        what="the DSN for the released message",
+    )
+    journal = poll(sender)
+    assert "outcome=suppressed" in journal, journal
+    assert row()["state"] == "bounced"
+
+    second = bulkrelay(
+        sender,
+        "send",
+        "--from",
+        "billing@example.test",
+        "--to",
+        unknown,
+        "--subject",
+        "Invoice 2",
+        "--body",
+        "two",
+    )
+    mid2 = int(re.search(r"queued as message (\d+)", second.stdout).group(1))
+
+    def rows2():
+        return message(sender, mid2)
+
+    wait_for(
+        lambda: rows2()["recipients"][0]["state"] == "suppressed", what="the second message to be suppressed"
+    )
+    assert "suppressed" in rows2()["recipients"][0]["last_reply"]
+    # the mailhost saw exactly one delivery attempt for that address
+    attempts = mail.run(f"journalctl --no-pager -o cat | grep -c 'to=<{unknown}>' || true").stdout.strip()
+    assert attempts == "1", attempts
+
+
+def test_human_reply_stays_unread_and_is_forwarded_once(sender, mail):
+    token = f"human-{uuid.uuid4().hex[:8]}"
+    reply_to = verp_address(sender, 1)
+    sent = sender.run(
+        f"swaks --server {MAILHOST} --from dave@customer.test --to {shlex.quote(reply_to)} "
+        f"--header 'Subject: Re: Invoice {token}' --hide-all "
+        "--body 'The invoice lists 12 items, we ordered 10.'"
+    )
+    assert sent.rc == 0, sent.stdout
+    wait_for(lambda: any(token in s for _, s in mailbox(mail)), what="the reply in the bounce mailbox")
+    poll(sender)
+    poll(sender)  # a second pass must neither forward again nor touch the reply
+    kept = [(flags, s) for flags, s in mailbox(mail) if token in s]
+    assert len(kept) == 1 and "\\Seen" not in kept[0][0], kept
+
+    def forwards():
+        return mail.run(
+            f"grep -l 'Fwd: Re: Invoice {token}' /home/humans/Maildir/new/* 2>/dev/null"
+        ).stdout.split()
+
+    forwarded = wait_for(forwards, what="the forward to humans@example.test")
+    assert len(forwarded) == 1, forwarded
+    body = mail.file(forwarded[0]).content_string
+    assert "Reply-To: dave@customer.test" in body
+
+
+def test_autoreply_stays_unread_and_is_not_forwarded(sender, mail):
+    token = f"ooo-{uuid.uuid4().hex[:8]}"
+    sent = sender.run(
+        f"swaks --server {MAILHOST} --from carla@customer.test --to {shlex.quote(verp_address(sender, 1))} "
+        f"--header 'Subject: Automatic reply: {token}' --header 'Auto-Submitted: auto-replied' "
+        "--body 'Out of office.' --hide-all"
+    )
+    assert sent.rc == 0
+    wait_for(lambda: any(token in s for _, s in mailbox(mail)), what="the auto-reply in the bounce mailbox")
+    poll(sender)
+    kept = [(flags, s) for flags, s in mailbox(mail) if token in s]
+    assert len(kept) == 1 and "\\Seen" not in kept[0][0]
+    assert mail.run(f"grep -l {shlex.quote(token)} /home/humans/Maildir/new/* 2>/dev/null").stdout == ""
+
+
+def test_bad_password_is_one_clear_line(sender):
+    sender.run("cp /etc/bulkrelay/imap-password /tmp/pw.bak && echo wrong > /etc/bulkrelay/imap-password")
+    try:
+        result = bulkrelay(sender, "bounces", "poll", "--once")
+    finally:
+        sender.run("cp /tmp/pw.bak /etc/bulkrelay/imap-password")
+    assert result.rc == 1
+    assert "login as bounces refused" in result.stderr and "Traceback" not in result.stderr
