@@ -230,9 +230,12 @@ def test_dnsbl_listing_pauses_until_the_state_file_is_clean(queue, clock, tmp_pa
     state = tmp_path / "state.json"
     policy = Policy(PolicyConfig(), dnsbl_state_file=str(state))
     queue.enqueue(RAW, "b@example.test", ["a@x.test"], source="t")
-    state.write_text(json.dumps({"listings": [{"list": "zen.dnsbl.test", "target": "198.51.100.20"}]}))
+    # the shape bulkrelay.dnsbl.cron writes
+    listing = {"target": "198.51.100.20", "zone": "zen.dnsbl.test", "codes": ["127.0.0.2"], "reason": "test"}
+    state.write_text(json.dumps({"status": "CRITICAL", "listings": [listing], "errors": []}))
     decision, rows = release_round(policy, queue, clock.t)
-    assert rows == [] and decision.paused and "zen.dnsbl.test" in decision.reason
+    assert rows == [] and decision.paused
+    assert decision.reason == "paused: relay listed on DNSBL (198.51.100.20 on zen.dnsbl.test)"
     state.write_text(json.dumps({"listings": []}))
     _, rows = release_round(policy, queue, clock.t)
     assert len(rows) == 1

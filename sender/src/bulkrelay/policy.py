@@ -84,7 +84,14 @@ def dnsbl_listings(path: str) -> list[str]:
     listings = data.get("listings") if isinstance(data, dict) else None
     if not isinstance(listings, list):
         return []
-    return [json.dumps(item, sort_keys=True) if not isinstance(item, str) else item for item in listings]
+    return [_describe(item) for item in listings]
+
+
+def _describe(item: object) -> str:
+    """One listing as "198.51.100.20 on zen.dnsbl.test" (the DNSBL monitor writes dicts)."""
+    if isinstance(item, dict) and ("target" in item or "zone" in item):
+        return f"{item.get('target', '?')} on {item.get('zone', item.get('list', '?'))}"
+    return item if isinstance(item, str) else json.dumps(item, sort_keys=True)
 
 
 class Policy:
