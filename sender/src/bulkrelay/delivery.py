@@ -129,6 +129,10 @@ class SmtpClient:
 
     async def send(self, mail_from: str, rcpt: str, raw: bytes) -> Reply:
         """One transaction; returns the deciding reply (first failure or the final one)."""
+        return await self.send_encoded(mail_from, rcpt, encode_data(raw))
+
+    async def send_encoded(self, mail_from: str, rcpt: str, data: bytes) -> Reply:
+        """Like ``send`` with the body already passed through ``encode_data``."""
         self.last_used = time.monotonic()
         mail = f"MAIL FROM:<{mail_from}>"
         rcpt_cmd = f"RCPT TO:<{rcpt}>"
@@ -150,7 +154,7 @@ class SmtpClient:
                     await self.read_reply("data")
                 await self.reset()
                 return reply
-        await self._write(encode_data(raw), "dot", after_data=True)
+        await self._write(data, "dot", after_data=True)
         final = await self.read_reply("dot", after_data=True)
         self.last_used = time.monotonic()
         return final
@@ -236,9 +240,10 @@ class Submitter:
         return True
 
     def _body(self, message_id: int) -> bytes:
+        """The message's DATA bytes (CRLF, dot-stuffed), cached: every recipient shares them."""
         body = self._bodies.get(message_id)
         if body is None:
-            body = self.queue.body(message_id)
+            body = encode_data(self.queue.body(message_id))
             self._bodies[message_id] = body
             if len(self._bodies) > self.BODY_CACHE:
                 self._bodies.popitem(last=False)
@@ -281,7 +286,7 @@ class Submitter:
                         return
                 row = pending.get_nowait()
                 try:
-                    reply = await client.send(
+                    reply = await client.send_encoded(
                         row["envelope_from"], row["address"], self._body(row["message"])
                     )
                 except SmtpConnectionError as exc:
