@@ -1,0 +1,200 @@
+"""The poller's mailbox rules against an in-memory IMAP double (the real Dovecot run is in
+molecule/bounces): bounces moved never deleted, other mail never marked read, forwards once,
+MOVE/COPY fallbacks, and a failed move never counts a bounce twice."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from bulkrelay import suppression, verp
+from bulkrelay.bounces import poller
+from bulkrelay.bounces.policy import Policy
+from bulkrelay.queue import Queue
+
+KEY = b"poller-test-key-0123456789abcdef"
+T0 = 1_800_000_000.0
+
+
+class FakeIMAP:
+    """Just enough of imaplib.IMAP4 for poll_once, recording every command."""
+
+    def __init__(self, capabilities=("IMAP4REV1", "MOVE", "UIDPLUS")):
+        self.capabilities = tuple(capabilities)
+        self.folders: dict[str, dict[int, dict]] = {"INBOX": {}}
+        self.next_uid = 1
+        self.selected = ""
+        self.commands: list[tuple] = []
+        self.fail_move = False
+
+    def add(self, raw: bytes, folder="INBOX", flags=()):
+        self.folders[folder][self.next_uid] = {"raw": raw, "flags": set(flags)}
+        self.next_uid += 1
+
+    def list(self, ref, pattern):
+        name = pattern.strip('"')
+        return "OK", [b'(\\HasNoChildren) "/" "' + name.encode() + b'"'] if name in self.folders else [None]
+
+    def create(self, name):
+        self.folders.setdefault(name.strip('"'), {})
+        return "OK", [b"created"]
+
+    def subscribe(self, name):
+        return "OK", [b""]
+
+    def select(self, name):
+        self.selected = name.strip('"')
+        return "OK", [str(len(self.folders[self.selected])).encode()]
+
+    def response(self, code):
+        return code, [b"42"]
+
+    def uid(self, command, *args):
+        self.commands.append((command, *args))
+        box = self.folders[self.selected]
+        if command == "SEARCH":
+            return "OK", [b" ".join(str(u).encode() for u in sorted(box))]
+        uid = int(args[0])
+        if command == "FETCH":
+            assert args[1] == "(BODY.PEEK[])", "must never set \\Seen"
+            return "OK", [(b"1 (UID %d BODY[] {n}" % uid, box[uid]["raw"]), b")"]
+        if command == "MOVE":
+            if self.fail_move:
+                return "NO", [b"[SERVERBUG] move failed"]
+            self.folders[args[1].strip('"')][uid] = box.pop(uid)
+            return "OK", [b""]
+        if command == "COPY":
+            self.folders[args[1].strip('"')][uid] = {"raw": box[uid]["raw"], "flags": set(box[uid]["flags"])}
+            return "OK", [b""]
+        if command == "STORE":
+            box[uid]["flags"].add("\\Deleted")
+            return "OK", [b""]
+        if command == "EXPUNGE":
+            if "\\Deleted" in box[uid]["flags"]:
+                box.pop(uid)
+            return "OK", [b""]
+        raise AssertionError(f"unexpected UID {command}")
+
+
+@pytest.fixture
+def queue(tmp_path):
+    q = Queue(tmp_path / "q.sqlite", clock=lambda: T0)
+    yield q
+    q.close()
+
+
+def recipient(queue, address):
+    mid = queue.enqueue(
+        b"From: billing@example.test\r\nSubject: x\r\n\r\nhi\r\n",
+        "billing@example.test",
+        [address],
+        source="test",
+    )
+    return queue.message(mid)["recipients"][0]["id"]
+
+
+def dsn(rid, address, status="5.1.1", diagnostic="550 5.1.1 User unknown", mid="d1"):
+    envelope = verp.make_address("bounces", "bounce.example.test", rid, KEY)
+    return (
+        f"From: MAILER-DAEMON@mx.customer.test\nTo: {envelope}\nSubject: Undelivered Mail\n"
+        f"Message-ID: <{mid}@x>\n"
+        "MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+        "--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx\n\n"
+        f"Final-Recipient: rfc822; {address}\nAction: failed\nStatus: {status}\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\n"
+        "\n--B--\n"
+    ).encode()
+
+
+HUMAN = b"From: Dave <dave@customer.test>\nTo: bounces@bounce.example.test\nSubject: Re: invoice\n\nWrong.\n"
+AUTO = (
+    b"From: carla@customer.test\nTo: bounces@bounce.example.test\nSubject: Out of office\n"
+    b"Auto-Submitted: auto-replied\n\nAway.\n"
+)
+SETTINGS = poller.PollSettings(
+    forward_to="humans@example.test",
+    forward_from="bounces@bounce.example.test",
+    policy=Policy(soft_limit=2, soft_window_days=7),
+)
+
+
+def test_bounce_moved_others_kept_unread_and_forwarded_once(queue):
+    imap = FakeIMAP()
+    rid = recipient(queue, "nobody@customer.test")
+    imap.add(dsn(rid, "nobody@customer.test"))
+    imap.add(HUMAN)
+    imap.add(AUTO)
+    sent = []
+    forward = lambda message, mail_from, rcpt: sent.append((message, mail_from, rcpt))  # noqa: E731
+
+    result = poller.poll_once(imap, queue, key=KEY, settings=SETTINGS, forward=forward, clock=lambda: T0)
+    assert result.outcomes == {"suppressed": 1, "human-forwarded": 1, "autoreply": 1}
+    assert list(imap.folders["bulkrelay/processed"]) == [1]
+    assert sorted(imap.folders["INBOX"]) == [2, 3]
+    assert all(not m["flags"] for m in imap.folders["INBOX"].values()), "nothing marked read or deleted"
+    assert queue.recipient(rid)["state"] == "bounced"
+    assert suppression.lookup(queue.connection, "nobody@customer.test", now=T0)
+    assert len(sent) == 1
+    message, mail_from, rcpt = sent[0]
+    assert (mail_from, rcpt) == ("bounces@bounce.example.test", "humans@example.test")
+    assert message["Reply-To"] == "Dave <dave@customer.test>" and message["Subject"] == "Fwd: Re: invoice"
+
+    again = poller.poll_once(imap, queue, key=KEY, settings=SETTINGS, forward=forward, clock=lambda: T0)
+    assert again.examined == 0 and again.kept == 2 and len(sent) == 1
+
+
+def test_failed_forward_is_retried_next_time(queue):
+    imap = FakeIMAP()
+    imap.add(HUMAN)
+
+    def broken(message, mail_from, rcpt):
+        raise smtplib.SMTPServerDisconnected("connection lost")
+
+    first = poller.poll_once(imap, queue, key=KEY, settings=SETTINGS, forward=broken, clock=lambda: T0)
+    assert first.errors and first.forwarded == 0
+    sent = []
+    second = poller.poll_once(
+        imap, queue, key=KEY, settings=SETTINGS, forward=lambda *a: sent.append(a), clock=lambda: T0
+    )
+    assert second.forwarded == 1 and len(sent) == 1 and not second.errors
+
+
+def test_failed_move_never_counts_twice(queue):
+    imap = FakeIMAP()
+    rid = recipient(queue, "full@customer.test")
+    imap.add(dsn(rid, "full@customer.test", "4.2.2", "452 4.2.2 Mailbox full", mid="soft1"))
+    imap.fail_move = True
+    first = poller.poll_once(imap, queue, key=KEY, settings=SETTINGS, clock=lambda: T0)
+    assert first.outcomes == {"soft-counted": 1} and first.errors and 1 in imap.folders["INBOX"]
+    imap.fail_move = False
+    second = poller.poll_once(imap, queue, key=KEY, settings=SETTINGS, clock=lambda: T0)
+    assert second.outcomes == {"duplicate": 1} and not second.errors
+    # with soft_limit 2, counting the same DSN twice would have suppressed the address
+    assert suppression.lookup(queue.connection, "full@customer.test", now=T0) is None
+    assert list(imap.folders["bulkrelay/processed"]) == [1]
+
+
+def test_without_move_copy_and_expunge_only_that_uid(queue):
+    imap = FakeIMAP(capabilities=("IMAP4REV1", "UIDPLUS"))
+    imap.add(b"From: someone@else\nSubject: flagged by a person\n\nx\n", flags={"\\Deleted"})
+    rid = recipient(queue, "nobody@customer.test")
+    imap.add(dsn(rid, "nobody@customer.test"))
+    poller.poll_once(imap, queue, key=KEY, settings=poller.PollSettings(), clock=lambda: T0)
+    assert ("EXPUNGE", b"2") in imap.commands and ("EXPUNGE", b"1") not in imap.commands
+    assert 1 in imap.folders["INBOX"], "a message someone else flagged is not expunged"
+    assert 2 in imap.folders["bulkrelay/processed"]
+
+
+def test_without_move_or_uidplus_nothing_is_expunged(queue):
+    imap = FakeIMAP(capabilities=("IMAP4REV1",))
+    rid = recipient(queue, "nobody@customer.test")
+    imap.add(dsn(rid, "nobody@customer.test"))
+    poller.poll_once(imap, queue, key=KEY, settings=poller.PollSettings(), clock=lambda: T0)
+    assert not [c for c in imap.commands if c[0] == "EXPUNGE"]
+    assert imap.folders["INBOX"][1]["flags"] == {"\\Deleted"} and 1 in imap.folders["bulkrelay/processed"]
+
+
+def test_connect_refuses_plain_imap():
+    with pytest.raises(poller.PollError, match="plain IMAP is not supported"):
+        poller.connect("127.0.0.1", 143, tls="none", user="u", password="p")
