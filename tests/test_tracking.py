@@ -277,3 +277,21 @@ def test_result_logged_before_the_row_knew_its_queue_id_is_applied_on_resolve(tm
     assert (done["state"], done["postfix_qid"], done["dsn"]) == ("bounced", "3A7F21C0B2E", "5.1.1")
     assert suppression.lookup(queue.connection, "c@customer.test", now=time.time()) is not None
     queue.close()
+
+
+def test_missing_journalctl_is_logged_not_fatal(tmp_path, caplog):
+    queue = Queue(tmp_path / "q.sqlite")
+    tracker = tracking.Tracker(queue)
+    source = tracking.JournalSource(queue, journalctl=str(tmp_path / "no-journalctl"))
+
+    async def go():
+        assert await tracking.catch_up(source, tracker) == 0
+        stop = asyncio.Event()
+        task = asyncio.create_task(tracking.follow(source, tracker, stop, poll=0.1))
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(go())
+    assert caplog.text.count("event=tracking_unavailable") == 2
+    queue.close()

@@ -266,9 +266,13 @@ class JournalSource:
             self.queue.set_state(self.STATE_KEY, self.cursor)
 
     async def catch_up(self) -> list[LogEvent]:
-        proc = await asyncio.create_subprocess_exec(
-            *self.command(follow=False), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(follow=False), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:
+            log.error("event=tracking_unavailable journalctl=%s error=%r", self.journalctl, str(exc))
+            return []
         out, err = await proc.communicate()
         if proc.returncode not in (0, 1) and err:
             log.warning("event=journal_read_failed rc=%s error=%r", proc.returncode, err.decode()[:300])
@@ -293,9 +297,20 @@ async def _read_batch(stream: asyncio.StreamReader, poll: float) -> tuple[list[s
 
 async def _follow_journal(source: JournalSource, tracker: Tracker, stop: asyncio.Event, poll: float) -> None:
     while not stop.is_set():
-        proc = await asyncio.create_subprocess_exec(
-            *source.command(follow=True), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *source.command(follow=True),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            # Tracking is down, sending is not: results are read once journalctl works again.
+            log.error(
+                "event=tracking_unavailable journalctl=%s error=%r retry_in=60", source.journalctl, str(exc)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 60)
+            continue
         assert proc.stdout is not None
         try:
             eof = False
