@@ -1,17 +1,23 @@
 """Operator commands: status, queue list/show/retry/drop, pause/resume, progress display."""
 
+import asyncio
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 
 from bulkrelay.cli import UsageError, main
+from bulkrelay.config import Config, MetricsConfig, QueueConfig
+from bulkrelay.metrics import serve_metrics
 from bulkrelay.ops import Progress
 from bulkrelay.queue import Queue
-from bulkrelay.service import single_instance
+from bulkrelay.service import ReleaseLoop, single_instance
 
 RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nbody\r\n"
 
@@ -140,3 +146,39 @@ def test_only_one_service_per_queue(tmp_path):
     finally:
         held.close()
     single_instance(str(tmp_path / "q.sqlite")).close()
+
+
+def test_metrics_endpoint_serves_prometheus_text_and_404(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = Config(
+        queue=QueueConfig(path=str(tmp_path / "q.sqlite")), metrics=MetricsConfig(f"127.0.0.1:{port}")
+    )
+    queue = Queue(config.queue.path)
+    queue.enqueue(RAW, "billing@example.test", ["a@x.test", "b@x.test"], source="t")
+    loop = ReleaseLoop(config, queue)
+
+    def fetch(path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, ""
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve_metrics(config, queue, loop, None, stop))
+        await asyncio.sleep(0.2)
+        # a second server on the same port is logged, not fatal
+        await asyncio.wait_for(serve_metrics(config, queue, loop, None, asyncio.Event()), 5)
+        results = await asyncio.gather(asyncio.to_thread(fetch, "/metrics"), asyncio.to_thread(fetch, "/"))
+        stop.set()
+        await task
+        return results
+
+    (code, text), (missing, _) = asyncio.run(go())
+    assert code == 200 and missing == 404
+    assert 'bulkrelay_recipients{state="queued"} 2' in text
+    assert "bulkrelay_release_allowed 100" in text and "bulkrelay_paused 0" in text
+    queue.close()

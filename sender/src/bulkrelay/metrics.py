@@ -89,7 +89,12 @@ async def serve_metrics(config: Any, queue: Queue, loop: Any, tracker: Any, stop
     def body() -> str:
         return render(queue, loop=loop, tracker=tracker, now=loop.clock() if loop else None)
 
-    server = await asyncio.start_server(lambda r, w: _handle(r, w, body), host=host, port=int(port))
+    try:
+        server = await asyncio.start_server(lambda r, w: _handle(r, w, body), host=host, port=int(port))
+    except OSError as exc:
+        # Metrics are for watching; sending goes on without them.
+        log.error("event=metrics_unavailable listen=%s error=%r", config.metrics.listen, str(exc))
+        return
     log.info("event=metrics_listening listen=%s", config.metrics.listen)
     try:
         await stop.wait()
