@@ -209,3 +209,18 @@ def test_picking_a_batch_stays_fast_with_200k_recipients(tmp_path):
     )
     assert "recipients_ready" in plan and "TEMP B-TREE" not in plan
     q.close()
+
+
+def test_full_database_refuses_cleanly_and_recovers(queue, clock):
+    """SQLITE_FULL (a full disk, here a page limit) gives QueueUnavailable and writes nothing."""
+    queue.enqueue(RAW, "b@example.test", ["first@x.test"], source="t")
+    pages = queue.connection.execute("PRAGMA page_count").fetchone()[0]
+    queue.connection.execute(f"PRAGMA max_page_count = {pages + 2}")
+    big = RAW + b"x" * 200_000
+    with pytest.raises(QueueUnavailable, match="full"):
+        queue.enqueue(big, "b@example.test", ["big@x.test"], source="t")
+    assert real_counts(queue) == {"queued": 1}
+    assert queue.counts()["queued"] == 1
+    queue.connection.execute("PRAGMA max_page_count = 1073741823")
+    queue.enqueue(big, "b@example.test", ["big@x.test"], source="t")
+    assert queue.counts()["queued"] == 2
