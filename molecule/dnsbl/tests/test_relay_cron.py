@@ -148,3 +148,12 @@ def test_state_file_readable_by_the_sender(host, fresh):
     state = host.file(STATE)
     assert state.mode == 0o644
     assert host.run(f"su -s /bin/sh nobody -c 'cat {STATE}'").rc == 0
+
+
+def test_unreadable_settings_is_a_clear_unknown(host):
+    result = host.run("su -s /bin/sh nobody -c /opt/bulkrelay/venv/bin/check_dnsbl")
+    assert result.rc == 3
+    assert result.stdout.startswith(
+        "DNSBL UNKNOWN - cannot read settings file /etc/bulkrelay/dnsbl/settings.json"
+    )
+    assert "member of group bulkrelay-dnsbl" in result.stdout and "Traceback" not in result.stderr

@@ -23,7 +23,7 @@ from bulkrelay.dnsbl.names import InputError, parse_domain_target, parse_ip_targ
 from bulkrelay.dnsbl.report import EXIT_CODES, Thresholds, as_dict, plugin_output
 from bulkrelay.dnsbl.state import DEFAULT_STATE_PATH
 
-DEFAULT_CONFIG = "/etc/bulkrelay/dnsbl.json"
+DEFAULT_CONFIG = "/etc/bulkrelay/dnsbl/settings.json"  # written by the role dnsbl_monitor
 
 
 def _usage_error(message: str) -> Exception:
@@ -31,7 +31,7 @@ def _usage_error(message: str) -> Exception:
 
 
 def _read_settings_file(path: str | None) -> dict[str, Any]:
-    if path is None and os.path.exists(DEFAULT_CONFIG) and os.access(DEFAULT_CONFIG, os.R_OK):
+    if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
     if not path:
         return {}
@@ -39,7 +39,10 @@ def _read_settings_file(path: str | None) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except OSError as exc:
-        raise _usage_error(f"cannot read settings file {path}: {exc.strerror}") from None
+        hint = (
+            " (run as root or a member of group bulkrelay-dnsbl, or pass --config)" if exc.errno == 13 else ""
+        )
+        raise _usage_error(f"cannot read settings file {path}: {exc.strerror}{hint}") from None
     except ValueError as exc:
         raise _usage_error(f"settings file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -150,9 +150,8 @@ def run_cron(
                 kv(event="list_error", zone=err["zone"], target=err.get("target"), error=err.get("error"))
             )
         for ev in events:
-            logger.warning(
-                kv(event="change", change=ev.kind, zone=ev.zone, target=ev.target, detail=ev.detail)
-            )
+            target = {"target": ev.target} if ev.target else {}
+            logger.warning(kv(event="change", change=ev.kind, **target, zone=ev.zone, detail=ev.detail))
 
         if events and mail and mail.recipients:
             message = build_message(mail, alert_subject(events, host), alert_body(events, state, host), host)
