@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import common as c
+import dns.asyncquery
 import dns.message
 import dns.query
 
@@ -163,6 +164,27 @@ def single_queries(names: list[str]) -> list[float]:
     return times
 
 
+def parallel_fanout(names: list[str]) -> float:
+    """Wall time of the same 3 questions per list the checker asks (target + the two RFC 5782
+    test points), sent all at once with bare dnspython: the floor of this host and proxy."""
+    reversed_ip = ".".join(reversed(TARGET.split(".")))
+    questions = [f"{prefix}.{zone}." for zone in names for prefix in (reversed_ip, "2.0.0.127", "1.0.0.127")]
+
+    async def fan_out() -> None:
+        await asyncio.gather(
+            *(
+                dns.asyncquery.udp(
+                    dns.message.make_query(q, "A"), PROXY_ADDR[0], port=PROXY_ADDR[1], timeout=4
+                )
+                for q in questions
+            )
+        )
+
+    started = time.perf_counter()
+    asyncio.run(fan_out())
+    return time.perf_counter() - started
+
+
 def settings(names: list[str]) -> dict:
     return {
         "lists": [{"zone": z} for z in names],
@@ -211,12 +233,14 @@ def run() -> int:  # noqa: PLR0915 (one linear script)
     try:
         proxy = start_proxy(args.delay)
         checker = Checker(Settings.from_mapping(settings(names)))
-        slowest, medians, inproc, ours, rbl20, rbl40 = [], [], [], [], [], []
+        slowest, medians, fanout, inproc, ours, rbl20, rbl40 = [], [], [], [], [], [], []
+        start_ours, start_rbl = [], []
         outputs = {}
         for _ in range(args.rounds):
             singles = single_queries(names)
             slowest.append(max(singles))
             medians.append(c.median(singles))
+            fanout.append(parallel_fanout(names))
             started = time.perf_counter()
             result = checker.run([TARGET])
             inproc.append(time.perf_counter() - started)
@@ -231,6 +255,8 @@ def run() -> int:  # noqa: PLR0915 (one linear script)
             rbl20.append(seconds)
             seconds, outputs["check_rbl_w40"] = timed([*rbl_argv, "--workers", "40"], want)
             rbl40.append(seconds)
+            start_ours.append(timed([check_dnsbl, "--help"], {0})[0])
+            start_rbl.append(timed([CHECK_RBL, "-V"], {3})[0])
     finally:
         for proc in (proxy, rbldnsd):
             if proc is not None:
@@ -239,10 +265,15 @@ def run() -> int:  # noqa: PLR0915 (one linear script)
     note = f"median of {args.rounds}"
     report.figure("single_query_median", round(c.median(medians) * 1000, 1), "ms", note)
     report.figure("single_query_slowest", round(c.median(slowest) * 1000, 1), "ms", note)
+    report.figure(
+        "parallel_fanout_bare_dnspython", round(c.median(fanout) * 1000, 1), "ms", f"{3 * len(names)} queries"
+    )
     report.figure("checker_in_process", round(c.median(inproc) * 1000, 1), "ms", note)
     report.figure("check_dnsbl_process", round(c.median(ours) * 1000, 1), "ms", note)
     report.figure("check_rbl_process_20_workers", round(c.median(rbl20) * 1000, 1), "ms", note)
     report.figure("check_rbl_process_40_workers", round(c.median(rbl40) * 1000, 1), "ms", note)
+    report.figure("check_dnsbl_startup", round(c.median(start_ours) * 1000, 1), "ms", "check_dnsbl --help")
+    report.figure("check_rbl_startup", round(c.median(start_rbl) * 1000, 1), "ms", "check_rbl -V")
     for key, text in outputs.items():
         print(f"   {key}: {text.splitlines()[0][:150] if text else '(no output)'}")
     report.verdict(
@@ -252,6 +283,7 @@ def run() -> int:  # noqa: PLR0915 (one linear script)
         1.3,
         "all lists in parallel: wall time close to the slowest single query",
     )
+    report.figure("checker_vs_parallel_fanout", round(c.median(inproc) / c.median(fanout), 3), "x")
     report.verdict(
         "check_dnsbl_vs_check_rbl_20",
         c.median(ours) / c.median(rbl20),

@@ -12,7 +12,8 @@ the same receiver, back to back:
   release (``releases.at``) to the last 'submitted' row's ``updated_at``, so process start-up
   is not counted but every batch pick, SMTP transaction and durable state change is.
 
-Receivers: smtp-sink (discards, announces PIPELINING) and a throwaway Postfix on loopback
+Receivers: smtp-sink (discards, announces PIPELINING; ``sink_nopipe``: started with -p, so the
+sender cannot pipeline either - the like-for-like protocol comparison) and a throwaway Postfix on loopback
 (smtpd + cleanup write every message into its queue with fsync, ``discard:`` empties it).
 """
 
@@ -31,6 +32,7 @@ from bulkrelay.queue import Queue
 CASES = [
     ("sink", "small", 1, 3000),
     ("sink", "small", 4, 3000),
+    ("sink_nopipe", "small", 1, 3000),
     ("sink", "pdf", 1, 400),
     ("sink", "pdf", 4, 400),
     ("postfix", "small", 1, 800),
@@ -87,8 +89,8 @@ def one_case(report: c.Report, work: Path, *, receiver: str, kind: str, conns: i
             sender_rates.append(count / sender_drain(work, template, port, conns, count))
 
     port = c.free_port()
-    if receiver == "sink":
-        with c.smtp_sink(port):
+    if receiver.startswith("sink"):
+        with c.smtp_sink(port, pipelining=receiver == "sink"):
             measure(port)
     else:
         with c.postfix(work / "postfix", port) as etc:
