@@ -1,7 +1,8 @@
 """`bulkrelay serve` end to end: a real process, a real SMTP receiver on loopback, real timing.
 
 1,000 messages are queued, the service releases them at 100 per 1 s (the production default
-of 100 per 300 s, scaled down) and the receiver timestamps every arrival.
+of 100 per 300 s, scaled down; 2 s leaves room for a loaded CI machine) and the receiver
+timestamps every arrival.
 """
 
 import itertools
@@ -21,7 +22,7 @@ from bulkrelay import verp
 from bulkrelay.queue import Queue
 
 BATCH = 100
-INTERVAL = 1.0
+INTERVAL = 2.0
 
 
 def write_config(tmp_path, port, *, extra=""):
@@ -115,9 +116,9 @@ def test_thousand_messages_leave_in_exact_batches(tmp_path, receiver):
     spreads = [c[-1] - c[0] for c in chunks]
     print(f"batch spacing {[round(x, 3) for x in spacing]} spreads {[round(x, 3) for x in spreads]}")
     assert len(chunks) == 10
-    assert min(spacing) >= INTERVAL - 0.05, spacing
+    assert min(spacing) >= INTERVAL - 0.1, spacing
     assert max(spacing) <= INTERVAL + 0.5, spacing
-    assert max(spreads) < INTERVAL - 0.05, spreads
+    assert max(spreads) < INTERVAL - 0.1, spreads
     # the releases the service recorded: ten instants, exactly 100 each, one interval apart
     released = [r[0] for r in queue.connection.execute("SELECT at FROM releases ORDER BY at")]
     instants = sorted(set(released))
@@ -157,6 +158,7 @@ def test_status_pause_resume_cli_against_a_running_service(tmp_path, receiver):
         time.sleep(2.5)
         assert receiver.messages == []
         status = json.loads(cli("status", "--json").stdout)
+        assert status["service"] == {"running": True, "pid": proc.pid}
         assert status["paused"] is True and "maintenance" in status["policy"]
         assert status["counts"]["queued"] == 5
         assert status["next_release"] is None

@@ -27,6 +27,7 @@ def setup(tmp_path):
     config = tmp_path / "sender.toml"
     config.write_text(
         f'[queue]\npath = "{tmp_path / "q.sqlite"}"\n[policy]\nbatch_size = 2\ninterval = 600\n'
+        'per_domain = { "x.test" = 5 }\n'
     )
     queue = Queue(tmp_path / "q.sqlite")
     yield str(config), queue
@@ -53,10 +54,13 @@ def test_status_reports_counts_policy_rates_and_errors(setup, capsys):
     assert data["release_allowed_now"] == 0 and data["policy"].startswith("batch sent")
     assert data["rates"]["released_last_interval"] == 2 and data["rates"]["batch_size"] == 2
     assert data["next_release"] is not None
+    assert data["service"] == {"running": False, "pid": None}
+    assert data["per_domain"] == {"x.test": {"limit": 5, "released_last_interval": 2}}
     (err,) = data["last_errors"]
     assert err["message"] == m1 and err["address"] == "a@x.test" and "550 5.1.1" in err["reason"]
     code, out, _ = cli(capsys, "status", "--config", config)
     assert "queued=1" in out and "failed=1" in out and "a@x.test: failed: 550 5.1.1" in out
+    assert "service: NOT running" in out and "x.test: 2/5 in the last interval" in out
 
 
 def test_queue_show_retry_drop(setup, capsys):

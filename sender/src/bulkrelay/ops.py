@@ -18,6 +18,7 @@ from bulkrelay import config as configmod
 from bulkrelay.cli import UsageError
 from bulkrelay.policy import Policy, pause, resume
 from bulkrelay.queue import STATES, Queue, QueueUnavailable
+from bulkrelay.service import service_state
 
 
 def _open(args) -> tuple[configmod.Config, Queue]:
@@ -48,7 +49,13 @@ def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[s
         next_release = max(candidates) if candidates else None
     day_start, _ = policy._day_bounds(now)
     interval = config.policy.interval
+    per_domain = {
+        domain: {"limit": limit, "released_last_interval": limit - decision.per_domain.get(domain, limit)}
+        for domain, limit in config.policy.per_domain.items()
+    }
     return {
+        "service": service_state(config.queue.path),
+        "per_domain": per_domain,
         "counts": counts,
         "pending": counts["queued"] + counts["submitting"],
         "paused": decision.paused,
@@ -78,6 +85,13 @@ def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[s
 
 def format_status(data: dict[str, Any]) -> str:
     lines = []
+    service = data["service"]
+    if service["running"] is None:
+        lines.append("service: unknown (cannot read the lock file; run as the service user)")
+    elif service["running"]:
+        lines.append(f"service: running (pid {service['pid'] or '?'})")
+    else:
+        lines.append("service: NOT running (start it: systemctl start bulkrelay-sender)")
     counts = "  ".join(f"{s}={n}" for s, n in data["counts"].items())
     lines.append(f"recipients: {counts}")
     state = "PAUSED" if data["paused"] else "running"
@@ -89,6 +103,8 @@ def format_status(data: dict[str, Any]) -> str:
         f"rates: {r['released_last_interval']}/{r['batch_size']} in the last {r['interval_seconds']:g}s, "
         f"{r['released_last_hour']} in the last hour, {r['released_today']} today (daily limit {limit})"
     )
+    for domain, use in data["per_domain"].items():
+        lines.append(f"  {domain}: {use['released_last_interval']}/{use['limit']} in the last interval")
     if data["last_errors"]:
         lines.append("last errors:")
         lines.extend(
