@@ -1,6 +1,6 @@
 """`bulkrelay serve` end to end: a real process, a real SMTP receiver on loopback, real timing.
 
-1,000 messages are queued, the service releases them at 100 per 1 s (the production default
+1,000 messages are queued, the service releases them at 100 per 2 s (the production default
 of 100 per 300 s, scaled down; 2 s leaves room for a loaded CI machine) and the receiver
 timestamps every arrival.
 """
