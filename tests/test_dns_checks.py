@@ -102,6 +102,16 @@ def test_fcrdns_ptr_mismatch():
     assert "set its PTR" in r.fix and RELAY in r.fix
 
 
+def test_fcrdns_wrong_ptr_fails_even_when_its_name_cannot_be_resolved():
+    z = zone(
+        **{reverse_name(IP4): [("PTR", "host25.provider.test")], "host25.provider.test": [("TIMEOUT", None)]}
+    )
+    r = fcrdns.check(z, IP4, expected_name=RELAY)
+    assert r.status == "fail" and "expected relay.example.test" in r.message
+    r = fcrdns.check(z, IP4)
+    assert r.status == "error" and "could not tell" in r.message
+
+
 def test_fcrdns_missing_ptr_and_unconfirmed_and_helo():
     z = zone(**{reverse_name(IP4).rstrip("."): None})
     r = fcrdns.check(z, IP4, expected_name=RELAY)

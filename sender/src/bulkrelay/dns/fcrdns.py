@@ -35,6 +35,17 @@ def check(  # noqa: PLR0911 - one return per verdict reads clearest
     warnings = []
     if len(names) > 1:
         warnings.append(f"{ip} has {len(names)} PTR records {names}; keep one")
+    if expected and expected not in names:
+        # a definite failure whether or not the other name resolves (often it is the provider's)
+        return res.CheckResult(
+            "fcrdns",
+            ip,
+            res.FAIL,
+            f"PTR of {ip} is {', '.join(names)}, expected {expected}",
+            fix=request,
+            details=details,
+            warnings=warnings,
+        )
     unknown = []
     for name in names:
         fwd = source.query(name, rtype)
@@ -61,16 +72,6 @@ def check(  # noqa: PLR0911 - one return per verdict reads clearest
             "reverse DNS is not forward-confirmed",
             fix=f"publish {name}. {rtype} {ip}"
             + (f" (or {request})" if expected and expected != name else ""),
-            details=details,
-            warnings=warnings,
-        )
-    if expected and expected not in names:
-        return res.CheckResult(
-            "fcrdns",
-            ip,
-            res.FAIL,
-            f"PTR of {ip} is {', '.join(names)}, expected {expected}",
-            fix=request,
             details=details,
             warnings=warnings,
         )
