@@ -309,3 +309,21 @@ def test_client_uses_pipelining_when_offered():
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_idle_connections_are_closed_between_batches(tmp_path, receiver):
+    config = make_config(tmp_path, receiver.port)
+    queue = Queue(config.queue.path)
+    queue.enqueue(RAW, "billing@example.test", ["a@customer.test"], source="t")
+    loop = ReleaseLoop(config, queue)
+
+    async def go():
+        await loop.step()
+        assert len(loop.submitter.pool) == 1
+        assert await loop.submitter.close_idle() == 0  # just used: kept for the next batch
+        loop.submitter.pool[0].last_used -= Submitter.IDLE_CLOSE
+        assert await loop.submitter.close_idle() == 1
+        assert loop.submitter.pool == []
+
+    run(go())
+    queue.close()

@@ -336,6 +336,18 @@ class Submitter:
             self.stats["failed"] += 1
             log.error("event=submit_failed %s stage=%s reply=%r", ident, reply.stage, text)
 
+    async def close_idle(self) -> int:
+        """QUIT pooled connections unused for IDLE_CLOSE seconds (between batches); returns how many."""
+        keep, idle = [], []
+        for client in self.pool:
+            (
+                idle if client.closed or time.monotonic() - client.last_used >= self.IDLE_CLOSE else keep
+            ).append(client)
+        self.pool = keep
+        for client in idle:
+            await client.close()
+        return len(idle)
+
     async def close(self) -> None:
         """Close every pooled connection (QUIT)."""
         while self.pool:

@@ -200,8 +200,7 @@ class ReleaseLoop:
                     # nothing was lost (the transaction rolled back); try again shortly.
                     log.error("event=queue_unavailable error=%r retry_in=%.0f", str(exc), QUEUE_RETRY)
                     delay = QUEUE_RETRY
-                if delay >= Submitter.IDLE_CLOSE:
-                    await self.submitter.close()  # do not hold Postfix smtpd processes while idle
+                await self.submitter.close_idle()  # do not hold Postfix smtpd processes between batches
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
