@@ -1,6 +1,6 @@
 """The one DNS resolver helper every bulkrelay check uses.
 
-Rules it enforces (see docs/dns.md and PITFALLS.md):
+Rules it enforces (see roles/dns_records/README.md and PITFALLS.md):
 
 * every name is asked absolutely (a trailing dot is added), search domains are never used;
 * nameservers are explicit (``IP`` or ``IP:port``, IPv4 or IPv6, ``[v6]:port``); an empty list
