@@ -26,6 +26,7 @@ from pathlib import Path
 
 import common as c
 
+from bulkrelay.delivery import encode_data
 from bulkrelay.queue import Queue
 
 # (receiver, message kind, connections, messages)
@@ -104,6 +105,20 @@ def one_case(report: c.Report, work: Path, *, receiver: str, kind: str, conns: i
     return sender / base
 
 
+def encode_cost(report: c.Report, work: Path) -> None:
+    """Per-message CPU of ``delivery.encode_data`` (CRLF + dot-stuffing), run for every recipient."""
+    for kind in ("small", "pdf"):
+        raw = (work / f"{kind}.eml").read_bytes()
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            encode_data(raw)
+            times.append(time.perf_counter() - started)
+        report.figure(
+            f"encode_data.{kind}", round(c.median(times) * 1000, 3), "ms/message", f"{len(raw)} bytes"
+        )
+
+
 def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case (median)")
@@ -114,6 +129,7 @@ def run() -> int:
     c.write_message(work, "pdf")
     report = c.Report("drain", "sender drain rate vs smtp-source (smtp-sink and a real Postfix)")
     started = time.monotonic()
+    encode_cost(report, work)
     ratios = {}
     for receiver, kind, conns, count in CASES:
         n = max(count // 10, 20) if args.quick else count

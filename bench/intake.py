@@ -15,6 +15,9 @@ import time
 
 import common as c
 
+from bulkrelay.message import validate
+from bulkrelay.queue import Queue
+
 # (message kind, sessions, messages)
 CASES = [("small", 1, 500), ("small", 4, 800), ("pdf", 1, 150)]
 
@@ -44,6 +47,24 @@ def intake_rate(kind: str, sessions: int, count: int, rounds: int) -> tuple[floa
     return c.median(base_rates), c.median(intake_rates), rss
 
 
+def parts(report: c.Report, kind: str) -> None:
+    """What one accepted message costs the intake besides SMTP: validation and the durable enqueue."""
+    work = c.workdir(f"intake/parts-{kind}")
+    raw = c.make_message(kind)
+    queue = Queue(work / "queue.sqlite")
+    checks, commits = [], []
+    for i in range(30):
+        started = time.perf_counter()
+        validate(raw, c.FROM, [c.TO], max_size=25 * 2**20)
+        checks.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        queue.enqueue(raw, c.FROM, [f"p{i}@customer.test"], source="bench")
+        commits.append(time.perf_counter() - started)
+    queue.close()
+    report.figure(f"{kind}.validate", round(c.median(checks) * 1000, 3), "ms/message", "message.validate")
+    report.figure(f"{kind}.enqueue_commit", round(c.median(commits) * 1000, 3), "ms/message", "Queue.enqueue")
+
+
 def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case (median)")
@@ -51,6 +72,8 @@ def run() -> int:
     args = parser.parse_args()
     report = c.Report("intake", "smtp-source into the sender's intake vs into Postfix smtpd")
     started = time.monotonic()
+    parts(report, "small")
+    parts(report, "pdf")
     for kind, sessions, count in CASES:
         n = max(count // 10, 20) if args.quick else count
         base, rate, rss = intake_rate(kind, sessions, n, args.rounds)
@@ -59,6 +82,8 @@ def run() -> int:
         report.figure(f"{key}.postfix_smtpd_msgs_per_s", round(base, 1), "msg/s", note)
         report.figure(f"{key}.sender_intake_msgs_per_s", round(rate, 1), "msg/s", note)
         report.figure(f"{key}.service_peak_rss", round(rss / 1024, 1), "MiB")
+        report.figure(f"{key}.postfix_ms_per_message", round(1000 / base, 2), "ms")
+        report.figure(f"{key}.intake_ms_per_message", round(1000 / rate, 2), "ms")
         report.verdict(
             f"{key}.ratio", rate / base, ">=", 1.0, "intake >= Postfix smtpd, durable commit included"
         )

@@ -104,6 +104,19 @@ def run() -> int:  # noqa: PLR0915 (one linear script: clearer than split helper
             raise c.BenchError(f"status shows {data['counts']['queued']} queued, expected {args.recipients}")
         report.figure("status_cli_at_full_queue", round(full_status * 1000, 1), "ms", "median of 5")
         full_inproc = inprocess_status(str(config), 5)
+        probe = Queue(work / "queue.sqlite", busy_timeout=30)
+        ready_times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            probe.next_ready_at()
+            ready_times.append(time.perf_counter() - t0)
+        probe.close()
+        report.figure(
+            "next_ready_at_full_queue",
+            round(c.median(ready_times) * 1000, 2),
+            "ms",
+            "called every release step",
+        )
         report.figure(
             "status_data_at_full_queue", round(full_inproc * 1000, 2), "ms", "in-process, median of 5"
         )
