@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "bulkrelay.ops",
     "bulkrelay.submitcli",
     "bulkrelay.bounces.cli",
+    "bulkrelay.dns.cli",
 ]
 
 
