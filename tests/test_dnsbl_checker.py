@@ -12,7 +12,8 @@ import pytest
 
 from bulkrelay.dnsbl.checker import Checker, judge
 from bulkrelay.dnsbl.lists import DnsblList, Settings
-from bulkrelay.dnsbl.lookup import Answer
+from bulkrelay.dnsbl.lookup import Answer, Lookup
+from bulkrelay.dnsbl.names import parse_nameserver
 
 
 class FakeDns:
@@ -220,3 +221,32 @@ def test_judge_treats_nodata_as_error():
     assert judge(dnsbl, Answer("nodata", error="no A record"))[0] == "error"
     assert judge(dnsbl, Answer("nxdomain"))[0] == "clean"
     assert judge(dnsbl, Answer("found", ("127.0.0.3",)))[0] == "listed"
+
+
+def test_lookup_retries_on_the_next_nameserver_within_the_timeout():
+    calls = []
+
+    async def flaky(query, server, timeout):
+        calls.append((str(server), round(timeout, 2)))
+        if str(server) == "192.0.2.1":
+            await asyncio.sleep(3600)  # first resolver silent
+        response = dns.message.make_response(query)
+        response.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "127.0.0.2"))
+        return response
+
+    servers = [parse_nameserver("192.0.2.1"), parse_nameserver("192.0.2.2:5353")]
+    lookup = Lookup(servers, timeout=0.4, retries=1, transport=flaky)
+    started = time.monotonic()
+    answer = asyncio.run(lookup.query("2.0.0.127.bl.test."))
+    assert answer.status == "found" and answer.values == ("127.0.0.2",)
+    assert calls == [("192.0.2.1", 0.2), ("192.0.2.2:5353", 0.2)]
+    assert time.monotonic() - started < 0.4
+
+
+def test_lookup_network_error_is_an_error_not_clean():
+    async def unreachable(query, server, timeout):
+        raise OSError(113, "No route to host")
+
+    lookup = Lookup([parse_nameserver("192.0.2.1")], timeout=0.2, retries=1, transport=unreachable)
+    answer = asyncio.run(lookup.query("2.0.0.127.bl.test."))
+    assert answer.status == "error" and "No route to host" in answer.error

@@ -62,6 +62,9 @@ def test_cron_entry_and_settings(host):
     assert user == "bulkrelay-dnsbl"
     assert "/opt/bulkrelay/venv/bin/bulkrelay dnsbl cron" in command
     assert host.service("cron").is_running
+    for shared in ("/etc/bulkrelay", "/var/lib/bulkrelay"):  # the sender's too: left root 0755
+        folder = host.file(shared)
+        assert (folder.user, folder.group, folder.mode) == ("root", "root", 0o755), shared
     settings = host.file(SETTINGS)
     assert settings.mode == 0o640 and settings.group == "bulkrelay-dnsbl"
     assert json.loads(settings.content_string)["ips"] == ["198.51.100.25", "2001:db8:100::25"]

@@ -31,8 +31,11 @@ def _usage_error(message: str) -> Exception:
 
 
 def _read_settings_file(path: str | None) -> dict[str, Any]:
-    if path is None and os.path.exists(DEFAULT_CONFIG):
-        path = DEFAULT_CONFIG
+    if path is None:
+        folder = os.path.dirname(DEFAULT_CONFIG)
+        hidden = os.path.isdir(folder) and not os.access(folder, os.X_OK)  # there, but not for us
+        if os.path.exists(DEFAULT_CONFIG) or hidden:
+            path = DEFAULT_CONFIG
     if not path:
         return {}
     try:
