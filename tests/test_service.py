@@ -106,24 +106,26 @@ def test_thousand_messages_leave_in_exact_batches(tmp_path, receiver):
     msgs = receiver.messages
     assert len(msgs) == 1000
     assert sorted(m["rcpt_tos"][0] for m in msgs) == sorted(f"customer{i}@customer.test" for i in range(1000))
-    times = sorted(m["at"] for m in msgs)
-    # Arrivals in order, cut into chunks of one batch: each chunk must be a burst shorter than
-    # the interval, and each must start at least one interval after the previous one started
-    # (so no interval-long window starting at a batch holds more than 100 arrivals).
-    chunks = [times[i : i + BATCH] for i in range(0, len(times), BATCH)]
-    starts = [c[0] for c in chunks]
-    spacing = [b - a for a, b in itertools.pairwise(starts)]
-    spreads = [c[-1] - c[0] for c in chunks]
-    print(f"batch spacing {[round(x, 3) for x in spacing]} spreads {[round(x, 3) for x in spreads]}")
-    assert len(chunks) == 10
-    assert min(spacing) >= INTERVAL - 0.1, spacing
-    assert max(spacing) <= INTERVAL + 0.5, spacing
-    assert max(spreads) < INTERVAL - 0.1, spreads
-    # the releases the service recorded: ten instants, exactly 100 each, one interval apart
-    released = [r[0] for r in queue.connection.execute("SELECT at FROM releases ORDER BY at")]
-    instants = sorted(set(released))
-    assert [released.count(t) for t in instants] == [BATCH] * 10
+    # The releases the service recorded: ten instants, exactly 100 recipients each, each at
+    # least one interval after the previous one (the policy's own clock).
+    released = queue.connection.execute(
+        "SELECT l.at, r.address FROM releases l JOIN recipients r ON r.id = l.recipient ORDER BY l.at"
+    ).fetchall()
+    instants = sorted({at for at, _ in released})
+    assert [sum(1 for at, _ in released if at == t) for t in instants] == [BATCH] * 10
     assert min(b - a for a, b in itertools.pairwise(instants)) >= INTERVAL
+
+    # The same batches seen at the receiver: every batch arrives whole before the next one
+    # starts, and the first arrivals of consecutive batches are about one interval apart
+    # (the tolerance absorbs scheduling jitter on a loaded machine; it cannot hide a burst).
+    arrival = {m["rcpt_tos"][0]: m["at"] for m in msgs}
+    batches = [sorted(arrival[a] for at, a in released if at == t) for t in instants]
+    spacing = [b[0] - a[0] for a, b in itertools.pairwise(batches)]
+    spreads = [b[-1] - b[0] for b in batches]
+    print(f"batch spacing {[round(x, 3) for x in spacing]} spreads {[round(x, 3) for x in spreads]}")
+    for earlier, later in itertools.pairwise(batches):
+        assert later[0] > earlier[-1], "two batches arrived interleaved"
+    assert min(spacing) >= INTERVAL * 0.75, spacing
 
     # every row ended 'submitted' with the receiver's queue id and its own VERP sender
     by_rcpt = {m["rcpt_tos"][0]: m for m in msgs}
