@@ -39,6 +39,8 @@ def zone(name: str) -> dt.tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        if not os.path.isdir("/usr/share/zoneinfo"):
+            raise ValueError(f"time zone {name!r} needs the zone database (apt install tzdata)") from None
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
