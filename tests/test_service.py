@@ -151,8 +151,8 @@ def test_status_pause_resume_cli_against_a_running_service(tmp_path, receiver):
             [bulkrelay, *args, "--config", str(config_path)], capture_output=True, text=True, check=False
         )
 
-    assert cli("pause", "--reason", "maintenance").returncode == 0
     queue = Queue(tmp_path / "q.sqlite")
+    assert cli("pause", "--reason", "maintenance").returncode == 0
     for i in range(5):
         queue.enqueue(RAW, "billing@example.test", [f"p{i}@customer.test"], source="test")
     proc = start_service(config_path, tmp_path / "service.log")

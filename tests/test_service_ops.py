@@ -106,6 +106,14 @@ def test_missing_config_is_a_usage_error(tmp_path, capsys):
     assert code == 2 and "no such file" in err
 
 
+def test_operator_commands_never_create_the_queue(tmp_path, capsys):
+    config = tmp_path / "sender.toml"
+    config.write_text(f'[queue]\npath = "{tmp_path / "state" / "q.sqlite"}"\n')
+    code, _, err = cli(capsys, "pause", "--config", str(config))
+    assert code == 2 and "start the service first" in err
+    assert not (tmp_path / "state").exists()
+
+
 def test_progress_line_and_tty_redraw():
     now = [100.0]
     out = io.StringIO()

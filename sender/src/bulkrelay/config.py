@@ -261,7 +261,11 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
             raise _fail(key, f"expected true or false, got {value!r}", "write true or false")
         return value
     if isinstance(default, int):
-        minimum = 1 if name in {"port", "connections", "batch_size", "imap_port", "soft_limit"} else 0
+        minimum = (
+            1
+            if name in {"port", "connections", "batch_size", "imap_port", "soft_limit", "max_message_size"}
+            else 0
+        )
         result = _want_int(key, value, minimum=minimum)
         if name in {"port", "imap_port"} and result > 65535:
             raise _fail(key, f"{result} is not a TCP port", "use 1..65535")
