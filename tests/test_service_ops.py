@@ -106,12 +106,19 @@ def test_missing_config_is_a_usage_error(tmp_path, capsys):
     assert code == 2 and "no such file" in err
 
 
-def test_operator_commands_never_create_the_queue(tmp_path, capsys):
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_queue_created_by_root_belongs_to_the_state_directory_owner(tmp_path, capsys):
+    """`bulkrelay pause` run by root before the first start must not lock the service out."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
     config = tmp_path / "sender.toml"
-    config.write_text(f'[queue]\npath = "{tmp_path / "state" / "q.sqlite"}"\n')
-    code, _, err = cli(capsys, "pause", "--config", str(config))
-    assert code == 2 and "start the service first" in err
-    assert not (tmp_path / "state").exists()
+    config.write_text(f'[queue]\npath = "{state / "q.sqlite"}"\n')
+    assert cli(capsys, "pause", "--config", str(config))[0] == 0
+    owners = {
+        p.name: (p.stat().st_uid, p.stat().st_gid) for p in state.iterdir() if not p.name.endswith(".lock")
+    }
+    assert "q.sqlite" in owners and set(owners.values()) == {(65534, 65534)}, owners
 
 
 def test_progress_line_and_tty_redraw():

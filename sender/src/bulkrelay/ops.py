@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import time
 from typing import IO, Any
@@ -24,11 +23,6 @@ from bulkrelay.service import service_state
 
 def _open(args) -> tuple[configmod.Config, Queue]:
     config = configmod.load(args.config)
-    if not os.path.exists(config.queue.path):
-        # Creating it here (perhaps as root) would lock the service user out of its own queue.
-        raise UsageError(
-            f"no queue at {config.queue.path} yet; start the service first (systemctl start bulkrelay-sender)"
-        )
     try:
         return config, Queue(config.queue.path)
     except QueueUnavailable as exc:

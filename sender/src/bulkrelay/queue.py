@@ -16,9 +16,11 @@ neither ``take`` nor ``status`` scans the recipients table.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -172,6 +174,7 @@ class Queue:
         self.path = str(path)
         self.clock = clock
         self._lock = threading.RLock()
+        created = self.path != ":memory:" and not os.path.exists(self.path)
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +193,23 @@ class Queue:
                 self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
+        if created:
+            self._give_to_directory_owner()
+
+    def _give_to_directory_owner(self) -> None:
+        """A database root creates in the service's state directory belongs to the service user.
+
+        (``bulkrelay pause`` run by root before the first start would otherwise leave a root-owned
+        queue the unprivileged service cannot write.)
+        """
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(Path(self.path).parent)
+        if owner.st_uid == 0:
+            return
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(self.path + suffix, owner.st_uid, owner.st_gid)
 
     # -- plumbing ---------------------------------------------------------------------------
     def _migrate(self) -> None:
