@@ -274,6 +274,10 @@ def run() -> int:  # noqa: PLR0915 (one linear script)
     report.figure("check_rbl_process_40_workers", round(c.median(rbl40) * 1000, 1), "ms", note)
     report.figure("check_dnsbl_startup", round(c.median(start_ours) * 1000, 1), "ms", "check_dnsbl --help")
     report.figure("check_rbl_startup", round(c.median(start_rbl) * 1000, 1), "ms", "check_rbl -V")
+    net = "process minus its start-up"
+    report.figure("check_dnsbl_net", round((c.median(ours) - c.median(start_ours)) * 1000, 1), "ms", net)
+    report.figure("check_rbl_20_net", round((c.median(rbl20) - c.median(start_rbl)) * 1000, 1), "ms", net)
+    report.figure("check_rbl_40_net", round((c.median(rbl40) - c.median(start_rbl)) * 1000, 1), "ms", net)
     for key, text in outputs.items():
         print(f"   {key}: {text.splitlines()[0][:150] if text else '(no output)'}")
     report.verdict(

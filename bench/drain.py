@@ -84,19 +84,26 @@ def one_case(report: c.Report, work: Path, *, receiver: str, kind: str, conns: i
         prepare_queue(template, message.read_bytes(), count)
     base_rates, sender_rates = [], []
 
-    def measure(port: int) -> None:
+    def measure(port: int, settle) -> None:
+        # settle(): the receiver has finished the previous run's work (Postfix queue empty), so
+        # neither side pays for the other's leftovers.
         for _ in range(rounds):
+            settle()
             base_rates.append(count / c.smtp_source(port, message, count=count, sessions=conns))
+            settle()
             sender_rates.append(count / sender_drain(work, template, port, conns, count))
+        settle()
 
     port = c.free_port()
     if receiver.startswith("sink"):
         with c.smtp_sink(port, pipelining=receiver == "sink"):
-            measure(port)
+            measure(port, lambda: None)
     else:
         with c.postfix(work / "postfix", port) as etc:
-            measure(port)
-            c.wait_until(lambda: c.postfix_queue_size(etc) == 0, 60, "the Postfix queue to empty")
+            measure(
+                port,
+                lambda: c.wait_until(lambda: c.postfix_queue_size(etc) == 0, 120, "an empty Postfix queue"),
+            )
     key = f"{receiver}.{kind}.c{conns}"
     base, sender = c.median(base_rates), c.median(sender_rates)
     report.figure(f"{key}.smtp_source_msgs_per_s", round(base, 1), "msg/s", f"N={count}, median of {rounds}")

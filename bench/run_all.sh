@@ -42,6 +42,6 @@ for name in $only; do
         *) echo "bench: unknown benchmark $name" >&2; status=2 ;;
     esac
 done
-python bench/summary.py "$results"
+python bench/summary.py "$results" --figures
 echo "== load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 exit $status
