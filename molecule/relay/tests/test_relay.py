@@ -355,7 +355,8 @@ def test_bare_lf_smuggling_is_not_a_second_message(app, sink):
 # --- wrong variables fail fast ------------------------------------------------------------
 
 
-def _run_playbook_expecting_failure(tmp_path, overrides):
+def _run_playbook(tmp_path, overrides, playbook=PROJECT / "playbooks" / "relay.yml", callback=None):
+    """ansible-playbook --check against the scenario's relay, with the lab inventory values."""
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(
         "all:\n  children:\n    relays:\n      hosts:\n        br-relay-relay:\n"
@@ -367,7 +368,9 @@ def _run_playbook_expecting_failure(tmp_path, overrides):
     env = dict(
         os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(PROJECT / "roles")
     )
-    proc = subprocess.run(
+    if callback:
+        env["ANSIBLE_STDOUT_CALLBACK"] = callback
+    return subprocess.run(
         [
             "ansible-playbook",
             "--check",
@@ -379,7 +382,7 @@ def _run_playbook_expecting_failure(tmp_path, overrides):
             f"@{inv_dir / 'host_vars' / 'br-relay-relay.yml'}",
             "-e",
             f"@{extra}",
-            str(PROJECT / "playbooks" / "relay.yml"),
+            str(playbook),
         ],
         check=False,
         capture_output=True,
@@ -388,6 +391,10 @@ def _run_playbook_expecting_failure(tmp_path, overrides):
         cwd=PROJECT,
         timeout=300,
     )
+
+
+def _run_playbook_expecting_failure(tmp_path, overrides):
+    proc = _run_playbook(tmp_path, overrides)
     assert proc.returncode != 0, proc.stdout
     out = proc.stdout + proc.stderr
     assert "changed=0" in out, "a change happened before the validation failed"
@@ -405,3 +412,28 @@ def test_app_network_that_is_not_a_cidr_fails_fast(tmp_path):
 def test_hostname_that_is_not_an_fqdn_fails_fast(tmp_path):
     out = _run_playbook_expecting_failure(tmp_path, {"bulkrelay_fqdn": "relay"})
     assert '"relay", which is not a fully qualified host name' in out, out
+
+
+def test_firewall_refuses_to_cut_off_the_controller(tmp_path):
+    out = _run_playbook_expecting_failure(tmp_path, {"relay_firewall__controller_address": "192.0.2.99"})
+    assert "refusing to apply the ruleset: Ansible connects from 192.0.2.99" in out, out
+
+
+def test_public_keys_fact_matches_the_signing_key(relay, tmp_path):
+    proc = _run_playbook(
+        tmp_path,
+        {},
+        playbook=PROJECT / "molecule" / "relay" / "fact_probe.yml",
+        callback="ansible.posix.json",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Other enabled callbacks (profile_tasks) may print around the JSON document.
+    report = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
+    shown = [
+        host["relay_dkim__public_keys"]
+        for play in report["plays"]
+        for task in play["tasks"]
+        for host in task["hosts"].values()
+        if "relay_dkim__public_keys" in host
+    ]
+    assert shown == [{DOMAIN: {"selector": SELECTOR, "txt": _relay_public_key(relay).decode()}}]
