@@ -21,6 +21,7 @@ from bulkrelay.intake import (
     load_auth_file,
     parse_networks,
     peer_allowed,
+    serve_intake,
     start_intake,
     verify_password,
 )
@@ -303,3 +304,40 @@ def test_starttls_and_auth(tmp_path, tls_files):
         server.close()
     rows = messages(conf)
     assert len(rows) == 1 and b"with ESMTPSA" in rows[0][3]
+
+
+def test_serve_intake_runs_until_cancelled(tmp_path):
+    """The coroutine `bulkrelay serve` runs: listens, queues through its own connection, stops."""
+    conf = make_conf(tmp_path)
+    port = int(conf.intake.listen[0].rpartition(":")[2])
+
+    async def scenario():
+        task = asyncio.create_task(serve_intake(conf, None))
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                continue
+
+        def submit():
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                return smtp.sendmail("billing@example.test", ["alice@customer.test"], GOOD)
+
+        assert await asyncio.to_thread(submit) == {}
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+
+    asyncio.run(scenario())
+    assert len(messages(conf)) == 1
+
+
+def test_serve_intake_without_listen_returns(tmp_path):
+    conf = cfg.parse({"queue": {"path": str(tmp_path / "q.sqlite")}})
+    asyncio.run(serve_intake(conf, None))
+    assert not (tmp_path / "q.sqlite").exists()
