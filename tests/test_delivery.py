@@ -327,3 +327,118 @@ def test_idle_connections_are_closed_between_batches(tmp_path, receiver):
 
     run(go())
     queue.close()
+
+
+class PipeliningServer:
+    """A raw SMTP server that offers PIPELINING, reads commands as they stream in, answers
+    450/550 for "tempfail"/"reject" recipients, 554 to DATA without a recipient, and can drop
+    the connection right after receiving the N-th message (before answering it)."""
+
+    def __init__(self, drop_after=None):
+        self.port = free_port()
+        self.drop_after = drop_after
+        self.messages = []  # (mail_from, rcpt, body)
+
+    async def handle(self, reader, writer):
+        writer.write(b"220 pipe ESMTP\r\n")
+        mail = rcpt = None
+        while line := await reader.readline():
+            cmd = line.decode().strip()
+            upper = cmd.upper()
+            if upper.startswith("EHLO"):
+                writer.write(b"250-pipe\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            elif upper.startswith("MAIL FROM:"):
+                mail, rcpt = cmd[10:].strip("<>"), None
+                writer.write(b"250 2.1.0 Ok\r\n")
+            elif upper.startswith("RCPT TO:"):
+                address = cmd[8:].strip("<>")
+                if address.startswith("tempfail"):
+                    writer.write(b"450 4.2.0 try later\r\n")
+                elif address.startswith("reject"):
+                    writer.write(b"550 5.1.1 unknown\r\n")
+                else:
+                    rcpt = address
+                    writer.write(b"250 2.1.5 Ok\r\n")
+            elif upper == "DATA":
+                if rcpt is None:
+                    writer.write(b"554 5.5.1 Error: no valid recipients\r\n")
+                    continue
+                writer.write(b"354 go ahead\r\n")
+                await writer.drain()
+                body = b""
+                while (chunk := await reader.readline()) != b".\r\n":
+                    body += chunk
+                self.messages.append((mail, rcpt, body))
+                if self.drop_after and len(self.messages) == self.drop_after:
+                    writer.close()
+                    return
+                writer.write(f"250 2.0.0 Ok: queued as P{len(self.messages):05d}\r\n".encode())
+            elif upper == "RSET":
+                mail = rcpt = None
+                writer.write(b"250 2.0.0 Ok\r\n")
+            elif upper == "QUIT":
+                writer.write(b"221 Bye\r\n")
+                await writer.drain()
+                writer.close()
+                return
+            else:
+                writer.write(b"502 5.5.2 unknown command\r\n")
+            await writer.drain()
+
+
+def _submit_to(server, tmp_path, addresses, connections=1):
+    config = make_config(tmp_path, server.port)
+    config = type(config)(
+        **{**config.__dict__, "submit": SubmitConfig(port=server.port, connections=connections)}
+    )
+    queue = Queue(config.queue.path)
+    for i, address in enumerate(addresses):
+        queue.enqueue(
+            RAW.replace(b"Invoice", f"Invoice {i}".encode()), "b@example.test", [address], source="t"
+        )
+
+    async def go():
+        srv = await asyncio.start_server(server.handle, "127.0.0.1", server.port)
+        submitter = Submitter(queue, config.submit)
+        rows = queue.take(len(addresses), now=time.time(), envelope=lambda r: f"bounces+{r['id']}@b.test")
+        result = await submitter.submit(rows)
+        await submitter.close()
+        srv.close()
+        return result
+
+    return queue, run(go())
+
+
+def test_streamed_transactions_keep_each_result_with_its_recipient(tmp_path):
+    server = PipeliningServer()
+    addresses = ["a@c.test", "tempfail1@c.test", "b@c.test", "reject1@c.test", "reject2@c.test", "c@c.test"]
+    queue, result = _submit_to(server, tmp_path, addresses)
+    assert (result.submitted, result.retried, result.failed) == (3, 1, 2)
+    assert [(m[1], m[0]) for m in server.messages] == [
+        ("a@c.test", "bounces+1@b.test"),
+        ("b@c.test", "bounces+3@b.test"),
+        ("c@c.test", "bounces+6@b.test"),
+    ]
+    assert [b"Invoice 0" in server.messages[0][2], b"Invoice 2" in server.messages[1][2]] == [True, True]
+    states = {r["address"]: (r["state"], r["postfix_qid"]) for r in queue.list_recipients()}
+    assert states["a@c.test"] == ("submitted", "P00001")
+    assert states["b@c.test"] == ("submitted", "P00002")
+    assert states["c@c.test"] == ("submitted", "P00003")
+    assert states["tempfail1@c.test"][0] == "queued"
+    assert states["reject1@c.test"][0] == states["reject2@c.test"][0] == "failed"
+    queue.close()
+
+
+def test_connection_lost_mid_stream_leaves_one_ambiguous_and_returns_the_rest(tmp_path):
+    server = PipeliningServer(drop_after=2)
+    addresses = [f"r{i}@c.test" for i in range(6)]
+    queue, result = _submit_to(server, tmp_path, addresses)
+    # message 2 reached the server but its reply never came: ambiguous (settled from the Postfix
+    # log later, never resent blindly); r2, whose envelope rode along, went back and was sent
+    # after the reconnect with everything else
+    assert result.ambiguous == [2]
+    assert queue.recipient(2)["state"] == "submitting"
+    assert queue.counts()["submitted"] == 5 and result.returned == 0
+    arrived = [m[1] for m in server.messages]
+    assert sorted(arrived) == [f"r{i}@c.test" for i in range(6)]  # each exactly once
+    queue.close()
