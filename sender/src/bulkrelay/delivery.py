@@ -1,8 +1,10 @@
 """Submission to the local Postfix: a small asyncio SMTP client and the batch submitter.
 
 One SMTP transaction per recipient, because each recipient gets its own VERP envelope sender.
-Connections are reused across transactions and batches (closed when idle). When the server
-offers PIPELINING, MAIL, RCPT and DATA go in one write.
+Connections are reused across transactions and batches (QUIT after 30 s idle). When the server
+offers PIPELINING (Postfix does), MAIL, RCPT and DATA go in one write, and each message's final
+"." goes out together with the next message's MAIL/RCPT/DATA: one round trip per message, and
+still at most one message per connection whose "." was sent without its reply recorded.
 
 Outcomes per recipient:
 - 2xx after the final "." -> 'submitted' with the Postfix queue id from "queued as ...";
