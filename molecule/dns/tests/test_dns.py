@@ -5,6 +5,7 @@ each broken state (made by a signed dynamic update, undone afterwards)."""
 import base64
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -54,9 +55,10 @@ def ephemeral():
     return Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 
 
-def run_audit(tmp_path):
+def run_audit(tmp_path, *extra):
     env = dict(os.environ, BULKRELAY_AUDIT_DIR=str(tmp_path), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     env["ANSIBLE_LIBRARY"] = str(ROOT / "library")
+    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")  # molecule forces colour on
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     proc = subprocess.run(
         [
@@ -160,6 +162,13 @@ def other_dkim_key():
 
 
 OTHER_KEY = other_dkim_key()
+
+
+def test_audit_in_check_mode_reports_the_same(tmp_path):
+    proc, report = run_audit(tmp_path, "--check")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert failing(report) == {}
+    assert re.search(r"relay-dns\s+: ok=\d+\s+changed=0 ", proc.stdout), proc.stdout[-1500:]
 
 
 BROKEN = {
