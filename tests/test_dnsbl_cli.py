@@ -43,3 +43,17 @@ def test_lists_prints_curated_defaults(tmp_path):
     cfg.write_text("{}")
     out = run("bulkrelay", "dnsbl", "lists", "--config", str(cfg))
     assert out.returncode == 0 and "zen.spamhaus.org" in out.stdout and "allowlist" in out.stdout
+
+
+def test_python_m_form_loads_only_the_dnsbl_code(tmp_path):
+    """The cron job's form: same subcommands, and it must not import other subcommand modules."""
+    code = (
+        "import sys, runpy; sys.argv = ['x', 'lists', '--config', sys.argv[1]];"
+        "import bulkrelay.cli as c; c.COMMAND_MODULES.append('bulkrelay.no_such_module');"
+        "runpy.run_module('bulkrelay.dnsbl', run_name='__main__')"
+    )
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"lists": [{"zone": "bl.lab.test"}]}))
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("bl.lab.test")

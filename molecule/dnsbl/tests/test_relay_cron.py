@@ -60,7 +60,7 @@ def test_cron_entry_and_settings(host):
     schedule, user, command = cron_line(host)
     assert schedule == ["17", "*", "*", "*", "*"]
     assert user == "bulkrelay-dnsbl"
-    assert "/opt/bulkrelay/venv/bin/bulkrelay dnsbl cron" in command
+    assert "/opt/bulkrelay/venv/bin/python -m bulkrelay.dnsbl cron" in command
     assert host.service("cron").is_running
     for shared in ("/etc/bulkrelay", "/var/lib/bulkrelay"):  # the sender's too: left root 0755
         folder = host.file(shared)
