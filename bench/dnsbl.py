@@ -7,7 +7,8 @@ Set-up, all on loopback and stopped at the end:
   with the RFC 5782 test point 127.0.0.2 listed; ``--listed`` of them also list the target;
 - a delay proxy on 127.0.0.153:53 (UDP): every query waits ``--delay`` (100 ms) before it is
   forwarded to rbldnsd, like a resolver in front of distant list servers. (A proxy, not
-  ``tc netem``: netem on ``lo`` would slow every other process on this shared machine.)
+  ``tc netem``: this kernel has no netem qdisc, and on ``lo`` it would slow every other
+  process on this shared machine.)
 
 Measured, each ``--rounds`` times (median):
 
