@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -51,6 +52,12 @@ class Reply:
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}".strip()
+
+
+@functools.cache
+def local_name() -> str:
+    """The EHLO name when ``[submit] helo`` is empty (looked up once, not per connection)."""
+    return socket.getfqdn()
 
 
 def encode_data(raw: bytes) -> bytes:
@@ -88,7 +95,7 @@ class SmtpClient:
         if greeting.code != 220:
             await client.close()
             raise SmtpConnectionError(f"{host}:{port} greeted with {greeting}")
-        ehlo = await client.command(f"EHLO {helo or socket.getfqdn()}", "ehlo")
+        ehlo = await client.command(f"EHLO {helo or local_name()}", "ehlo")
         if ehlo.code != 250:
             await client.close()
             raise SmtpConnectionError(f"{host}:{port} refused EHLO: {ehlo}")
