@@ -295,3 +295,38 @@ def test_missing_journalctl_is_logged_not_fatal(tmp_path, caplog):
     asyncio.run(go())
     assert caplog.text.count("event=tracking_unavailable") == 2
     queue.close()
+
+
+def test_follow_survives_a_locked_queue_and_loses_no_result(tmp_path, monkeypatch):
+    log = tmp_path / "mail.log"
+    queue = Queue(tmp_path / "q.sqlite")
+    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    tracker = tracking.Tracker(queue)
+    log.write_text(LINES["sent"] + "\n" + LINES["bounced"] + "\n")
+    monkeypatch.setattr(tracking, "RETRY", 0.1)
+    real = queue.record_result
+    failures = [1]
+
+    def flaky(*args, **kwargs):
+        if failures:
+            failures.pop()
+            raise tracking.QueueUnavailable("database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "record_result", flaky)
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            tracking.follow(tracking.FileSource(str(log), queue), tracker, stop, poll=0.05)
+        )
+        for _ in range(100):
+            if queue.recipient(rows[2]["id"])["state"] == "bounced":
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(go())
+    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "submitted", "bounced"]
+    queue.close()

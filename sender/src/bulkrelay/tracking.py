@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bulkrelay.queue import Queue
+from bulkrelay.queue import Queue, QueueUnavailable
 
 log = logging.getLogger("bulkrelay.tracking")
 
@@ -44,6 +44,7 @@ _MID = re.compile(r"^message-id=(?P<mid><[^>]*>|\S+)")
 _EXPIRED = re.compile(r"^from=<(?P<from>[^>]*)>, status=expired")
 
 BATCH = 500  # journal lines applied per cursor write
+RETRY = 5.0  # seconds before tracking retries after QueueUnavailable
 
 RESULT_STATES = {"sent": "delivered", "deferred": "deferred", "bounced": "bounced", "expired": "bounced"}
 DELIVERY_AGENTS = {"smtp", "lmtp", "local", "virtual", "error", "discard", "pipe", "relay", "retry"}
@@ -179,10 +180,16 @@ class FileSource:
     def __init__(self, path: str, queue: Queue):
         self.path = path
         self.queue = queue
-        saved = queue.get_state(self.STATE_KEY)
+        self.inode: int | None = None
+        self.offset = 0
+        self.reload()
+
+    def reload(self) -> None:
+        """Go back to the stored position (after applying failed)."""
+        saved = self.queue.get_state(self.STATE_KEY)
         state = json.loads(saved) if saved else {}
-        self.inode: int | None = state.get("inode")
-        self.offset: int = state.get("offset", 0)
+        self.inode = state.get("inode")
+        self.offset = state.get("offset", 0)
 
     def _save(self) -> None:
         self.queue.set_state(self.STATE_KEY, json.dumps({"inode": self.inode, "offset": self.offset}))
@@ -238,6 +245,10 @@ class JournalSource:
         self.journalctl = journalctl
         self.clock = clock
         self.cursor = queue.get_state(self.STATE_KEY)
+
+    def reload(self) -> None:
+        """Go back to the stored cursor (after applying failed)."""
+        self.cursor = self.queue.get_state(self.STATE_KEY)
 
     def command(self, *, follow: bool) -> list[str]:
         argv = [self.journalctl, "-o", "json", "--no-pager", "SYSLOG_FACILITY=2"]
@@ -332,16 +343,27 @@ async def _follow_journal(source: JournalSource, tracker: Tracker, stop: asyncio
 async def follow(
     source: FileSource | JournalSource, tracker: Tracker, stop: asyncio.Event, *, poll: float = 1.0
 ) -> None:
-    """Apply new log events until ``stop`` is set."""
-    if isinstance(source, JournalSource):
-        await _follow_journal(source, tracker, stop, poll)
-        return
+    """Apply new log events until ``stop`` is set.
+
+    When the queue cannot be written (locked past the busy timeout, disk full) the source goes
+    back to its stored position and tries again later: no result is lost or skipped.
+    """
     while not stop.is_set():
-        events = source.events()
-        for event in events:
-            tracker.handle(event)
-        if events:
-            source.commit()
+        try:
+            if isinstance(source, JournalSource):
+                await _follow_journal(source, tracker, stop, poll)
+                return
+            events = source.events()
+            for event in events:
+                tracker.handle(event)
+            if events:
+                source.commit()
+        except QueueUnavailable as exc:
+            log.error("event=tracking_queue_unavailable error=%r retry_in=%.0f", str(exc), RETRY)
+            source.reload()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY)
+            continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll)
 
