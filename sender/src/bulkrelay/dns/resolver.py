@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import dns.exception
 import dns.message
 import dns.name
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
@@ -191,7 +190,10 @@ class Resolver:
         self.timeout = float(timeout)
         if servers:
             self._resolver = dns.resolver.Resolver(configure=False)
-            self._resolver.nameservers = [dns.nameserver.Do53Nameserver(s.address, s.port) for s in servers]
+            # Addresses plus a port map: the form both Debian 12's dnspython 2.3 (on relays) and
+            # newer releases accept.
+            self._resolver.nameservers = [s.address for s in servers]
+            self._resolver.nameserver_ports = {s.address: s.port for s in servers}
         else:
             self._resolver = dns.resolver.Resolver(configure=True)
         self._resolver.search = []
