@@ -49,7 +49,7 @@ def test_python_m_form_loads_only_the_dnsbl_code(tmp_path):
     """The cron job's form: same subcommands, and it must not import other subcommand modules."""
     code = (
         "import sys, runpy; sys.argv = ['x', 'lists', '--config', sys.argv[1]];"
-        "import bulkrelay.cli as c; c.COMMAND_MODULES.append('bulkrelay.no_such_module');"
+        "import bulkrelay.cli as c; c.COMMANDS['zz'] = 'bulkrelay.no_such_module';"
         "runpy.run_module('bulkrelay.dnsbl', run_name='__main__')"
     )
     cfg = tmp_path / "s.json"

@@ -1,7 +1,9 @@
 """The `bulkrelay` command: one entry point whose subcommands live beside the code they drive.
 
-Each module in COMMAND_MODULES exposes ``register(subparsers)``, which adds its subcommands
-and sets ``func`` (called with the parsed arguments, returns the exit code).
+Each module in COMMANDS exposes ``register(subparsers)``, which adds its subcommands and sets
+``func`` (called with the parsed arguments, returns the exit code). Only the module of the
+command being run is imported, so `bulkrelay status` on a relay does not pay for the DNS,
+IMAP and asyncio stacks of the other commands; `--help` imports them all.
 """
 
 from __future__ import annotations
@@ -12,35 +14,47 @@ import sys
 
 from bulkrelay import __version__
 
-COMMAND_MODULES: list[str] = [
-    "bulkrelay.report",
-    "bulkrelay.dnsbl.cli",
-    "bulkrelay.service",
-    "bulkrelay.ops",
-    "bulkrelay.submitcli",
-    "bulkrelay.bounces.cli",
-    "bulkrelay.dns.cli",
-]
+# command name -> module that registers it
+COMMANDS: dict[str, str] = {
+    "serve": "bulkrelay.service",
+    "status": "bulkrelay.ops",
+    "queue": "bulkrelay.ops",
+    "pause": "bulkrelay.ops",
+    "resume": "bulkrelay.ops",
+    "enqueue": "bulkrelay.submitcli",
+    "send": "bulkrelay.submitcli",
+    "config": "bulkrelay.submitcli",
+    "intake-password": "bulkrelay.submitcli",
+    "bounces": "bulkrelay.bounces.cli",
+    "suppress": "bulkrelay.bounces.cli",
+    "dnsbl": "bulkrelay.dnsbl.cli",
+    "dns": "bulkrelay.dns.cli",
+    "report": "bulkrelay.report",
+}
 
 
 class UsageError(Exception):
     """Bad input from the operator: printed as one line, exit code 2, no traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with the subcommands needed for ``argv`` (all of them when unsure)."""
     parser = argparse.ArgumentParser(
         prog="bulkrelay",
         description="Throttled sending, bounce processing and DNS/DNSBL checks for a bulk-mail relay.",
     )
     parser.add_argument("--version", action="version", version=f"bulkrelay {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    first = next((arg for arg in argv or [] if not arg.startswith("-")), None)
+    modules = [COMMANDS[first]] if first in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for name in modules:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
