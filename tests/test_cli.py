@@ -24,7 +24,8 @@ def test_help_lists_usage():
 def test_only_the_running_commands_module_is_imported():
     code = (
         "import sys; from bulkrelay import cli; cli.build_parser(['status']);"
-        "heavy = [m for m in ('bulkrelay.dnsbl.cli', 'bulkrelay.dns.cli', 'bulkrelay.bounces.cli') if m in sys.modules];"
+        "heavy = [m for m in ('bulkrelay.dnsbl.cli', 'bulkrelay.dns.cli', 'bulkrelay.bounces.cli')"
+        " if m in sys.modules];"
         "assert not heavy, heavy; cli.build_parser(['--help']);"
         "assert 'bulkrelay.dns.cli' in sys.modules"
     )
