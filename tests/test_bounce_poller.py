@@ -198,3 +198,19 @@ def test_without_move_or_uidplus_nothing_is_expunged(queue):
 def test_connect_refuses_plain_imap():
     with pytest.raises(poller.PollError, match="plain IMAP is not supported"):
         poller.connect("127.0.0.1", 143, tls="none", user="u", password="p")
+
+
+def test_other_folder_moves_but_keeps_unread(queue):
+    imap = FakeIMAP()
+    imap.add(HUMAN)
+    settings = poller.PollSettings(other_folder="kept")
+    result = poller.poll_once(imap, queue, key=KEY, settings=settings, clock=lambda: T0)
+    assert result.moved == 1 and result.outcomes == {"human": 1}
+    assert imap.folders["INBOX"] == {} and imap.folders["kept"][1]["flags"] == set()
+
+
+def test_missing_ca_file_is_named(tmp_path):
+    with pytest.raises(poller.PollError, match=r"missing\.pem does not exist"):
+        poller.connect(
+            "127.0.0.1", 993, tls="ssl", user="u", password="p", ca_file=str(tmp_path / "missing.pem")
+        )

@@ -19,6 +19,7 @@ import email.policy
 import email.utils
 import imaplib
 import logging
+import os
 import smtplib
 import ssl
 import time
@@ -89,6 +90,10 @@ def connect(
     """Log in to the IMAP server over TLS ("ssl" = implicit TLS, "starttls"); raises PollError."""
     if not host or not user:
         raise PollError("bounces.imap_host and bounces.imap_user must be set in the [bounces] section")
+    if ca_file and not os.path.isfile(ca_file):
+        raise PollError(
+            f"bounces.tls_ca_file: {ca_file} does not exist; fix the path, or leave it empty for system CAs"
+        )
     try:
         context = tls_context(ca_file)
         if tls == "ssl":
