@@ -275,3 +275,39 @@ def test_bad_password_is_one_clear_line(sender):
         sender.run("cp /tmp/pw.bak /etc/bulkrelay/imap-password")
     assert result.rc == 1
     assert "login as bounces refused" in result.stderr and "Traceback" not in result.stderr
+
+
+def _variant_config(sender, name, **changes):
+    """A copy of sender.toml with some [bounces] keys changed, readable by the service user."""
+    text = sender.file(CONFIG).content_string
+    for key, value in changes.items():
+        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {json.dumps(value)}", text)
+        assert count == 1, key
+    path = f"/tmp/{name}.toml"
+    sender.run(f"cat > {path} <<'EOF'\n{text}EOF\nchown root:bulkrelay {path}; chmod 0640 {path}")
+    return path
+
+
+def test_starttls_on_143_works_too(sender):
+    path = _variant_config(sender, "starttls", imap_port=143, imap_tls="starttls")
+    result = as_sender_user(sender, BULKRELAY, "bounces", "poll", "--once", "--config", path)
+    assert result.rc == 0, result.stderr
+    assert result.stdout.startswith("examined=")
+
+
+def test_untrusted_certificate_is_refused_with_the_fix(sender):
+    path = _variant_config(sender, "badca", tls_ca_file="")  # the system CAs do not know the lab CA
+    result = as_sender_user(sender, BULKRELAY, "bounces", "poll", "--once", "--config", path)
+    assert result.rc == 1
+    assert "TLS certificate not trusted" in result.stderr and "bounces.tls_ca_file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_ca_file_is_named(sender):
+    path = _variant_config(sender, "noca", tls_ca_file="/etc/bulkrelay/missing-ca.pem")
+    result = as_sender_user(sender, BULKRELAY, "bounces", "poll", "--once", "--config", path)
+    assert (
+        result.rc == 1
+        and "/etc/bulkrelay/missing-ca.pem" in result.stderr
+        and "Traceback" not in result.stderr
+    )
