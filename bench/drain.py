@@ -31,15 +31,15 @@ from bulkrelay.queue import Queue
 
 # (receiver, message kind, connections, messages)
 CASES = [
-    ("sink", "small", 1, 3000),
-    ("sink", "small", 4, 3000),
-    ("sink_nopipe", "small", 1, 3000),
-    ("sink", "pdf", 1, 400),
-    ("sink", "pdf", 4, 400),
-    ("postfix", "small", 1, 800),
-    ("postfix", "small", 4, 800),
-    ("postfix", "pdf", 1, 300),
-    ("postfix", "pdf", 4, 300),
+    ("sink", "small", 1, 2000),
+    ("sink", "small", 4, 2000),
+    ("sink_nopipe", "small", 1, 2000),
+    ("sink", "pdf", 1, 300),
+    ("sink", "pdf", 4, 300),
+    ("postfix", "small", 1, 500),
+    ("postfix", "small", 4, 500),
+    ("postfix", "pdf", 1, 200),
+    ("postfix", "pdf", 4, 200),
 ]
 BATCH = 1000
 

@@ -76,7 +76,7 @@ def run() -> int:  # noqa: PLR0915 (one linear script: clearer than split helper
     empty_status, _ = timed_status(str(config), 5)
     report.figure("status_cli_empty_queue", round(empty_status * 1000, 1), "ms", "baseline, median of 5")
     empty_inproc = inprocess_status(str(config), 5)
-    report.figure("status_data_empty_queue", round(empty_inproc * 1000, 2), "ms", "in-process, median of 5")
+    report.figure("status_data_empty_queue", round(empty_inproc * 1000, 4), "ms", "in-process, median of 5")
     with c.smtp_sink(sink_port), c.Service(config) as service:
         queue = Queue(work / "queue.sqlite", busy_timeout=30)
         steps, cpu_steps = [], []
@@ -119,12 +119,12 @@ def run() -> int:  # noqa: PLR0915 (one linear script: clearer than split helper
         probe.close()
         report.figure(
             "next_ready_at_full_queue",
-            round(c.median(ready_times) * 1000, 2),
+            round(c.median(ready_times) * 1000, 4),
             "ms",
             "called every release step",
         )
         report.figure(
-            "status_data_at_full_queue", round(full_inproc * 1000, 2), "ms", "in-process, median of 5"
+            "status_data_at_full_queue", round(full_inproc * 1000, 4), "ms", "in-process, median of 5"
         )
         rss_filled = service.rss_peak_kib()
         c.cli("resume", "--config", str(config))

@@ -35,7 +35,7 @@ for name in $only; do
         queue_scale) step 300 python bench/queue_scale.py ;;
         throttle) step 150 python bench/throttle.py ;;
         dnsbl)
-            step 120 python bench/dnsbl.py
+            step 120 python bench/dnsbl.py --rounds 3
             step 120 python bench/dnsbl.py --listed 3 --rounds 3
             ;;
         playbook) step 900 python bench/playbook.py ;;
