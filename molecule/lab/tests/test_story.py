@@ -127,20 +127,7 @@ def test_app_reaches_intake_but_not_port_25():
 
 # 4. 250 invoices with PDFs handed to the intake leave in batches of 50 every 5 s.
 
-INVOICE_SCRIPT = r"""
-import smtplib, sys
-from email.message import EmailMessage
-pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n" + b"%" * 20000
-with smtplib.SMTP("203.0.113.215", 2525, timeout=60) as smtp:
-    for n in range(int(sys.argv[1])):
-        msg = EmailMessage()
-        msg["From"] = "Billing <billing@example.test>"
-        msg["To"] = f"alice+inv{n}@customer.test"
-        msg["Subject"] = f"Invoice {n:05d}"
-        msg.set_content(f"Dear customer, please find invoice {n:05d} attached.")
-        msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"invoice-{n:05d}.pdf")
-        smtp.send_message(msg)
-"""
+INVOICE_SCRIPT = (Path(__file__).parents[1] / "files/send_invoices.py").read_text()
 
 
 def arrivals_from_relay(since):
