@@ -330,3 +330,20 @@ def test_follow_survives_a_locked_queue_and_loses_no_result(tmp_path, monkeypatc
     asyncio.run(go())
     assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "submitted", "bounced"]
     queue.close()
+
+
+def test_a_block_of_the_relay_does_not_suppress_the_customer(tmp_path):
+    """554 5.7.1 'blocked using a blacklist' is about the relay: the address stays sendable."""
+    queue = Queue(tmp_path / "q.sqlite")
+    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    tracker = tracking.Tracker(queue)
+    blocked = (
+        LINES["bounced"]
+        .replace("5.1.1", "5.7.1")
+        .replace(
+            "User unknown", "Service unavailable; Client host [198.51.100.101] blocked using zen.spamhaus.org"
+        )
+    )
+    tracker.handle(tracking.parse_syslog_line(blocked))
+    assert queue.recipient(rows[2]["id"])["state"] == "bounced"
+    assert suppression.lookup(queue.connection, "c@customer.test", now=time.time()) is None

@@ -14,7 +14,8 @@ Lines used::
     postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=4.4.1, status=deferred (...)      -> deferred
     postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=5.1.1, status=bounced (host ...)  -> bounced
 
-A bounce with a 5.x.x DSN puts the address on the suppression list (``bulkrelay.suppression``).
+A hard bounce (as bulkrelay.bounces.classify judges it) puts the address on the suppression
+list (``bulkrelay.suppression``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bulkrelay.bounces.classify import classify
 from bulkrelay.queue import Queue, QueueUnavailable
 
 log = logging.getLogger("bulkrelay.tracking")
@@ -157,7 +159,9 @@ class Tracker:
             event.dsn,
             event.reply,
         )
-        if event.state == "bounced" and event.dsn.startswith("5"):
+        # Only a hard bounce says the address is bad; a 5.7.x block of the relay (blacklisting,
+        # policy) says nothing about the customer and must not suppress valid addresses.
+        if event.state == "bounced" and classify(event.dsn, event.reply) == "hard":
             self.suppress(row["address"], f"{event.dsn} {event.reply}")
 
     def suppress(self, address: str, reason: str) -> None:
