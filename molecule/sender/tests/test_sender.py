@@ -4,9 +4,12 @@ server submits to the intake and the message is in the queue, the outsider gets 
 folder and the CLI queue what is good and reject what is bad with a reason."""
 
 import json
+import os
 import re
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import testinfra
@@ -18,6 +21,7 @@ RELAY_APPS_V4 = "203.0.113.205"
 PORT = 2525
 HOT = "/var/spool/bulkrelay/hotfolder"
 AS_SENDER = "runuser -u bulkrelay -- /usr/local/bin/bulkrelay"
+PROJECT = Path(__file__).resolve().parents[3]
 
 
 def _docker(name):
@@ -198,3 +202,47 @@ def test_intake_survives_restart(relay, app):
         time.sleep(0.5)
     result, _ = _swaks(app, RELAY_APPS_V4)
     assert _queued_as(result.stdout), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"bulkrelay_app_tcp_ports": []}, "Add 2525 to bulkrelay_app_tcp_ports"),
+        ({"bulkrelay_sender_intake_addresses": ["relay.example.test"]}, "relay_sender__intake_listen holds"),
+        ({"relay_sender__intake_users": [{"user": "app1", "hash": "x"}]}, "needs TLS"),
+        ({"relay_sender__batch_size": "many"}, "relay_sender__batch_size"),
+    ],
+)
+def test_wrong_settings_fail_before_any_change(relay, tmp_path, extra, words):
+    """playbooks/sender.yml refuses bad settings with a message naming the variable and the fix."""
+    before = relay.check_output("sha256sum /etc/bulkrelay/sender.toml")
+    # the scenario's inventory: the relay over docker, with the lab group_vars/host_vars
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  children:\n    relays:\n      hosts:\n        br-sender-relay:\n"
+        "          ansible_connection: community.docker.docker\n"
+    )
+    for sub in ("group_vars", "host_vars"):
+        (tmp_path / sub).symlink_to(PROJECT / "molecule" / "inventory" / sub)
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+    )
+    playbook = str(PROJECT / "playbooks" / "sender.yml")
+    result = subprocess.run(
+        ["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), "-e", json.dumps(extra), playbook],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT,
+        check=False,
+        timeout=300,
+    )
+    output = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr).split())
+    assert result.returncode != 0, output[-2000:]
+    assert words in output, output[-2000:]
+    assert "changed=0" in output
+    assert relay.check_output("sha256sum /etc/bulkrelay/sender.toml") == before
