@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 # Scenarios run by `make test`, in order.
-SCENARIOS ?= default dnsbl relay sender dns bounces
+SCENARIOS ?= default dnsbl relay sender dns bounces lab
 
 .PHONY: help venv lab-up lab lab-down lint unit molecule test bench
 
