@@ -36,7 +36,7 @@ molecule: lab-up
 
 test: lint unit molecule
 
-bench: venv
+bench: lab-up
 	bench/run_all.sh
 
 lab: lab-up

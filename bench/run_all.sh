@@ -11,6 +11,16 @@ export BENCH_RESULTS="$results"
 mkdir -p "$results"
 rm -f "$results"/*.json
 
+# Baselines from Debian: rbldnsd (test blacklists) and check_rbl (monitoring-plugins-contrib).
+missing=()
+for pkg in rbldnsd monitoring-plugins-contrib libnet-dns-perl; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "bench: installing ${missing[*]} from Debian" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "   kernel $(uname -r), $(free -m | awk '/^Mem:/ {print $2 " MiB RAM"}'), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   $(python --version), $(/usr/sbin/postconf -d mail_version 2>/dev/null), $(/usr/sbin/rbldnsd -h 2>&1 | head -1 || true)"
