@@ -13,7 +13,9 @@ rm -f "$results"/*.json
 
 # Baselines from Debian: rbldnsd (test blacklists) and check_rbl (monitoring-plugins-contrib).
 missing=()
-for pkg in rbldnsd monitoring-plugins-contrib libnet-dns-perl; do
+for pkg in rbldnsd monitoring-plugins-contrib libnet-dns-perl libcapture-tiny-perl \
+        libdata-validate-domain-perl libdata-validate-ip-perl libreadonly-perl \
+        libmonitoring-plugin-perl libnet-ip-perl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
