@@ -90,7 +90,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from bulkrelay.dns import dkim
-    from bulkrelay.dns.resolver import NameserverError, make_resolver
+    from bulkrelay.dns.module import run_check
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 else:
@@ -112,25 +112,12 @@ def main() -> None:
         module.fail_json(
             msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
         )
-    p = module.params
-    try:
-        resolver = make_resolver(p["nameservers"], p["timeout"])
-        result = dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"])
-    except (NameserverError, ValueError) as exc:
-        module.fail_json(msg=f"bulkrelay_dkim: {exc}")
-    for warning in result.warnings:
-        module.warn(warning)
-    out = {
-        "changed": False,
-        "status": result.status,
-        "message": result.message,
-        "fix": result.fix,
-        "record": result.details.get("record", ""),
-        "check": result.as_dict(),
-    }
-    if result.failed:
-        module.fail_json(msg=result.summary(), **out)
-    module.exit_json(**out)
+    run_check(
+        module,
+        "bulkrelay_dkim",
+        lambda resolver, p: dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"]),
+        details={"record": ""},
+    )
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from bulkrelay.dns import dmarc
-    from bulkrelay.dns.resolver import NameserverError, make_resolver
+    from bulkrelay.dns.module import run_check
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 else:
@@ -128,33 +128,19 @@ def main() -> None:
         module.fail_json(
             msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
         )
-    p = module.params
-    try:
-        resolver = make_resolver(p["nameservers"], p["timeout"])
-        result = dmarc.check(
+    run_check(
+        module,
+        "bulkrelay_dmarc",
+        lambda resolver, p: dmarc.check(
             resolver,
             p["domain"],
             return_path_domain=p["return_path_domain"],
             dkim_domain=p["dkim_domain"],
             min_policy=p["min_policy"],
             expected=p["expected"],
-        )
-    except (NameserverError, ValueError) as exc:
-        module.fail_json(msg=f"bulkrelay_dmarc: {exc}")
-    for warning in result.warnings:
-        module.warn(warning)
-    out = {
-        "changed": False,
-        "status": result.status,
-        "message": result.message,
-        "fix": result.fix,
-        "record": result.details.get("record", ""),
-        "policy": result.details.get("policy", ""),
-        "check": result.as_dict(),
-    }
-    if result.failed:
-        module.fail_json(msg=result.summary(), **out)
-    module.exit_json(**out)
+        ),
+        details={"record": "", "policy": ""},
+    )
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from bulkrelay.dns import fcrdns
-    from bulkrelay.dns.resolver import NameserverError, make_resolver
+    from bulkrelay.dns.module import run_check
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 else:
@@ -118,26 +118,12 @@ def main() -> None:
         module.fail_json(
             msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
         )
-    p = module.params
-    try:
-        resolver = make_resolver(p["nameservers"], p["timeout"])
-        result = fcrdns.check(resolver, p["ip"], expected_name=p["expected_name"], helo=p["helo"])
-    except (NameserverError, ValueError) as exc:
-        module.fail_json(msg=f"bulkrelay_fcrdns: {exc}")
-    for warning in result.warnings:
-        module.warn(warning)
-    out = {
-        "changed": False,
-        "status": result.status,
-        "message": result.message,
-        "fix": result.fix,
-        "ptr_names": result.details.get("ptr_names", []),
-        "confirmed_names": result.details.get("confirmed_names", []),
-        "check": result.as_dict(),
-    }
-    if result.failed:
-        module.fail_json(msg=result.summary(), **out)
-    module.exit_json(**out)
+    run_check(
+        module,
+        "bulkrelay_fcrdns",
+        lambda resolver, p: fcrdns.check(resolver, p["ip"], expected_name=p["expected_name"], helo=p["helo"]),
+        details={"ptr_names": [], "confirmed_names": []},
+    )
 
 
 if __name__ == "__main__":

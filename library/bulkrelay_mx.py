@@ -92,7 +92,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from bulkrelay.dns import mx
-    from bulkrelay.dns.resolver import NameserverError, make_resolver
+    from bulkrelay.dns.module import run_check
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 else:
@@ -114,25 +114,12 @@ def main() -> None:
         module.fail_json(
             msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
         )
-    p = module.params
-    try:
-        resolver = make_resolver(p["nameservers"], p["timeout"])
-        result = mx.check(resolver, p["name"], expected=p["expected"], forbidden=p["forbidden"])
-    except (NameserverError, ValueError) as exc:
-        module.fail_json(msg=f"bulkrelay_mx: {exc}")
-    for warning in result.warnings:
-        module.warn(warning)
-    out = {
-        "changed": False,
-        "status": result.status,
-        "message": result.message,
-        "fix": result.fix,
-        "mx": result.details.get("mx", []),
-        "check": result.as_dict(),
-    }
-    if result.failed:
-        module.fail_json(msg=result.summary(), **out)
-    module.exit_json(**out)
+    run_check(
+        module,
+        "bulkrelay_mx",
+        lambda resolver, p: mx.check(resolver, p["name"], expected=p["expected"], forbidden=p["forbidden"]),
+        details={"mx": []},
+    )
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from bulkrelay.dns import spf
-    from bulkrelay.dns.resolver import NameserverError, make_resolver
+    from bulkrelay.dns.module import run_check
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 else:
@@ -139,10 +139,10 @@ def main() -> None:
         module.fail_json(
             msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
         )
-    p = module.params
-    try:
-        resolver = make_resolver(p["nameservers"], p["timeout"])
-        result = spf.check(
+    run_check(
+        module,
+        "bulkrelay_spf",
+        lambda resolver, p: spf.check(
             resolver,
             p["domain"],
             p["ip"],
@@ -150,25 +150,10 @@ def main() -> None:
             sender=p["sender"],
             expect=p["expect"],
             timeout=p["timeout"],
-        )
-    except (NameserverError, ValueError, spf.SpfUnavailable) as exc:
-        module.fail_json(msg=f"bulkrelay_spf: {exc}")
-    for warning in result.warnings:
-        module.warn(warning)
-    out = {
-        "changed": False,
-        "status": result.status,
-        "message": result.message,
-        "fix": result.fix,
-        "result": result.details.get("result", ""),
-        "explanation": result.details.get("explanation", ""),
-        "lookups": result.details.get("lookups", 0),
-        "void_lookups": result.details.get("void_lookups", 0),
-        "check": result.as_dict(),
-    }
-    if result.failed:
-        module.fail_json(msg=result.summary(), **out)
-    module.exit_json(**out)
+        ),
+        details={"result": "", "explanation": "", "lookups": 0, "void_lookups": 0},
+        errors=(spf.SpfUnavailable,),
+    )
 
 
 if __name__ == "__main__":
