@@ -11,6 +11,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from bulkrelay.dns.resolver import Nameserver, NameserverError
+from bulkrelay.dns.resolver import parse_nameserver as _parse_nameserver
+
 # RFC 5782 section 5: test points every conforming list answers for.
 IPV4_TEST_LISTED = "127.0.0.2"
 IPV4_TEST_CLEAN = "127.0.0.1"
@@ -102,37 +105,10 @@ def query_name(target: Target, zone: str) -> str:
     raise InputError(f"unknown target kind {target.kind!r}")
 
 
-@dataclass(frozen=True)
-class Nameserver:
-    address: str
-    port: int = 53
-
-    def __str__(self) -> str:
-        if self.port == 53:
-            return self.address
-        if ":" in self.address:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
-
-
 def parse_nameserver(text: str) -> Nameserver:
-    """'IP', 'IP:port', '[IPv6]:port' or a bare IPv6 address -> Nameserver."""
-    value = str(text).strip()
-    host, port = value, "53"
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise InputError(f"nameserver {text!r}: write an IPv6 address with a port as [2001:db8::53]:5353")
-        port = rest[1:] or "53"
-    elif value.count(":") == 1:
-        host, port = value.split(":")
+    """'IP', 'IP:port', '[IPv6]:port' or a bare IPv6 address -> Nameserver, parsed by the one
+    parser in bulkrelay.dns.resolver; a bad value is an InputError like every DNSBL input."""
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise InputError(
-            f"nameserver {text!r} is not an IP address (optionally with :port); "
-            "name servers are given by address so no lookup is needed to find them"
-        ) from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise InputError(f"nameserver {text!r}: port must be a number from 1 to 65535")
-    return Nameserver(address=address.compressed, port=int(port))
+        return _parse_nameserver(text)
+    except NameserverError as exc:
+        raise InputError(str(exc)) from None
