@@ -185,29 +185,26 @@ def test_queue_id_from_reply():
     assert queue_id_from_reply("250 2.0.0 Ok") is None
 
 
-def test_picking_a_batch_stays_fast_with_200k_recipients(tmp_path):
-    """take() walks the ready index (O(batch)), status reads the trigger-kept counts."""
+def test_picking_a_batch_and_counting_never_scan_the_recipients(tmp_path):
+    """take() walks the ready index (O(batch)), status reads the trigger-kept counts. Asserted
+    on SQLite's query plans rather than on timings, which a loaded CI machine makes noisy (the
+    speed figures live in make bench)."""
     q = Queue(tmp_path / "big.sqlite", clock=lambda: 1000.0)
     for chunk in range(4):
         q.enqueue(RAW, "b@example.test", [f"u{chunk}-{i}@d{i % 50}.test" for i in range(50_000)], source="t")
-    started = time.perf_counter()
     rows = q.take(100, now=2000.0, domain_remaining={"d0.test": 2})
-    took = time.perf_counter() - started
     assert len(rows) == 100
-    started = time.perf_counter()
-    counts = q.counts()
-    counting = time.perf_counter() - started
-    assert counts["queued"] == 200_000 - 100
-    assert took < 0.5, f"take(100) took {took:.3f}s"
-    assert counting < 0.05, f"counts took {counting:.3f}s"
-    plan = " ".join(
-        r[3]
-        for r in q.connection.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM recipients INDEXED BY recipients_ready "
-            "WHERE state='queued' AND next_attempt <= 1 ORDER BY next_attempt, id LIMIT 100"
-        )
+    assert q.counts()["queued"] == 200_000 - 100
+
+    def plan(sql):
+        return " ".join(r[3] for r in q.connection.execute("EXPLAIN QUERY PLAN " + sql))
+
+    take_plan = plan(
+        "SELECT id FROM recipients INDEXED BY recipients_ready "
+        "WHERE state='queued' AND next_attempt <= 1 ORDER BY next_attempt, id LIMIT 100"
     )
-    assert "recipients_ready" in plan and "TEMP B-TREE" not in plan
+    assert "recipients_ready" in take_plan and "TEMP B-TREE" not in take_plan
+    assert "recipients" not in plan("SELECT state, n FROM state_counts")
     q.close()
 
 

@@ -100,8 +100,10 @@ def test_many_silent_lists_bounded_by_one_timeout(tmp_path):
     rc, data, wall = plugin(config(tmp_path, zones, timeout=2), "-H", RELAY4, "-H", RELAY6)
     assert rc == 2  # bl.lab.test lists the relay: CRITICAL outranks the errors
     assert len({e["zone"] for e in data["errors"] if "timeout" in e["error"]}) == 7
-    assert data["elapsed"] < 2 + 0.5 + 0.1, data["elapsed"]
-    assert wall < 2 + 0.5 + 1.5, wall  # + interpreter start-up
+    # Concurrency, not speed: seven silent lists asked one after another would take 7 x 2 s.
+    # The bound leaves a slow CI machine room (speed targets live in make bench).
+    assert data["elapsed"] < 2 * 2, data["elapsed"]
+    assert wall < 2 * 2 + 5, wall  # + interpreter start-up on a loaded machine
 
 
 CHECK_RBL = "/usr/lib/nagios/plugins/check_rbl"
