@@ -162,6 +162,15 @@ class ReleaseLoop:
             self.unavailable += 1
             return min(2.0**self.unavailable, 30.0)
         self.unavailable = 0
+        return await self._release(wake)
+
+    async def _release(self, wake: float) -> float:
+        """Take and submit a batch. The policy is asked again here, after ``ready()`` awaited a
+        connection: meanwhile an operator may have paused, a DNSBL listing may have arrived."""
+        now = self.clock()
+        decision = self.policy.decide(self.queue, now)
+        if decision.allowed <= 0:
+            return max(wake - now, 0.0)
         rows = self.queue.take(
             decision.allowed,
             now=now,

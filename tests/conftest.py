@@ -1,0 +1,140 @@
+"""Shared test helpers, as fixtures: a free loopback port and a recording SMTP receiver.
+
+The receiver is aiosmtpd on 127.0.0.1 (a real SMTP server, no mocks). It can advertise
+PIPELINING or not (aiosmtpd reads pipelined commands either way, it only does not announce the
+extension) and can hold back its 220 greeting, which is what makes connections of one batch
+come up in a different order than they were opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+def pick_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A function returning a currently unused TCP port on 127.0.0.1."""
+    return pick_free_port
+
+
+class RecordingHandler:
+    """Records each transaction and answers like Postfix ("queued as ...").
+
+    Recipients whose local part starts with "tempfail" get 451, "reject" 550.
+    """
+
+    def __init__(self, *, pipelining: bool) -> None:
+        self.pipelining = pipelining
+        self.messages: list[dict] = []
+        self.lock = threading.Lock()
+        self.counter = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("tempfail"):
+            return "451 4.3.0 Temporary lookup failure"
+        if local.startswith("reject"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.counter += 1
+            qid = f"4Q{self.counter:08X}"
+            self.messages.append(
+                {
+                    "at": time.time(),
+                    "mail_from": envelope.mail_from,
+                    "rcpt_tos": list(envelope.rcpt_tos),
+                    "content": envelope.original_content,
+                    "session": id(session),
+                    "qid": qid,
+                }
+            )
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+
+class _SlowGreetingSMTP(SMTP):
+    def __init__(self, handler, *, greeting_delay: Callable[[], float], **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self._greeting_delay = greeting_delay
+
+    async def _handle_client(self) -> None:
+        await asyncio.sleep(self._greeting_delay())
+        await super()._handle_client()
+
+
+class _Controller(Controller):
+    def __init__(self, handler, *, greeting_delay: Callable[[], float], **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self._greeting_delay = greeting_delay
+
+    def factory(self) -> SMTP:
+        return _SlowGreetingSMTP(self.handler, greeting_delay=self._greeting_delay, **self.SMTP_kwargs)
+
+
+class SmtpReceiver:
+    """A receiver on loopback: ``start()``, ``port``, ``messages`` (one dict per transaction),
+    ``stop()``. Recipients named tempfail* get 451, reject* 550."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        pipelining: bool = False,
+        greeting_delay: Callable[[], float] = lambda: 0.0,
+    ):
+        self.port = port or pick_free_port()
+        self.handler = RecordingHandler(pipelining=pipelining)
+        self.controller = _Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, greeting_delay=greeting_delay
+        )
+
+    def start(self) -> SmtpReceiver:
+        self.controller.start()
+        return self
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.handler.messages
+
+    def stop(self) -> None:
+        if self.controller.loop.is_running():
+            self.controller.stop()
+
+
+@pytest.fixture
+def smtp_receiver():
+    """Factory: ``smtp_receiver(pipelining=..., greeting_delay=...)`` starts a receiver on
+    loopback; every receiver started is stopped after the test."""
+    started: list[SmtpReceiver] = []
+
+    def start(**kwargs) -> SmtpReceiver:
+        receiver = SmtpReceiver(**kwargs).start()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
