@@ -9,10 +9,13 @@ come up in a different order than they were opened.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -138,3 +141,63 @@ def smtp_receiver():
     yield start
     for receiver in started:
         receiver.stop()
+
+
+@pytest.fixture
+def sender_config(tmp_path):
+    """Factory: ``sender_config(submit_port, extra="")`` writes a sender.toml for `bulkrelay serve`
+    under tmp_path (loopback receiver, file log source, metrics off unless ``metrics_port``) and
+    returns its path. ``extra`` is TOML appended as is (e.g. an [intake] or [hotfolder] section)."""
+
+    def write(
+        submit_port: int,
+        extra: str = "",
+        *,
+        batch_size: int = 100,
+        interval: float = 2.0,
+        metrics_port: int | None = None,
+    ) -> Path:
+        metrics = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+        (tmp_path / "verp.key").write_bytes(b"k" * 32)
+        (tmp_path / "mail.log").touch()
+        path = tmp_path / "sender.toml"
+        path.write_text(
+            f"""
+[queue]
+path = "{tmp_path / "q.sqlite"}"
+
+[submit]
+host = "127.0.0.1"
+port = {submit_port}
+connections = 2
+timeout = 10
+
+[policy]
+batch_size = {batch_size}
+interval = {interval}
+
+[envelope]
+bounce_domain = "bounce.example.test"
+verp_key_file = "{tmp_path / "verp.key"}"
+
+[tracking]
+source = "file"
+path = "{tmp_path / "mail.log"}"
+
+[dnsbl]
+state_file = "{tmp_path / "dnsbl.json"}"
+
+[metrics]
+listen = "{metrics}"
+{extra}
+"""
+        )
+        return path
+
+    return write
+
+
+@pytest.fixture
+def bulkrelay_cmd() -> str:
+    """Path of the `bulkrelay` command installed in the test venv."""
+    return os.path.join(os.path.dirname(sys.executable), "bulkrelay")
