@@ -5,11 +5,11 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
-from aiosmtpd.controller import Controller
+from conftest import SmtpReceiver as Receiver
+from conftest import pick_free_port as free_port
 
 from bulkrelay import suppression, verp
 from bulkrelay.config import Config, EnvelopeConfig, PolicyConfig, QueueConfig, SubmitConfig, TrackingConfig
@@ -24,70 +24,6 @@ RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leadi
 def sink_user():
     """smtp-sink refuses to run as root without -u."""
     return ["-u", "nobody"] if os.geteuid() == 0 else []
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Recorder:
-    """aiosmtpd handler: records each transaction, answers like Postfix ("queued as ...").
-
-    Recipients whose local part starts with "tempfail" get 451, "reject" 550.
-    """
-
-    def __init__(self):
-        self.messages = []
-        self.lock = threading.Lock()
-        self.counter = 0
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        local = address.split("@")[0]
-        if local.startswith("tempfail"):
-            return "451 4.3.0 Temporary lookup failure"
-        if local.startswith("reject"):
-            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 Ok"
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.lock:
-            self.counter += 1
-            qid = f"4Q{self.counter:08X}"
-            self.messages.append(
-                {
-                    "at": time.time(),
-                    "mail_from": envelope.mail_from,
-                    "rcpt_tos": list(envelope.rcpt_tos),
-                    "content": envelope.original_content,
-                    "session": id(session),
-                    "qid": qid,
-                }
-            )
-        return f"250 2.0.0 Ok: queued as {qid}"
-
-
-class Receiver:
-    def __init__(self, port=None):
-        self.port = port or free_port()
-        self.handler = Recorder()
-        self.controller = None
-
-    def start(self):
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-        return self
-
-    def stop(self):
-        if self.controller:
-            self.controller.stop()
-            self.controller = None
-
-    @property
-    def messages(self):
-        return self.handler.messages
 
 
 @pytest.fixture

@@ -25,43 +25,6 @@ BATCH = 100
 INTERVAL = 2.0
 
 
-def write_config(tmp_path, port, *, extra=""):
-    (tmp_path / "verp.key").write_bytes(KEY)
-    metrics_port = free_port()
-    text = f"""
-[queue]
-path = "{tmp_path / "q.sqlite"}"
-
-[submit]
-host = "127.0.0.1"
-port = {port}
-connections = 2
-timeout = 10
-
-[policy]
-batch_size = {BATCH}
-interval = {INTERVAL}
-
-[envelope]
-bounce_domain = "bounce.example.test"
-verp_key_file = "{tmp_path / "verp.key"}"
-
-[tracking]
-source = "file"
-path = "{tmp_path / "mail.log"}"
-
-[dnsbl]
-state_file = "{tmp_path / "dnsbl.json"}"
-
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-{extra}
-"""
-    path = tmp_path / "sender.toml"
-    path.write_text(text)
-    return path, metrics_port
-
-
 def start_service(config_path, log_path):
     bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
     log = open(log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
@@ -84,8 +47,9 @@ def receiver():
     r.stop()
 
 
-def test_thousand_messages_leave_in_exact_batches(tmp_path, receiver):
-    config_path, metrics_port = write_config(tmp_path, receiver.port)
+def test_thousand_messages_leave_in_exact_batches(tmp_path, receiver, sender_config):
+    metrics_port = free_port()
+    config_path = sender_config(receiver.port, batch_size=BATCH, interval=INTERVAL, metrics_port=metrics_port)
     queue = Queue(tmp_path / "q.sqlite")
     ids = [
         queue.enqueue(RAW.replace(b"Invoice", f"Invoice {i}".encode()), "billing@example.test",
@@ -142,8 +106,8 @@ def test_thousand_messages_leave_in_exact_batches(tmp_path, receiver):
     queue.close()
 
 
-def test_status_pause_resume_cli_against_a_running_service(tmp_path, receiver):
-    config_path, _ = write_config(tmp_path, receiver.port)
+def test_status_pause_resume_cli_against_a_running_service(tmp_path, receiver, sender_config):
+    config_path = sender_config(receiver.port, batch_size=BATCH, interval=INTERVAL, metrics_port=free_port())
     bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
 
     def cli(*args):
@@ -189,12 +153,11 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_intake_and_hot_folder_feed_the_release_loop(tmp_path, receiver):
+def test_intake_and_hot_folder_feed_the_release_loop(tmp_path, receiver, sender_config):
     """D2's intake and hot folder run inside `bulkrelay serve` and their mail reaches Postfix."""
     intake_port = free_port()
     hot = tmp_path / "hot"
-    config_path, _ = write_config(
-        tmp_path,
+    config_path = sender_config(
         receiver.port,
         extra=f"""
 [intake]

@@ -318,8 +318,13 @@ class Submitter:
                         result.connection_error = str(exc)
                         log.warning("event=submit_connect_failed error=%r", str(exc))
                         return
+                # Look again after the await: while this worker was connecting, the other
+                # workers may have taken every row (or the service began to stop).
+                row = self._next(pending, stop)
+                if row is None:
+                    return
                 # Rows taken from `pending` and not finished; the first may have its DATA sent.
-                in_hand = [pending.get_nowait()]
+                in_hand = [row]
                 try:
                     if client.pipelining:
                         await self._stream(client, in_hand, pending, stop, result)

@@ -23,6 +23,8 @@ the Message-ID, to send the same content twice on purpose).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -37,6 +39,7 @@ from bulkrelay.message import BadMessage, envelope_from_headers, strip_bcc, vali
 log = logging.getLogger("bulkrelay.hotfolder")
 
 SUBDIRS = ("tmp", "incoming", "done", "rejected")
+SCAN_EVERY = 2.0  # seconds between scans of incoming/
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hotfolder_files (
@@ -289,3 +292,16 @@ def scan_hotfolder(config: Any, queue: Any = None, *, clock: Callable[[], float]
     finally:
         if own:
             queue.close()
+
+
+async def run_hotfolder(config: Any, stop: asyncio.Event, *, every: float = SCAN_EVERY) -> None:
+    """Scan every ``every`` seconds until ``stop`` (``bulkrelay serve``'s hot folder component).
+
+    Each scan runs in a worker thread with its own queue connection, so file I/O and a locked
+    database never stall the event loop. An exception ends this coroutine: the service stops
+    and systemd restarts it (see ``bulkrelay.service.run_components``).
+    """
+    while not stop.is_set():
+        await asyncio.to_thread(scan_hotfolder, config, None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)

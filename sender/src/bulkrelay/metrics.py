@@ -33,6 +33,16 @@ def render(queue: Queue, *, loop: Any = None, tracker: Any = None, now: float | 
         "# TYPE bulkrelay_recipients gauge",
     ]
     out += [_line("bulkrelay_recipients", n, {"state": s}) for s, n in queue.counts().items()]
+    from bulkrelay.service import component_failures  # noqa: PLC0415 (service imports this module)
+
+    out += [
+        "# HELP bulkrelay_component_failures_total Service components that failed (kept across restarts).",
+        "# TYPE bulkrelay_component_failures_total counter",
+    ]
+    out += [
+        _line("bulkrelay_component_failures_total", n, {"component": c})
+        for c, n in component_failures(queue)[0].items()
+    ]
     if loop is not None:
         policy = loop.policy
         interval = policy.config.interval

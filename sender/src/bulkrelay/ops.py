@@ -18,7 +18,7 @@ from bulkrelay import config as configmod
 from bulkrelay.cli import UsageError
 from bulkrelay.policy import Policy, pause, resume
 from bulkrelay.queue import STATES, Queue, QueueUnavailable
-from bulkrelay.service import service_state
+from bulkrelay.service import component_failures, service_state
 
 
 def _open(args) -> tuple[configmod.Config, Queue]:
@@ -53,8 +53,11 @@ def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[s
         domain: {"limit": limit, "released_last_interval": limit - decision.per_domain.get(domain, limit)}
         for domain, limit in config.policy.per_domain.items()
     }
+    failures, last_failure = component_failures(queue)
     return {
         "service": service_state(config.queue.path),
+        "component_failures": failures,
+        "last_failure": last_failure and {**last_failure, "at": _iso(last_failure["at"])},
         "per_domain": per_domain,
         "counts": counts,
         "pending": counts["queued"] + counts["submitting"],
@@ -92,6 +95,11 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append(f"service: running (pid {service['pid'] or '?'})")
     else:
         lines.append("service: NOT running (start it: systemctl start bulkrelay-sender)")
+    last = data["last_failure"]
+    if last:
+        total = "  ".join(f"{c}={n}" for c, n in data["component_failures"].items())
+        lines.append(f"component failures: {total}")
+        lines.append(f"  last: {last['at']} {last['component']}: {last['error']} (traceback in the log)")
     counts = "  ".join(f"{s}={n}" for s, n in data["counts"].items())
     lines.append(f"recipients: {counts}")
     state = "PAUSED" if data["paused"] else "running"

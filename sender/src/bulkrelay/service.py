@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import inspect
+import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bulkrelay import config as configmod
-from bulkrelay import tracking
+from bulkrelay import hotfolder, intake, metrics, tracking
 from bulkrelay.cli import UsageError
 from bulkrelay.delivery import Connector, Submitter
 from bulkrelay.policy import Policy
@@ -162,6 +162,15 @@ class ReleaseLoop:
             self.unavailable += 1
             return min(2.0**self.unavailable, 30.0)
         self.unavailable = 0
+        return await self._release(wake)
+
+    async def _release(self, wake: float) -> float:
+        """Take and submit a batch. The policy is asked again here, after ``ready()`` awaited a
+        connection: meanwhile an operator may have paused, a DNSBL listing may have arrived."""
+        now = self.clock()
+        decision = self.policy.decide(self.queue, now)
+        if decision.allowed <= 0:
+            return max(wake - now, 0.0)
         rows = self.queue.take(
             decision.allowed,
             now=now,
@@ -208,23 +217,82 @@ class ReleaseLoop:
             await self.submitter.close()
 
 
-async def _optional(name: str, config: configmod.Config, queue: Queue, stop: asyncio.Event) -> None:
-    """Run D2's intake or hot folder coroutine if that module is installed."""
-    import importlib  # noqa: PLC0415
+COMPONENTS = ("release", "tracking", "intake", "hotfolder")
+FAILURES_KEY = "service.component_failures"  # JSON {component: count}, kept across restarts
+LAST_FAILURE_KEY = "service.last_failure"  # JSON {"at", "component", "error"}
+EX_SOFTWARE = 70  # sysexits.h; any non-zero exit makes systemd (Restart=on-failure) restart us
 
-    module_name, func_name = name.rsplit(".", 1)
+
+class ComponentFailed(Exception):
+    """A part of the service raised or stopped; the whole service stops with EX_SOFTWARE."""
+
+    def __init__(self, component: str, error: BaseException):
+        super().__init__(f"component {component} failed: {type(error).__name__}: {error}")
+        self.component = component
+        self.error = error
+
+
+def component_failures(queue: Queue) -> tuple[dict[str, int], dict | None]:
+    """(failure count per component, the last failure) as recorded in the queue database."""
+    counts = json.loads(queue.get_state(FAILURES_KEY) or "{}")
+    last = queue.get_state(LAST_FAILURE_KEY)
+    return {name: counts.get(name, 0) for name in (*COMPONENTS, *counts)}, json.loads(last) if last else None
+
+
+def record_failure(queue: Queue, component: str, error: BaseException, now: float) -> None:
+    """Count the failure where `bulkrelay status` and the metrics of the next run can see it."""
+    text = f"{type(error).__name__}: {error}"[:300]
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError):
-        log.warning("event=component_missing component=%s", name)
-        return
-    if func_name == "scan_hotfolder" and not inspect.iscoroutinefunction(func):
-        while not stop.is_set():
-            await asyncio.to_thread(func, config, None)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-        return
-    await func(config, queue)
+        counts, _ = component_failures(queue)
+        counts[component] = counts.get(component, 0) + 1
+        queue.set_state(FAILURES_KEY, json.dumps(counts, sort_keys=True))
+        queue.set_state(LAST_FAILURE_KEY, json.dumps({"at": now, "component": component, "error": text}))
+    except (QueueUnavailable, ValueError) as exc:  # e.g. the disk is full: the log still has it
+        log.error("event=component_failure_not_recorded component=%s error=%r", component, str(exc))
+
+
+async def run_components(
+    components: dict[str, Awaitable[None]],
+    stop: asyncio.Event,
+    *,
+    optional: frozenset[str] = frozenset(),
+    cancel_on_stop: frozenset[str] = frozenset(),
+) -> None:
+    """Run every component until ``stop``; raise :class:`ComponentFailed` for the first that
+    raises, or that returns while the service runs (unless it is listed in ``optional``).
+
+    The other components are stopped either way: those in ``cancel_on_stop`` are cancelled,
+    the rest are awaited (they finish their step and return once ``stop`` is set).
+    """
+    tasks = {asyncio.ensure_future(coro): name for name, coro in components.items()}
+    for task, name in tasks.items():
+        task.set_name(name)
+    stopped = asyncio.ensure_future(stop.wait())
+    pending: set[asyncio.Future] = {stopped, *tasks}
+    try:
+        while stopped in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopped}:
+                name = tasks[task]
+                error = asyncio.CancelledError() if task.cancelled() else task.exception()
+                if error is None and (stop.is_set() or name in optional):
+                    continue
+                if error is None:
+                    error = RuntimeError("returned while the service was running")
+                log.error(
+                    "event=component_failed component=%s error=%r",
+                    name,
+                    f"{type(error).__name__}: {error}",
+                    exc_info=error,
+                )
+                raise ComponentFailed(name, error) from error
+    finally:
+        stop.set()
+        for task, name in tasks.items():
+            if name in cancel_on_stop:
+                task.cancel()
+        stopped.cancel()
+        await asyncio.gather(*tasks, stopped, return_exceptions=True)
 
 
 async def serve(
@@ -249,36 +317,29 @@ async def serve(
         ",".join(f"{k}:{v}" for k, v in queue.counts().items() if v),
     )
     loop = ReleaseLoop(config, queue, clock=clock, connector=connector, suppress=tracker.suppress)
-    tasks = [
-        asyncio.create_task(loop.run(stop), name="release"),
-        asyncio.create_task(tracking.follow(source, tracker, stop), name="tracking"),
-    ]
-    side = []
+    components: dict[str, Awaitable[None]] = {
+        "release": loop.run(stop),
+        "tracking": tracking.follow(source, tracker, stop),
+    }
     if config.intake.listen:
-        side.append(asyncio.create_task(_optional("bulkrelay.intake.serve_intake", config, queue, stop)))
+        components["intake"] = intake.serve_intake(config, queue)
     if config.hotfolder.path:
-        side.append(asyncio.create_task(_optional("bulkrelay.hotfolder.scan_hotfolder", config, queue, stop)))
+        components["hotfolder"] = hotfolder.run_hotfolder(config, stop)
     if config.metrics.listen:
-        from bulkrelay import metrics  # noqa: PLC0415
-
-        side.append(asyncio.create_task(metrics.serve_metrics(config, queue, loop, tracker, stop)))
-    stopped = asyncio.create_task(stop.wait(), name="stop")
-    pending = {stopped, *tasks, *side}
+        components["metrics"] = metrics.serve_metrics(config, queue, loop, tracker, stop)
     try:
-        while stopped in pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopped and not task.cancelled() and task.exception() is not None:
-                    log.error(
-                        "event=component_failed component=%s error=%r", task.get_name(), task.exception()
-                    )
-                    raise task.exception()  # type: ignore[misc]
+        # Release and tracking finish their step on stop; the others are cancelled. Metrics may
+        # return (its port is taken): they are for watching, sending goes on without them.
+        await run_components(
+            components,
+            stop,
+            optional=frozenset({"metrics"}),
+            cancel_on_stop=frozenset({"intake", "hotfolder", "metrics"}),
+        )
+    except ComponentFailed as exc:
+        record_failure(queue, exc.component, exc.error, clock())
+        raise
     finally:
-        stop.set()
-        for task in side:
-            task.cancel()
-        stopped.cancel()
-        await asyncio.gather(*tasks, *side, stopped, return_exceptions=True)
         queue.close()
         log.info("event=stopped")
 
@@ -349,6 +410,10 @@ def _run(args) -> int:
         asyncio.run(main())
     except QueueUnavailable as exc:
         raise UsageError(f"{exc}; check [queue] path and free disk space") from None
+    except ComponentFailed as exc:
+        # The traceback is in the log (event=component_failed); systemd restarts the service.
+        print(f"bulkrelay serve: {exc}; see the log for the traceback", file=sys.stderr)
+        return EX_SOFTWARE
     finally:
         lock.close()
     return 0

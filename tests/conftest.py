@@ -1,0 +1,203 @@
+"""Shared test helpers, as fixtures: a free loopback port and a recording SMTP receiver.
+
+The receiver is aiosmtpd on 127.0.0.1 (a real SMTP server, no mocks). It can advertise
+PIPELINING or not (aiosmtpd reads pipelined commands either way, it only does not announce the
+extension) and can hold back its 220 greeting, which is what makes connections of one batch
+come up in a different order than they were opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+def pick_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A function returning a currently unused TCP port on 127.0.0.1."""
+    return pick_free_port
+
+
+class RecordingHandler:
+    """Records each transaction and answers like Postfix ("queued as ...").
+
+    Recipients whose local part starts with "tempfail" get 451, "reject" 550.
+    """
+
+    def __init__(self, *, pipelining: bool) -> None:
+        self.pipelining = pipelining
+        self.messages: list[dict] = []
+        self.lock = threading.Lock()
+        self.counter = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("tempfail"):
+            return "451 4.3.0 Temporary lookup failure"
+        if local.startswith("reject"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.counter += 1
+            qid = f"4Q{self.counter:08X}"
+            self.messages.append(
+                {
+                    "at": time.time(),
+                    "mail_from": envelope.mail_from,
+                    "rcpt_tos": list(envelope.rcpt_tos),
+                    "content": envelope.original_content,
+                    "session": id(session),
+                    "qid": qid,
+                }
+            )
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+
+class _SlowGreetingSMTP(SMTP):
+    def __init__(self, handler, *, greeting_delay: Callable[[], float], **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self._greeting_delay = greeting_delay
+
+    async def _handle_client(self) -> None:
+        await asyncio.sleep(self._greeting_delay())
+        await super()._handle_client()
+
+
+class _Controller(Controller):
+    def __init__(self, handler, *, greeting_delay: Callable[[], float], **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self._greeting_delay = greeting_delay
+
+    def factory(self) -> SMTP:
+        return _SlowGreetingSMTP(self.handler, greeting_delay=self._greeting_delay, **self.SMTP_kwargs)
+
+
+class SmtpReceiver:
+    """A receiver on loopback: ``start()``, ``port``, ``messages`` (one dict per transaction),
+    ``stop()``. Recipients named tempfail* get 451, reject* 550."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        pipelining: bool = False,
+        greeting_delay: Callable[[], float] = lambda: 0.0,
+    ):
+        self.port = port or pick_free_port()
+        self.handler = RecordingHandler(pipelining=pipelining)
+        self.controller = _Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, greeting_delay=greeting_delay
+        )
+
+    def start(self) -> SmtpReceiver:
+        self.controller.start()
+        return self
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.handler.messages
+
+    def stop(self) -> None:
+        if self.controller.loop.is_running():
+            self.controller.stop()
+
+
+@pytest.fixture
+def smtp_receiver():
+    """Factory: ``smtp_receiver(pipelining=..., greeting_delay=...)`` starts a receiver on
+    loopback; every receiver started is stopped after the test."""
+    started: list[SmtpReceiver] = []
+
+    def start(**kwargs) -> SmtpReceiver:
+        receiver = SmtpReceiver(**kwargs).start()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
+
+
+@pytest.fixture
+def sender_config(tmp_path):
+    """Factory: ``sender_config(submit_port, extra="")`` writes a sender.toml for `bulkrelay serve`
+    under tmp_path (loopback receiver, file log source, metrics off unless ``metrics_port``) and
+    returns its path. ``extra`` is TOML appended as is (e.g. an [intake] or [hotfolder] section)."""
+
+    def write(
+        submit_port: int,
+        extra: str = "",
+        *,
+        batch_size: int = 100,
+        interval: float = 2.0,
+        metrics_port: int | None = None,
+    ) -> Path:
+        metrics = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+        (tmp_path / "verp.key").write_bytes(b"k" * 32)
+        (tmp_path / "mail.log").touch()
+        path = tmp_path / "sender.toml"
+        path.write_text(
+            f"""
+[queue]
+path = "{tmp_path / "q.sqlite"}"
+
+[submit]
+host = "127.0.0.1"
+port = {submit_port}
+connections = 2
+timeout = 10
+
+[policy]
+batch_size = {batch_size}
+interval = {interval}
+
+[envelope]
+bounce_domain = "bounce.example.test"
+verp_key_file = "{tmp_path / "verp.key"}"
+
+[tracking]
+source = "file"
+path = "{tmp_path / "mail.log"}"
+
+[dnsbl]
+state_file = "{tmp_path / "dnsbl.json"}"
+
+[metrics]
+listen = "{metrics}"
+{extra}
+"""
+        )
+        return path
+
+    return write
+
+
+@pytest.fixture
+def bulkrelay_cmd() -> str:
+    """Path of the `bulkrelay` command installed in the test venv."""
+    return os.path.join(os.path.dirname(sys.executable), "bulkrelay")
