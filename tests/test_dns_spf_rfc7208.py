@@ -10,13 +10,11 @@ name has no TXT record, because RFC 7208 dropped the SPF RR type; "TXT: NONE" me
 record; TIMEOUT makes queries time out for the types the name has no records of.
 """
 
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import read_sdist
 
 from bulkrelay.dns import spf
 from bulkrelay.dns.resolver import StaticResolver
@@ -37,30 +35,8 @@ def fetch_suite() -> Path:
     if target.exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-binary",
-            ":all:",
-            "--no-deps",
-            PYSPF,
-            "-d",
-            str(CACHE),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    sdists = sorted(CACHE.glob("pyspf-*.tar.gz"))
-    if proc.returncode != 0 or not sdists:
-        pytest.fail(f"could not fetch {PYSPF} sdist for the RFC 7208 suite: {proc.stderr[-400:]}")
-    with tarfile.open(sdists[0]) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith(f"test/{SUITE}"))
-        data = tar.extractfile(member).read()
-    target.write_bytes(data)
+    sdist = read_sdist(PYSPF)
+    target.write_bytes(next(data for name, data in sdist.items() if name.endswith(f"test/{SUITE}")))
     return target
 
 

@@ -23,7 +23,7 @@ _HARD_TEXT = re.compile(
     re.I,
 )
 _SOFT_TEXT = re.compile(
-    r"mailbox (is )?full|over ?quota|quota exceeded|insufficient (system )?storage|out of storage"
+    r"mailbox (is )?full|over ?quota|quota exceeded|disk quota|insufficient (system )?storage|out of storage"
     r"|temporar(il)?y|try again|greylist|deferred|timed? ?out|connection refused|too many",
     re.I,
 )
@@ -46,7 +46,7 @@ def status_from_text(text: str) -> str:
         return found
     if _HARD_TEXT.search(text or ""):
         return "5.1.1"
-    if re.search(r"mailbox (is )?full|over ?quota|quota exceeded", text or "", re.I):
+    if re.search(r"mailbox (is )?full|over ?quota|quota exceeded|disk quota", text or "", re.I):
         return "4.2.2"
     code = _SMTP_CODE.search(text or "")
     if code:

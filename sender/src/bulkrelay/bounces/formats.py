@@ -1,5 +1,6 @@
-"""Detectors for bounces that are not RFC 3464 DSNs: qmail, Exim, old Sendmail, and any
-mailer that names the failed recipients in ``X-Failed-Recipients``.
+"""Detectors for bounces that are not RFC 3464 DSNs: qmail, Exim, old Sendmail, Exchange's
+"did not reach", any mailer that names the failed recipients in ``X-Failed-Recipients``, and
+flufl.bounce (Mailman's detectors for many more MTAs, ``flufl_recipients``).
 
 Each detector takes the parsed message and its plain-text body and returns the failed
 recipients with the text that explains each failure, or None when the format is not its own.
@@ -11,8 +12,13 @@ from __future__ import annotations
 
 import email.message
 import email.utils
+import logging
 import re
 from collections.abc import Callable
+
+from flufl.bounce import all_failures
+
+log = logging.getLogger("bulkrelay.bounces")
 
 Items = list[tuple[str, str]]
 
@@ -90,6 +96,20 @@ def _sendmail_text(msg: email.message.Message, text: str) -> Items | None:
     return items or None
 
 
+def _did_not_reach(msg: email.message.Message, text: str) -> Items | None:
+    """Exchange 5.x/Internet Mail Service: "did not reach the following recipient(s):" then
+    X.400-style lines such as ``c=US;a= ;p=ORG;o=Site;dda:SMTP=user@example.com; on <date>``."""
+    marker = re.search(r"did not reach the following recipient\(?s?\)?:?", text, re.I)
+    if not marker:
+        return None
+    section = re.split(r"\n\s*\n\s*\n", text[marker.end() :].lstrip("\r\n"), maxsplit=1)[0]
+    items: Items = []
+    for found in re.finditer(rf"(?:SMTP=|<|^\s*)({_ADDRESS})", section, re.M):
+        rest = section[found.end() :].split("\n\n", 1)[0]
+        items.append((found.group(1), " ".join(rest.split())[:500] or "did not reach the recipient"))
+    return items or None
+
+
 def _failed_recipients_header(msg: email.message.Message, text: str) -> Items | None:
     values = msg.get_all("X-Failed-Recipients") or []
     addresses = [a for _, a in email.utils.getaddresses([str(v) for v in values]) if "@" in a]
@@ -107,6 +127,7 @@ DETECTORS: list[tuple[str, Callable[[email.message.Message, str], Items | None]]
     ("qmail", _qmail),
     ("exim", _exim),
     ("sendmail-text", _sendmail_text),
+    ("exchange-text", _did_not_reach),
     ("x-failed-recipients", _failed_recipients_header),
 ]
 
@@ -124,3 +145,32 @@ def detect(msg: email.message.Message, text: str) -> tuple[str, Items] | None:
         if items:
             return name, items
     return None
+
+
+def is_address(text: str) -> bool:
+    return re.fullmatch(_ADDRESS, text or "") is not None
+
+
+def flufl_recipients(msg: email.message.Message) -> tuple[set[str], set[str]]:
+    """(temporary, permanent) recipients that flufl.bounce finds; only e-mail addresses count.
+
+    flufl's "temporary" are warnings (delivery still being retried); its "permanent" are all
+    real failures, mailbox-full included: how hard each one is, is decided from the words.
+    """
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception as exc:  # flufl's heuristics must never stop the poller
+        log.warning("event=flufl_error error=%r", exc)
+        return set(), set()
+
+    def clean(found) -> set[str]:
+        out = set()
+        for item in found:
+            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+            text = text.strip().strip("<>").strip()
+            if is_address(text):
+                out.add(text)
+        return out
+
+    permanent_found = clean(permanent)
+    return clean(temporary) - permanent_found, permanent_found
