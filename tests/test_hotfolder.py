@@ -74,9 +74,12 @@ def test_good_file_queued_and_moved_to_done(conf):
 
 
 BAD = {
-    "malformed.eml": (b"%PDF-1.7 not a mail\n\x00\x01", "header"),
+    "malformed.eml": (b"%PDF-1.7 not a mail\n\x01", "header"),
     "nofrom.eml": (GOOD.replace(b"From: Billing <billing@example.test>\r\n", b""), "no From:"),
-    "eightbit.eml": (GOOD.replace(b"Subject: Invoice 7", "Subject: Rechnung für".encode()), "8-bit"),
+    "eightbit.eml": (
+        GOOD.replace(b"Subject: Invoice 7", "Subject: Rechnung für".encode("latin-1")),
+        "not UTF-8",
+    ),
     "big.eml": (GOOD + (b"x" * 900 + b"\r\n") * 6, "4096-byte limit"),
     "badrcpt.eml": (GOOD.replace(b"To: alice@customer.test", b"To: alice@localhost"), "not fully qualified"),
     "norcpt.eml": (b"From: billing@example.test\r\nSubject: x\r\n\r\nbody\r\n", "no recipient"),

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bulkrelay.message import BadMessage, envelope_from_headers, strip_bcc, validate
+from bulkrelay.message import BadMessage
+from bulkrelay.normalise import accept
 
 log = logging.getLogger("bulkrelay.hotfolder")
 
@@ -318,12 +319,13 @@ class HotFolder:
         if raw is None:
             return "stuck" if path.name in self.stuck else "rejected"
         try:
-            mail_from, recipients = envelope_from_headers(raw)
-            body = strip_bcc(raw)
-            validate(body, mail_from, recipients, max_size=self.max_size, envelope_from_content=True)
+            accepted = accept(raw, max_size=self.max_size, envelope_from_content=True)
         except BadMessage as exc:
             return self._reject(path, exc.reason)
-        return self._queue_once(path, hashlib.sha256(raw).hexdigest(), body, mail_from, recipients)
+        if accepted.repairs:
+            log.info("event=hotfolder.repaired file=%s changes=%r", path.name, "; ".join(accepted.repairs))
+        digest = hashlib.sha256(raw).hexdigest()
+        return self._queue_once(path, digest, accepted.raw, accepted.mail_from, accepted.recipients)
 
     def _queue_once(self, path: Path, digest: str, body: bytes, mail_from: str, recipients: list[str]) -> str:
         claim = self._claim(digest, path.name)

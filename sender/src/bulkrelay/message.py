@@ -240,18 +240,23 @@ def header_sender(raw: bytes) -> str:
     return next((a for a in senders if a), "")
 
 
-def envelope_from_headers(raw: bytes) -> tuple[str, list[str]]:
+def envelope_from_headers(raw: bytes, *, bcc: Sequence[str] = ()) -> tuple[str, list[str]]:
     """The envelope a message's own headers imply: (From address, To+Cc+Bcc addresses).
 
-    Used by the hot folder and ``bulkrelay enqueue`` without --from/--to. Duplicates are dropped
-    (domain compared case-insensitively); raises :class:`BadMessage` when there is no recipient.
+    Used by the hot folder and ``bulkrelay enqueue`` without --from/--to; ``bcc``: addresses of
+    Bcc: fields already removed. Duplicates are dropped (domain compared case-insensitively);
+    raises :class:`BadMessage` when there is no recipient.
     """
     headers = _parsed_headers(raw)
     mail_from = header_sender(raw)
     found: list[str] = []
     seen: set[str] = set()
     for field in ("to", "cc", "bcc"):
-        for _, addr in _header_addresses(" , ".join(str(v) for v in headers.get_all(field, []))):
+        values = [str(v) for v in headers.get_all(field, [])]
+        pairs = _header_addresses(" , ".join(values))
+        if field == "bcc":
+            pairs += [("", a) for a in bcc]
+        for _, addr in pairs:
             if not addr:
                 continue
             key = normalise_key(addr)
@@ -267,25 +272,6 @@ def normalise_key(address: str) -> str:
     """Comparison key: local part as given, domain lower-cased."""
     local, _, domain = address.rpartition("@")
     return f"{local}@{domain.lower()}"
-
-
-def strip_bcc(raw: bytes) -> bytes:
-    """``raw`` without Bcc: header fields (which must never reach recipients)."""
-    block = split_headers(raw)
-    if not any(name == "bcc" for name, _ in block.fields):
-        return raw
-    out: list[bytes] = []
-    skipping = False
-    head = raw[: block.body_offset]
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                out.append(line)
-            continue
-        skipping = line.split(b":", 1)[0].strip().lower() == b"bcc"
-        if not skipping:
-            out.append(line)
-    return b"".join(out) + raw[block.body_offset :]
 
 
 @dataclass(frozen=True)
