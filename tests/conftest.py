@@ -9,6 +9,7 @@ come up in a different order than they were opened.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import smtplib
 import socket
@@ -215,10 +216,12 @@ def sender_config(tmp_path):
         metrics_port: int | None = None,
         intake_port: int | None = None,
         hotfolder: Path | None = None,
+        from_domains: tuple[str, ...] = (),
     ) -> Path:
         metrics = f"127.0.0.1:{metrics_port}" if metrics_port else ""
         if intake_port:
             extra += f'\n[intake]\nlisten = ["127.0.0.1:{intake_port}"]\nallowed_networks = ["127.0.0.0/8"]\n'
+            extra += f"from_domains = {json.dumps(list(from_domains))}\n"
         if hotfolder:
             extra += f'\n[hotfolder]\npath = "{hotfolder}"\n'
 

@@ -87,11 +87,21 @@ class Ways:
 
 
 @pytest.fixture
-def ways(tmp_path, sender_config, smtp_receiver, free_port, intake_server, capsys):
-    receiver = smtp_receiver(pipelining=True)
-    path = sender_config(receiver.port, intake_port=free_port(), hotfolder=tmp_path / "hot")
-    config = configmod.load(str(path))
-    return Ways(tmp_path, path, receiver, intake_server(config), capsys)
+def make_ways(tmp_path, sender_config, smtp_receiver, free_port, intake_server, capsys):
+    def make(from_domains=()):
+        receiver = smtp_receiver(pipelining=True)
+        path = sender_config(
+            receiver.port, intake_port=free_port(), hotfolder=tmp_path / "hot", from_domains=from_domains
+        )
+        config = configmod.load(str(path))
+        return Ways(tmp_path, path, receiver, intake_server(config), capsys)
+
+    return make
+
+
+@pytest.fixture
+def ways(make_ways):
+    return make_ways()
 
 
 def header_names(content: bytes) -> list[str]:
@@ -188,3 +198,43 @@ def test_repairs(ways, way, case, caplog):
         assert content.split(b"\r\n\r\n", 1)[0].isascii()
     else:
         assert parsed["Subject"] == "Invoice" and parsed.get_content().rstrip() == "Hello"
+
+
+FROM_CASES = {
+    # From: header -> accepted with from_domains = ["example.test", "billing.example.org"]
+    "in-domain": (b"From: Billing <billing@example.test>", True),
+    "case-differs": (b"From: billing@EXAMPLE.test", True),
+    "second-domain": (b"From: billing@billing.example.org", True),
+    "two-both-allowed": (b"From: a@example.test, b@billing.example.org", True),
+    "foreign": (b"From: ceo@bank.example", False),
+    "subdomain": (b"From: x@mail.example.test", False),
+    "two-one-foreign": (b"From: a@example.test, ceo@bank.example", False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FROM_CASES))
+@pytest.mark.parametrize("way", ["intake", "hotfolder"])
+def test_from_must_be_a_sending_domain(make_ways, way, case):
+    ways = make_ways(from_domains=("example.test", "billing.example.org"))
+    header, allowed = FROM_CASES[case]
+    raw = header + b"\r\nTo: alice@customer.test\r\nSubject: s\r\n\r\nHello\r\n"
+    outcome = ways.send(way, raw)
+    assert outcome.queued is allowed, outcome.reason
+    if allowed:
+        assert len(ways.deliver()) == 1
+        return
+    assert "not in a sending domain of this relay (billing.example.org, example.test)" in outcome.reason
+    assert "relay_sender__extra_from_domains" in outcome.reason
+    assert "bank.example" not in outcome.reason and "mail.example" not in outcome.reason
+    if way == "intake":
+        assert outcome.reason.startswith("550 5.7.1 ")
+    assert ways.deliver() == []
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_without_from_domains_any_from_is_taken(ways, way):
+    """from_domains = [] (a laptop, a test bench): no From: check. The CLI is never checked: it is
+    run by an operator on the relay, not by an application."""
+    raw = b"From: ceo@bank.example\r\nTo: alice@customer.test\r\nSubject: s\r\n\r\nHello\r\n"
+    assert ways.send(way, raw).queued
+    assert len(ways.deliver()) == 1

@@ -213,12 +213,14 @@ class HotFolder:
         max_size: int,
         clock: Callable[[], float] = time.time,
         stuck: Stuck | None = None,
+        from_domains: tuple[str, ...] = (),
     ):
         self.root = ensure_layout(root)
         self.queue = queue
         self.max_size = max_size
         self.clock = clock
         self.stuck = stuck if stuck is not None else Stuck()
+        self.from_domains = from_domains
         self._schema_ready = False
 
     def _ensure_schema(self) -> None:
@@ -319,7 +321,9 @@ class HotFolder:
         if raw is None:
             return "stuck" if path.name in self.stuck else "rejected"
         try:
-            accepted = accept(raw, max_size=self.max_size, envelope_from_content=True)
+            accepted = accept(
+                raw, max_size=self.max_size, envelope_from_content=True, from_domains=self.from_domains
+            )
         except BadMessage as exc:
             return self._reject(path, exc.reason)
         if accepted.repairs:
@@ -408,7 +412,14 @@ def scan_hotfolder(
             log.error("event=hotfolder.queue_unavailable reason=%r left_in=incoming", str(exc))
             return ScanResult(retry=[p.name for p in pending(root)])
     try:
-        folder = HotFolder(root, queue, max_size=config.intake.max_message_size, clock=clock, stuck=stuck)
+        folder = HotFolder(
+            root,
+            queue,
+            max_size=config.intake.max_message_size,
+            clock=clock,
+            stuck=stuck,
+            from_domains=config.intake.from_domains,
+        )
         return folder.scan()
     finally:
         if own:

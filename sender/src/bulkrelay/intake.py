@@ -197,8 +197,10 @@ class IntakeHandler:
         hostname: str = "localhost",
         executor: concurrent.futures.Executor | None = None,
         clock: Callable[[], float] = time.time,
+        from_domains: Sequence[str] = (),
     ) -> None:
         self.enqueue = enqueue
+        self.from_domains = tuple(from_domains)
         self.networks = list(networks)
         self.max_size = max_size
         self.hostname = hostname
@@ -245,6 +247,7 @@ class IntakeHandler:
                 mail_from=mail_from,
                 recipients=rcpts,
                 trace=self.received_header(session, protocol),
+                from_domains=self.from_domains,
             )
         except BadMessage as exc:
             self.stats.rejected += 1
@@ -331,6 +334,7 @@ async def start_intake(
         hostname=hostname or _hostname(),
         executor=executor,
         clock=clock,
+        from_domains=intake.from_domains,
     )
     context = tls_context(intake.tls_cert, intake.tls_key) if intake.tls_cert else None
     authenticator = PasswordAuthenticator(load_auth_file(intake.auth_file)) if intake.auth_file else None

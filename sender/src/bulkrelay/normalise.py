@@ -29,6 +29,7 @@ import email.header
 import email.policy
 import email.utils
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.generator import BytesGenerator
@@ -74,9 +75,11 @@ def accept(
     recipients: list[str] | None = None,
     trace: bytes = b"",
     envelope_from_content: bool = False,
+    from_domains: Sequence[str] = (),
 ) -> Accepted:
     """Normalise, derive the envelope where not given (None: From:, and To + Cc + Bcc), and
     validate; the one entry point of the intake, the hot folder and ``bulkrelay enqueue``.
+    ``from_domains``: when given, every From: address must be in one of them (exact domain).
     Raises :class:`BadMessage` with a reason that never quotes the message's content."""
     if len(raw) > max_size:
         validate(raw, "", [], max_size=max_size)  # the size reason, before any work on the content
@@ -86,6 +89,8 @@ def accept(
     if mail_from is None:
         mail_from = header_sender(done.raw)
     validate(done.raw, mail_from, recipients, max_size=max_size, envelope_from_content=envelope_from_content)
+    if from_domains:
+        check_from_domains(done.raw, from_domains)
     return Accepted(done.raw, mail_from, list(recipients), done.repairs)
 
 
@@ -116,6 +121,32 @@ def normalise(raw: bytes, *, trace: bytes = b"") -> Normalised:
     if any(len(line) > LINE_LIMIT for line in body.split(b"\r\n")):
         body_raw = _reencode_long_lines(body_raw, repairs)
     return Normalised(trace + body_raw, repairs, bcc)
+
+
+def check_from_domains(raw: bytes, from_domains: Sequence[str]) -> None:
+    """Refuse a message whose From: names a domain outside ``from_domains``: the relay
+    DKIM-signs what it sends, so anyone who may submit could otherwise sign as anyone."""
+    allowed = {d.lower().rstrip(".") for d in from_domains}
+    addresses = [a for _, a in email.utils.getaddresses(_header_values(raw, "from")) if a]
+    if all(a.rpartition("@")[2].lower().rstrip(".") in allowed for a in addresses):
+        return
+    raise BadMessage(
+        f"the From: address is not in a sending domain of this relay ({', '.join(sorted(allowed))}); "
+        "send as one of them, or add the domain to [intake] from_domains "
+        "(relay_sender__extra_from_domains)",
+        smtp_code=550,
+        enhanced="5.7.1",
+    )
+
+
+def _header_values(raw: bytes, wanted: str) -> list[str]:
+    head = raw[: _head_end(raw)]
+    values = []
+    for one in _fields(head):
+        name, colon, value = one.partition(b":")
+        if colon and name.strip().lower() == wanted.encode():
+            values.append(value.replace(b"\r\n", b"").decode("ascii", "replace"))
+    return values
 
 
 def _end_of_first_line(raw: bytes) -> int:
