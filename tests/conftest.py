@@ -11,7 +11,9 @@ bounces, the RFC 7208 suite) are fetched from PyPI at test time, never copied in
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import smtplib
 import socket
 import subprocess
 import sys
@@ -25,6 +27,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
+from bulkrelay.intake import QueueWorker, start_intake
+
 
 def pick_free_port() -> int:
     with socket.socket() as s:
@@ -36,6 +40,59 @@ def pick_free_port() -> int:
 def free_port() -> Callable[[], int]:
     """A function returning a currently unused TCP port on 127.0.0.1."""
     return pick_free_port
+
+
+class IntakeServer:
+    """An intake running in its own event-loop thread, as `bulkrelay serve` would run it."""
+
+    def __init__(self, conf, open_queue):
+        self.conf = conf
+        self.worker = QueueWorker(open_queue)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers = asyncio.run_coroutine_threadsafe(
+            start_intake(
+                conf, self.worker.enqueue, executor=self.worker.executor, hostname="relay.example.test"
+            ),
+            self.loop,
+        ).result(10)
+        self.port = int(conf.intake.listen[0].rpartition(":")[2])
+
+    def close(self):
+        if not self.thread.is_alive():
+            return
+
+        async def stop():
+            for s in self.servers:
+                s.close()
+                await s.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.worker.close()
+
+    def client(self):
+        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+
+
+@pytest.fixture
+def intake_server():
+    """Factory: ``intake_server(conf, open_queue=None)`` runs the SMTP intake of ``conf`` in its
+    own event-loop thread (as `bulkrelay serve` does); stopped after the test."""
+    from bulkrelay.queue import Queue  # noqa: PLC0415
+
+    started: list[IntakeServer] = []
+
+    def start(conf, open_queue=None) -> IntakeServer:
+        server = IntakeServer(conf, open_queue or (lambda: Queue(conf.queue.path)))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
 
 
 class RecordingHandler:
@@ -150,8 +207,9 @@ def smtp_receiver():
 @pytest.fixture
 def sender_config(tmp_path):
     """Factory: ``sender_config(submit_port, extra="")`` writes a sender.toml for `bulkrelay serve`
-    under tmp_path (loopback receiver, file log source, metrics off unless ``metrics_port``) and
-    returns its path. ``extra`` is TOML appended as is (e.g. an [intake] or [hotfolder] section)."""
+    under tmp_path (loopback receiver, file log source, metrics off unless ``metrics_port``,
+    intake on ``intake_port`` for 127.0.0.0/8, hot folder at ``hotfolder``) and returns its
+    path. ``extra`` is TOML appended as is."""
 
     def write(
         submit_port: int,
@@ -160,8 +218,17 @@ def sender_config(tmp_path):
         batch_size: int = 100,
         interval: float = 2.0,
         metrics_port: int | None = None,
+        intake_port: int | None = None,
+        hotfolder: Path | None = None,
+        from_domains: tuple[str, ...] = (),
     ) -> Path:
         metrics = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+        if intake_port:
+            extra += f'\n[intake]\nlisten = ["127.0.0.1:{intake_port}"]\nallowed_networks = ["127.0.0.0/8"]\n'
+            extra += f"from_domains = {json.dumps(list(from_domains))}\n"
+        if hotfolder:
+            extra += f'\n[hotfolder]\npath = "{hotfolder}"\n'
+
         (tmp_path / "verp.key").write_bytes(b"k" * 32)
         (tmp_path / "mail.log").touch()
         path = tmp_path / "sender.toml"

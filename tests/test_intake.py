@@ -10,19 +10,17 @@ import socket
 import sqlite3
 import ssl
 import subprocess
-import threading
 
 import pytest
+from conftest import IntakeServer as Intake
 
 from bulkrelay import config as cfg
 from bulkrelay.intake import (
-    QueueWorker,
     hash_password,
     load_auth_file,
     parse_networks,
     peer_allowed,
     serve_intake,
-    start_intake,
     verify_password,
 )
 from bulkrelay.queue import Queue
@@ -37,38 +35,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Intake:
-    """An intake running in its own event-loop thread, as `bulkrelay serve` would run it."""
-
-    def __init__(self, conf, open_queue):
-        self.conf = conf
-        self.worker = QueueWorker(open_queue)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers = asyncio.run_coroutine_threadsafe(
-            start_intake(
-                conf, self.worker.enqueue, executor=self.worker.executor, hostname="relay.example.test"
-            ),
-            self.loop,
-        ).result(10)
-        self.port = int(conf.intake.listen[0].rpartition(":")[2])
-
-    def close(self):
-        async def stop():
-            for s in self.servers:
-                s.close()
-                await s.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.worker.close()
-
-    def client(self):
-        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
 
 
 def make_conf(tmp_path, **intake):
@@ -123,7 +89,7 @@ def test_accepts_and_commits_before_250(intake):
     ("raw", "code", "words"),
     [
         (GOOD.replace(b"From: Billing <billing@example.test>\r\n", b""), 550, "no From:"),
-        (GOOD.replace(b"Subject: Invoice 1", "Subject: Rechnung für".encode()), 550, "8-bit"),
+        (GOOD.replace(b"Subject: Invoice 1", "Subject: Rechnung für".encode("latin-1")), 550, "not UTF-8"),
         (b"this is not a mail\r\njust text\r\n", 550, "header"),
     ],
 )

@@ -11,9 +11,9 @@ from bulkrelay.message import (
     address_problem,
     build,
     envelope_from_headers,
-    strip_bcc,
     validate,
 )
+from bulkrelay.normalise import normalise
 
 GOOD = (
     b"From: Billing <billing@example.test>\r\n"
@@ -156,9 +156,10 @@ def test_envelope_from_headers_to_cc_bcc_dedup():
     sender, rcpts = envelope_from_headers(raw)
     assert sender == "billing@example.test"
     assert rcpts == ["a@customer.test", "b@Customer.TEST", "c@customer.test", "d@customer.test"]
-    stripped = strip_bcc(raw)
-    assert b"Bcc" not in stripped and b"d@customer.test" not in stripped
-    assert stripped.endswith(b"\r\n\r\nbody\r\n") and b"Cc: b@customer.test" in stripped
+    done = normalise(raw)
+    assert b"Bcc" not in done.raw and b"d@customer.test" not in done.raw
+    assert done.raw.endswith(b"\r\n\r\nbody\r\n") and b"Cc: b@customer.test" in done.raw
+    assert envelope_from_headers(done.raw, bcc=done.bcc) == (sender, rcpts)
 
 
 def test_envelope_from_headers_needs_recipient():

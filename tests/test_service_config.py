@@ -110,6 +110,7 @@ def test_every_contract_key_parses(tmp_path):
         ('[tracking]\nsource = "syslog"', ["tracking.source", "journal, file"]),
         ('[intake]\nlisten = ["localhost:25"]', ["intake.listen", "IP:port"]),
         ('[intake]\nallowed_networks = ["10.0.0.0/33"]', ["intake.allowed_networks", "CIDR"]),
+        ('[intake]\nfrom_domains = ["billing@example.com"]', ["intake.from_domains", "not a domain name"]),
         ('[intake]\ntls_cert = "/x.pem"', ["intake.tls_cert", "both"]),
         ('[envelope]\nbounce_domain = "bounce.example.test"', ["envelope.verp_key_file", "random bytes"]),
         ("[submit]\nport = 70000", ["submit.port", "1..65535"]),

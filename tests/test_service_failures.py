@@ -51,17 +51,7 @@ def test_failing_component_stops_the_service_and_is_counted(
     component, tmp_path, sender_config, smtp_receiver, free_port, monkeypatch, caplog
 ):
     receiver = smtp_receiver()
-    path = sender_config(
-        receiver.port,
-        extra=f"""
-[intake]
-listen = ["127.0.0.1:{free_port()}"]
-allowed_networks = ["127.0.0.0/8"]
-
-[hotfolder]
-path = "{tmp_path / "hot"}"
-""",
-    )
+    path = sender_config(receiver.port, intake_port=free_port(), hotfolder=tmp_path / "hot")
     (tmp_path / "hot" / "incoming").mkdir(parents=True)
     (tmp_path / "hot" / "incoming" / "a.eml").write_bytes(
         b"From: a@example.test\r\nTo: b@customer.test\r\n\r\nx\r\n"

@@ -79,7 +79,7 @@ def test_enqueue_bad_files_reported_good_ones_queued(conf, tmp_path):
     files = {
         "good.eml": GOOD,
         "nofrom.eml": GOOD.replace(b"From: Billing <billing@example.test>\r\n", b""),
-        "eightbit.eml": GOOD.replace(b"Subject: Invoice 9", "Subject: Grüße".encode()),
+        "eightbit.eml": GOOD.replace(b"Subject: Invoice 9", "Subject: Grüße".encode("latin-1")),
         "big.eml": GOOD + (b"x" * 900 + b"\r\n") * 6,
         "garbage.eml": b"\x89PNG\r\n\x1a\n",
     }
@@ -90,7 +90,7 @@ def test_enqueue_bad_files_reported_good_ones_queued(conf, tmp_path):
     assert result.returncode == 1
     err = result.stderr.decode()
     assert "nofrom.eml: not queued: message has no From:" in err
-    assert "eightbit.eml: not queued: header 'subject' contains raw 8-bit" in err
+    assert "eightbit.eml: not queued: header Subject: has 8-bit bytes that are not UTF-8" in err
     assert "big.eml: not queued: message is" in err
     assert "garbage.eml: not queued:" in err
     assert "missing.eml: not queued: cannot read" in err

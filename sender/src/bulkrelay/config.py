@@ -39,6 +39,9 @@ class IntakeConfig:
     tls_cert: str = ""
     tls_key: str = ""
     auth_file: str = ""
+    # From: domains the intake and the hot folder accept (the relay DKIM-signs what it sends);
+    # () = any (for a laptop; the relay role always sets its sending domains)
+    from_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,25 @@ def _check_listen(key: str, value: str) -> None:
         raise _fail(key, f"{value!r} is not IP:port", 'write "127.0.0.1:2525" or "[::1]:2525"')
 
 
+def _str_list(key: str, name: str, value: Any) -> tuple[str, ...]:
+    values = _want_str_list(key, value)
+    if name == "listen":
+        for v in values:
+            _check_listen(key, v)
+    if name == "from_domains":
+        for v in values:
+            if not _DOMAIN.match(v.lower()):
+                raise _fail(key, f"{v!r} is not a domain name", 'write from_domains = ["example.com"]')
+        values = tuple(v.lower() for v in values)
+    if name == "allowed_networks":
+        for v in values:
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                raise _fail(key, f"{v!r} is not a network", 'write CIDR such as "203.0.113.0/24"') from None
+    return values
+
+
 def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any:  # noqa: PLR0911, PLR0912
     key = f"{section}.{name}"
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -243,19 +265,7 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
             raise _fail(key, str(exc), 'use an IANA name such as "Europe/Berlin" or "UTC"') from None
         return tz
     if isinstance(default, tuple):
-        values = _want_str_list(key, value)
-        if name == "listen":
-            for v in values:
-                _check_listen(key, v)
-        if name == "allowed_networks":
-            for v in values:
-                try:
-                    ipaddress.ip_network(v, strict=False)
-                except ValueError:
-                    raise _fail(
-                        key, f"{v!r} is not a network", 'write CIDR such as "203.0.113.0/24"'
-                    ) from None
-        return values
+        return _str_list(key, name, value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise _fail(key, f"expected true or false, got {value!r}", "write true or false")

@@ -13,6 +13,10 @@ The envelope comes from the message: sender = the From: address, recipients = To
 (the Bcc: header is removed before queueing). A file leaves ``incoming/`` only after its enqueue
 committed, so a crash or a full disk leaves it there and the next scan retries it.
 
+Only regular files are read, never through a link (lstat, then O_NOFOLLOW and an fstat of the
+open descriptor); anything else named *.eml goes to rejected/ unread. Reasons and log lines
+never quote a rejected file's content.
+
 Duplicates: each file's SHA-256 is claimed in the table ``hotfolder_files`` (in the queue
 database) before the enqueue, and the enqueue records ``source = "hotfolder:<sha256>"`` in the
 same transaction as the message. A retry after a crash finds the claim; if a message with that
@@ -25,16 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bulkrelay.message import BadMessage, envelope_from_headers, strip_bcc, validate
+from bulkrelay.message import BadMessage
+from bulkrelay.normalise import accept
 
 log = logging.getLogger("bulkrelay.hotfolder")
 
@@ -57,9 +64,10 @@ class ScanResult:
     done: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)  # left in incoming/ (queue unavailable)
+    stuck: list[str] = field(default_factory=list)  # could not be moved; skipped from now on
 
     def total(self) -> int:
-        return len(self.done) + len(self.rejected) + len(self.retry)
+        return len(self.done) + len(self.rejected) + len(self.retry) + len(self.stuck)
 
 
 def ensure_layout(root: str | Path) -> Path:
@@ -69,21 +77,79 @@ def ensure_layout(root: str | Path) -> Path:
     return root
 
 
-def pending(root: str | Path) -> list[Path]:
-    """Files waiting in incoming/, oldest first."""
+def pending(root: str | Path, stuck: Stuck | None = None) -> list[Path]:
+    """Entries waiting in incoming/ named *.eml, oldest first, whatever their type (links,
+    directories, FIFOs are listed too, so they can be rejected). Never follows a link (lstat)."""
     incoming = Path(root) / "incoming"
     try:
         entries = [p for p in incoming.iterdir() if p.suffix == ".eml" and not p.name.startswith(".")]
     except FileNotFoundError:
         return []
-    files = []
+    found = []
     for p in entries:
         try:
-            if p.is_file():
-                files.append((p.stat().st_mtime, p.name, p))
+            st = os.lstat(p)
         except OSError:
             continue
-    return [p for _, _, p in sorted(files)]
+        if stuck is not None and stuck.holds(p, st):
+            continue
+        found.append((st.st_mtime, p.name, p))
+    return [p for _, _, p in sorted(found)]
+
+
+class Stuck:
+    """Entries that could not be moved out of incoming/: logged once, then skipped (never read)
+    until something changes them (another inode or mtime under that name)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, int, int]] = {}
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int, int]:
+        return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def holds(self, path: Path, st: os.stat_result) -> bool:
+        return self._entries.get(path.name) == self._key(st)
+
+    def add(self, path: Path, reason: str, error: OSError) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        self._entries[path.name] = self._key(st)
+        log.error(
+            "event=hotfolder.stuck file=%s reason=%r error=%r action='left in incoming/, not read "
+            "again; move or delete it by hand (check the permissions of incoming/ and rejected/)'",
+            path.name,
+            reason,
+            error.strerror or str(error),
+        )
+
+
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_regular(st: os.stat_result) -> str | None:
+    """Why an entry with this (l)stat is not taken, or None for a plain regular file."""
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), None)
+    if kind is None and not stat.S_ISREG(st.st_mode):
+        kind = "not a regular file"
+    if kind:
+        return f"is {kind}; only regular files are taken: write the file into tmp/ and rename it in"
+    if st.st_nlink != 1:
+        # a hard link can be another file's content (a key, a mailbox) under a harmless name
+        return f"has {st.st_nlink} hard links; write a new file into tmp/ and rename it in"
+    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,7 +163,7 @@ def _fsync_dir(path: Path) -> None:
 def _free_name(directory: Path, name: str) -> Path:
     target = directory / name
     n = 1
-    while target.exists() or Path(f"{target}.reason").exists():
+    while os.path.lexists(target) or os.path.lexists(f"{target}.reason"):
         target = directory / f"{name}.{n}"
         n += 1
     return target
@@ -130,16 +196,31 @@ def reject(root: Path, path: Path, reason: str) -> Path:
     return target
 
 
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class HotFolder:
     """One hot folder bound to one queue (``bulkrelay.queue.Queue``)."""
 
     def __init__(
-        self, root: str | Path, queue: Any, *, max_size: int, clock: Callable[[], float] = time.time
+        self,
+        root: str | Path,
+        queue: Any,
+        *,
+        max_size: int,
+        clock: Callable[[], float] = time.time,
+        stuck: Stuck | None = None,
+        from_domains: tuple[str, ...] = (),
     ):
         self.root = ensure_layout(root)
         self.queue = queue
         self.max_size = max_size
         self.clock = clock
+        self.stuck = stuck if stuck is not None else Stuck()
+        self.from_domains = from_domains
         self._schema_ready = False
 
     def _ensure_schema(self) -> None:
@@ -181,64 +262,103 @@ class HotFolder:
             conn.execute("UPDATE hotfolder_files SET message = ? WHERE digest = ?", (message, digest))
 
     def _read(self, path: Path) -> bytes | None:
-        """The file's bytes, or None after rejecting it (too big, unreadable) or when it vanished."""
+        """The file's bytes, or None after rejecting it (not a regular file, too big,
+        unreadable), when it vanished or when it could not be moved."""
         try:
-            size = path.stat().st_size
-            if size > self.max_size:
-                reject(
-                    self.root,
-                    path,
-                    f"file is {size} bytes, over the {self.max_size}-byte limit; "
-                    "send large files as links or raise [intake] max_message_size",
-                )
-                return None
-            return path.read_bytes()
+            return self._read_regular(path)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            reject(self.root, path, f"cannot read the file ({exc.strerror}); check its permissions")
+        except _Refused as refused:
+            self._reject(path, refused.reason)
             return None
 
+    def _read_regular(self, path: Path) -> bytes:
+        """lstat first, then open with O_NOFOLLOW|O_NONBLOCK and check that the descriptor is
+        the same regular file: a link, FIFO or device swapped in between is never read."""
+        st = os.lstat(path)
+        problem = not_regular(st)
+        if problem:
+            raise _Refused(problem)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise
+            if exc.errno == errno.ELOOP:  # became a link after the lstat
+                raise _Refused("is a symbolic link; only regular files are taken") from None
+            raise _Refused(f"cannot read the file ({exc.strerror}); check its permissions") from None
+        with os.fdopen(fd, "rb") as f:
+            opened = os.fstat(f.fileno())
+            problem = not_regular(opened)
+            if problem is None and (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                problem = "was replaced while being opened; rename finished files in once"
+            if problem:
+                raise _Refused(problem)
+            try:
+                data = f.read(self.max_size + 1)
+            except OSError as exc:
+                raise _Refused(f"cannot read the file ({exc.strerror}); check its permissions") from None
+        if len(data) > self.max_size:
+            raise _Refused(
+                f"file is {max(len(data), opened.st_size)} bytes or more, over the {self.max_size}-byte "
+                "limit; send large files as links or raise [intake] max_message_size"
+            )
+        return data
+
+    def _reject(self, path: Path, reason: str) -> str:
+        """Move to rejected/ with the reason: "rejected", or "stuck" when it cannot be moved."""
+        try:
+            reject(self.root, path, reason)
+        except OSError as exc:
+            self.stuck.add(path, reason, exc)
+            return "stuck"
+        return "rejected"
+
     def process(self, path: Path) -> str:
-        """Handle one file from incoming/; returns "done" or "rejected", or raises QueueUnavailable."""
+        """Handle one entry of incoming/; returns "done", "rejected" or "stuck" (could not be
+        moved), or raises QueueUnavailable."""
         raw = self._read(path)
         if raw is None:
-            return "rejected"
+            return "stuck" if path.name in self.stuck else "rejected"
         try:
-            mail_from, recipients = envelope_from_headers(raw)
-            body = strip_bcc(raw)
-            validate(body, mail_from, recipients, max_size=self.max_size)
+            accepted = accept(
+                raw, max_size=self.max_size, envelope_from_content=True, from_domains=self.from_domains
+            )
         except BadMessage as exc:
-            reject(self.root, path, exc.reason)
-            return "rejected"
+            return self._reject(path, exc.reason)
+        if accepted.repairs:
+            log.info("event=hotfolder.repaired file=%s changes=%r", path.name, "; ".join(accepted.repairs))
         digest = hashlib.sha256(raw).hexdigest()
+        return self._queue_once(path, digest, accepted.raw, accepted.mail_from, accepted.recipients)
+
+    def _queue_once(self, path: Path, digest: str, body: bytes, mail_from: str, recipients: list[str]) -> str:
         claim = self._claim(digest, path.name)
         if claim is not None:
             message = claim["message"] or self._committed_message(digest, claim["after_message"])
             if message is not None and claim["name"] != path.name:
-                reject(
-                    self.root,
+                return self._reject(
                     path,
                     f"identical to {claim['name']}, already queued as message {message}; "
                     "change the content (e.g. a new Message-ID) to send it again",
                 )
-                return "rejected"
             if message is not None:
                 if claim["message"] is None:
                     self._record(digest, message)
-                target = _move(path, self.root / "done")
-                log.info("event=hotfolder.done file=%s message=%s retried_after_crash=1", path.name, message)
-                return "done"
+                return self._to_done(path, message, retried_after_crash=1)
         message = self.queue.enqueue(body, mail_from, recipients, source=f"hotfolder:{digest}")
         self._record(digest, message)
-        target = _move(path, self.root / "done")
+        return self._to_done(path, message, recipients=len(recipients), size=len(body))
+
+    def _to_done(self, path: Path, message: int, **fields: int) -> str:
+        try:
+            target = _move(path, self.root / "done")
+        except OSError as exc:
+            # queued already (the claim knows): a restart finds the claim and only moves it
+            self.stuck.add(path, f"queued as message {message} but cannot be moved to done/", exc)
+            return "stuck"
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
         log.info(
-            "event=hotfolder.done file=%s message=%s recipients=%d size=%d moved_to=%s",
-            path.name,
-            message,
-            len(recipients),
-            len(body),
-            target.name,
+            "event=hotfolder.done file=%s message=%s %s moved_to=%s", path.name, message, extra, target.name
         )
         return "done"
 
@@ -246,7 +366,7 @@ class HotFolder:
         from bulkrelay.queue import QueueUnavailable  # noqa: PLC0415
 
         result = ScanResult()
-        files = pending(self.root)
+        files = pending(self.root, self.stuck)
         for i, path in enumerate(files):
             try:
                 self._ensure_schema()
@@ -263,10 +383,14 @@ class HotFolder:
                 result.done.append(path.name)
             elif outcome == "rejected":
                 result.rejected.append(path.name)
+            else:
+                result.stuck.append(path.name)
         return result
 
 
-def scan_hotfolder(config: Any, queue: Any = None, *, clock: Callable[[], float] = time.time) -> ScanResult:
+def scan_hotfolder(
+    config: Any, queue: Any = None, *, clock: Callable[[], float] = time.time, stuck: Stuck | None = None
+) -> ScanResult:
     """One pass over ``[hotfolder] path``/incoming (called every few seconds by ``bulkrelay serve``).
 
     With ``queue=None`` the scan opens its own connection to ``[queue] path`` - only when there
@@ -276,7 +400,7 @@ def scan_hotfolder(config: Any, queue: Any = None, *, clock: Callable[[], float]
     if not root:
         return ScanResult()
     ensure_layout(root)
-    if not pending(root):
+    if not pending(root, stuck):
         return ScanResult()
     from bulkrelay.queue import Queue, QueueUnavailable  # noqa: PLC0415
 
@@ -288,7 +412,15 @@ def scan_hotfolder(config: Any, queue: Any = None, *, clock: Callable[[], float]
             log.error("event=hotfolder.queue_unavailable reason=%r left_in=incoming", str(exc))
             return ScanResult(retry=[p.name for p in pending(root)])
     try:
-        return HotFolder(root, queue, max_size=config.intake.max_message_size, clock=clock).scan()
+        folder = HotFolder(
+            root,
+            queue,
+            max_size=config.intake.max_message_size,
+            clock=clock,
+            stuck=stuck,
+            from_domains=config.intake.from_domains,
+        )
+        return folder.scan()
     finally:
         if own:
             queue.close()
@@ -301,7 +433,8 @@ async def run_hotfolder(config: Any, stop: asyncio.Event, *, every: float = SCAN
     database never stall the event loop. An exception ends this coroutine: the service stops
     and systemd restarts it (see ``bulkrelay.service.run_components``).
     """
+    stuck = Stuck()
     while not stop.is_set():
-        await asyncio.to_thread(scan_hotfolder, config, None)
+        await asyncio.to_thread(scan_hotfolder, config, None, stuck=stuck)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)

@@ -33,7 +33,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from bulkrelay.message import BadMessage, address_problem, validate
+from bulkrelay.message import BadMessage, address_problem
+from bulkrelay.normalise import accept
 
 log = logging.getLogger("bulkrelay.intake")
 
@@ -149,6 +150,10 @@ def _peer_ip(session: Any) -> str:
 class IntakeSMTP(SMTP):
     """aiosmtpd's SMTP with the allow-list applied before the greeting (554, then close)."""
 
+    # RFC 5321 allows 1000 octets a line; ERP exports send whole HTML invoices on one line.
+    # Take lines up to 64 KiB and let bulkrelay.normalise re-encode them (longer: 500).
+    line_length_limit = 64 * 1024
+
     def __init__(self, handler: IntakeHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._intake = handler
@@ -192,8 +197,10 @@ class IntakeHandler:
         hostname: str = "localhost",
         executor: concurrent.futures.Executor | None = None,
         clock: Callable[[], float] = time.time,
+        from_domains: Sequence[str] = (),
     ) -> None:
         self.enqueue = enqueue
+        self.from_domains = tuple(from_domains)
         self.networks = list(networks)
         self.max_size = max_size
         self.hostname = hostname
@@ -232,14 +239,21 @@ class IntakeHandler:
         peer = _peer_ip(session)
         mail_from = envelope.mail_from or ""
         rcpts = list(envelope.rcpt_tos)
+        protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
         try:
-            validate(raw, mail_from, rcpts, max_size=self.max_size)
+            accepted = accept(
+                raw,
+                max_size=self.max_size,
+                mail_from=mail_from,
+                recipients=rcpts,
+                trace=self.received_header(session, protocol),
+                from_domains=self.from_domains,
+            )
         except BadMessage as exc:
             self.stats.rejected += 1
             log.warning(_kv("intake.rejected", peer=peer, mail_from=mail_from, reason=exc.reason))
             return exc.smtp_reply()
-        protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
-        stored = self.received_header(session, protocol) + raw
+        stored = accepted.raw
         loop = asyncio.get_running_loop()
         try:
             message_id = await loop.run_in_executor(
@@ -262,6 +276,10 @@ class IntakeHandler:
                 size=len(raw),
             )
         )
+        if accepted.repairs:
+            log.info(
+                _kv("intake.repaired", peer=peer, message=message_id, changes="; ".join(accepted.repairs))
+            )
         return f"250 2.0.0 Ok: queued as {message_id}"
 
 
@@ -316,6 +334,7 @@ async def start_intake(
         hostname=hostname or _hostname(),
         executor=executor,
         clock=clock,
+        from_domains=intake.from_domains,
     )
     context = tls_context(intake.tls_cert, intake.tls_key) if intake.tls_cert else None
     authenticator = PasswordAuthenticator(load_auth_file(intake.auth_file)) if intake.auth_file else None

@@ -83,15 +83,19 @@ def _domain_problem(domain: str) -> str | None:
         problem = "that is not a valid host name"
     elif labels[-1].isdigit():
         problem = "that looks like an IP address; use a host name"
-    return f"has domain {domain!r} {problem}" if problem else None
+    return f"has a domain {problem}" if problem else None
 
 
-def check_address(address: str, *, what: str) -> str:
-    """Return ``address`` if usable, else raise :class:`BadMessage` naming ``what`` it is."""
+def check_address(address: str, *, what: str, show: bool = True) -> str:
+    """Return ``address`` if usable, else raise :class:`BadMessage` naming ``what`` it is.
+
+    ``show=False`` for addresses taken from a message's content: the reason then names the
+    problem without quoting the address."""
     problem = address_problem(address)
     if problem:
         enhanced = "5.1.7" if what.startswith("sender") else "5.1.3"
-        raise BadMessage(f"{what} {_show(address)} {problem}", smtp_code=553, enhanced=enhanced)
+        shown = f" {_show(address)}" if show else ""
+        raise BadMessage(f"{what}{shown} {problem}", smtp_code=553, enhanced=enhanced)
     return address
 
 
@@ -149,9 +153,10 @@ def _add_header_line(fields: list[tuple[str, bytes]], line: bytes, lineno: int) 
                 raise BadMessage(
                     "message does not start with a header field (Name: value); is this an RFC 5322 .eml file?"
                 )
+            # no quote of the line: a rejected file's content never goes into a reason or a log
             raise BadMessage(
-                f"header line {lineno} {_show(line.decode('ascii', 'replace'))} is not 'Name: value' "
-                "and is not indented; a blank line must separate headers from the body"
+                f"header line {lineno} is not 'Name: value' and is not indented; "
+                "a blank line must separate headers from the body"
             )
         fields.append((name.decode("ascii").lower(), value))
     if any(char > 126 or (char < 32 and char != 9) for char in line):
@@ -165,11 +170,21 @@ def _header_addresses(value: str) -> list[tuple[str, str]]:
     return email.utils.getaddresses([value])
 
 
-def validate(raw: bytes, mail_from: str, recipients: Sequence[str], *, max_size: int) -> None:
+def validate(
+    raw: bytes,
+    mail_from: str,
+    recipients: Sequence[str],
+    *,
+    max_size: int,
+    envelope_from_content: bool = False,
+) -> None:
     """Raise :class:`BadMessage` unless ``raw`` with this envelope may be queued.
 
     ``mail_from`` may be "" (null sender); the sender replaces it with a VERP address anyway.
+    ``envelope_from_content``: the envelope was read from the message's headers (hot folder),
+    so reasons name the problem without quoting the addresses.
     """
+    show = not envelope_from_content
     if len(raw) > max_size:
         raise BadMessage(
             f"message is {len(raw)} bytes, over the {max_size}-byte limit; "
@@ -180,11 +195,11 @@ def validate(raw: bytes, mail_from: str, recipients: Sequence[str], *, max_size:
     if not raw.strip():
         raise BadMessage("message is empty")
     if mail_from:
-        check_address(mail_from, what="sender address")
+        check_address(mail_from, what="sender address", show=show)
     if not recipients:
         raise BadMessage("message has no recipients; give at least one", smtp_code=554, enhanced="5.5.1")
     for rcpt in recipients:
-        check_address(rcpt, what="recipient address")
+        check_address(rcpt, what="recipient address", show=show)
     block = split_headers(raw)
     _check_header_fields(block)
     body = raw[block.body_offset :]
@@ -205,9 +220,9 @@ def _check_header_fields(block: HeaderBlock) -> None:
     from_value = froms[0].decode("ascii").replace("\n", "")
     addresses = [addr for _, addr in _header_addresses(from_value) if addr]
     if not addresses:
-        raise BadMessage(f"From: header {_show(from_value.strip())} holds no address; add one")
+        raise BadMessage("From: header holds no address; add 'From: Name <sender@your-domain>'")
     for addr in addresses:
-        check_address(addr, what="From: header address")
+        check_address(addr, what="From: header address", show=False)
     for unique in ("date", "message-id", "subject", "to", "cc", "sender", "reply-to"):
         if sum(1 for name, _ in block.fields if name == unique) > 1:
             raise BadMessage(f"message has more than one {unique!r} header; RFC 5322 allows one")
@@ -225,18 +240,23 @@ def header_sender(raw: bytes) -> str:
     return next((a for a in senders if a), "")
 
 
-def envelope_from_headers(raw: bytes) -> tuple[str, list[str]]:
+def envelope_from_headers(raw: bytes, *, bcc: Sequence[str] = ()) -> tuple[str, list[str]]:
     """The envelope a message's own headers imply: (From address, To+Cc+Bcc addresses).
 
-    Used by the hot folder and ``bulkrelay enqueue`` without --from/--to. Duplicates are dropped
-    (domain compared case-insensitively); raises :class:`BadMessage` when there is no recipient.
+    Used by the hot folder and ``bulkrelay enqueue`` without --from/--to; ``bcc``: addresses of
+    Bcc: fields already removed. Duplicates are dropped (domain compared case-insensitively);
+    raises :class:`BadMessage` when there is no recipient.
     """
     headers = _parsed_headers(raw)
     mail_from = header_sender(raw)
     found: list[str] = []
     seen: set[str] = set()
     for field in ("to", "cc", "bcc"):
-        for _, addr in _header_addresses(" , ".join(str(v) for v in headers.get_all(field, []))):
+        values = [str(v) for v in headers.get_all(field, [])]
+        pairs = _header_addresses(" , ".join(values))
+        if field == "bcc":
+            pairs += [("", a) for a in bcc]
+        for _, addr in pairs:
             if not addr:
                 continue
             key = normalise_key(addr)
@@ -252,25 +272,6 @@ def normalise_key(address: str) -> str:
     """Comparison key: local part as given, domain lower-cased."""
     local, _, domain = address.rpartition("@")
     return f"{local}@{domain.lower()}"
-
-
-def strip_bcc(raw: bytes) -> bytes:
-    """``raw`` without Bcc: header fields (which must never reach recipients)."""
-    block = split_headers(raw)
-    if not any(name == "bcc" for name, _ in block.fields):
-        return raw
-    out: list[bytes] = []
-    skipping = False
-    head = raw[: block.body_offset]
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                out.append(line)
-            continue
-        skipping = line.split(b":", 1)[0].strip().lower() == b"bcc"
-        if not skipping:
-            out.append(line)
-    return b"".join(out) + raw[block.body_offset :]
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,12 @@ def _has_header(headers: bytes, name: bytes) -> bytes | None:
     return match.group(1).strip() if match else None
 
 
+_TRACE = re.compile(rb"(?:(?:Received|Return-Path)[ \t]*:.*\r?\n(?:[ \t].*\r?\n)*)*", re.I)
+
+
 def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
-    """Add Message-ID and Date when missing; return (raw, message_id)."""
+    """Add Message-ID and Date when missing, below the trace headers (Received:, Return-Path:)
+    at the top, as RFC 5322 3.6.7 wants them first; return (raw, message_id)."""
     headers = _header_block(raw)
     newline = b"\r\n" if b"\r\n" in headers or not headers else b"\n"
     added = b""
@@ -161,7 +165,8 @@ def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
     if _has_header(headers, b"Date") is None:
         date = email.utils.format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
         added += b"Date: " + date.encode("ascii") + newline
-    return added + raw, message_id
+    at = _TRACE.match(raw).end() if added else 0
+    return raw[:at] + added + raw[at:], message_id
 
 
 class Queue:

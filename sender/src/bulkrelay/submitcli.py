@@ -17,15 +17,8 @@ from typing import Any
 
 from bulkrelay import config as configmod
 from bulkrelay.cli import UsageError
-from bulkrelay.message import (
-    BadMessage,
-    build,
-    check_address,
-    envelope_from_headers,
-    header_sender,
-    strip_bcc,
-    validate,
-)
+from bulkrelay.message import BadMessage, build, check_address
+from bulkrelay.normalise import Accepted, accept
 
 EX_TEMPFAIL = 75  # sysexits.h: try again later (the queue could not commit)
 PROGRESS_FROM = 20  # show a progress line when enqueueing at least this many files
@@ -57,14 +50,13 @@ def _read_input(name: str) -> bytes:
     return Path(name).read_bytes()
 
 
-def envelope_for(raw: bytes, mail_from: str | None, to: list[str] | None) -> tuple[bytes, str, list[str]]:
-    """(body without Bcc:, envelope sender, recipients): --from/--to win over the headers."""
-    recipients = [check_address(r, what="--to address") for r in to] if to else envelope_from_headers(raw)[1]
-    if mail_from is None:
-        sender = header_sender(raw)
-    else:
-        sender = check_address(mail_from, what="--from address") if mail_from else ""
-    return strip_bcc(raw), sender, recipients
+def _accept_file(raw: bytes, mail_from: str | None, to: list[str] | None, *, max_size: int) -> Accepted:
+    """The file normalised and checked (as the intake and the hot folder do): --from/--to win
+    over the headers; ``--from ""`` is the null sender."""
+    recipients = [check_address(r, what="--to address") for r in to] if to else None
+    if mail_from:
+        check_address(mail_from, what="--from address")
+    return accept(raw, max_size=max_size, mail_from=mail_from, recipients=recipients)
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -79,12 +71,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     try:
         for i, name in enumerate(args.files, start=1):
             try:
-                raw = _read_input(name)
-                if len(raw) > max_size:
-                    raise BadMessage(f"message is {len(raw)} bytes, over the {max_size}-byte limit")
-                body, sender, recipients = envelope_for(raw, args.mail_from, args.to)
-                validate(body, sender, recipients, max_size=max_size)
-                message = queue.enqueue(body, sender, recipients, source=f"cli:{Path(name).name}")
+                accepted = _accept_file(_read_input(name), args.mail_from, args.to, max_size=max_size)
+                recipients = accepted.recipients
+                message = queue.enqueue(
+                    accepted.raw, accepted.mail_from, recipients, source=f"cli:{Path(name).name}"
+                )
+                if accepted.repairs and not args.quiet:
+                    print(f"{name}: repaired: {'; '.join(accepted.repairs)}", file=sys.stderr)
             except OSError as exc:
                 rejected += 1
                 print(f"{name}: not queued: cannot read ({exc.strerror})", file=sys.stderr)
@@ -133,9 +126,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         body = args.body
     config = configmod.load(args.config)
     try:
-        raw = build(args.mail_from, args.to, args.subject, body, args.attach or [])
+        built = build(args.mail_from, args.to, args.subject, body, args.attach or [])
         sender = check_address(args.envelope_from or _address_of(args.mail_from), what="envelope sender")
-        validate(raw, sender, args.to, max_size=config.intake.max_message_size)
+        raw = accept(built, max_size=config.intake.max_message_size, mail_from=sender, recipients=args.to).raw
     except BadMessage as exc:
         raise UsageError(exc.reason) from None
     queue = _open_queue(config)
