@@ -1,5 +1,10 @@
 """What a parsed bounce does to the queue and the suppression list.
 
+Only failures count, and only the VERP recipient's own: in a DSN that reports several
+recipients, the one behind the VERP token is judged by the entry that names it (as
+Final-Recipient or Original-Recipient), or by the bounce as a whole when it names no address.
+Warnings (``Action: delayed``) are logged as ``delayed`` and change nothing.
+
 * hard bounce -> recipient row 'bounced', address suppressed at once;
 * soft bounce -> recipient row updated, event recorded; suppressed when ``soft_limit`` soft
   bounces for the address fall within ``soft_window_days``;
@@ -23,7 +28,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from bulkrelay import suppression
-from bulkrelay.bounces.parse import Analysis
+from bulkrelay.bounces.parse import Analysis, Failure
 
 log = logging.getLogger("bulkrelay.bounces")
 
@@ -63,6 +68,20 @@ def already_processed(conn: sqlite3.Connection, key: str) -> bool:
     return conn.execute("SELECT 1 FROM bounce_processed WHERE key = ?", (key,)).fetchone() is not None
 
 
+def _same(a: str, b: str) -> bool:
+    # receivers often fold the local part's case in their reports: the VERP token already
+    # ties the bounce to this recipient, so case does not tell two recipients apart here
+    return a.strip().strip("<>").lower() == b.strip().strip("<>").lower()
+
+
+def concerns(failure: Failure, address: str) -> bool:
+    """Whether a reported failure is about ``address`` (the VERP token's recipient): it names
+    that address (as the failed or the original recipient), or it names no address at all."""
+    if not failure.address:
+        return True
+    return any(_same(a, address) for a in (failure.address, failure.original) if a)
+
+
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -72,8 +91,8 @@ def apply(queue, analysis: Analysis, *, key: str, policy: Policy, now: float) ->
     """Act on one analysed message; returns the outcome word that is logged and stored.
 
     ``queue`` is a ``bulkrelay.queue.Queue`` (``recipient``, ``record_bounce``,
-    ``connection``). Outcomes: suppressed, soft-counted, complaint, notice, unmatched,
-    unknown-recipient, duplicate, ignored.
+    ``connection``). Outcomes: suppressed, soft-counted, complaint, notice, delayed,
+    other-recipient, unmatched, unknown-recipient, duplicate, ignored.
     """
     conn: sqlite3.Connection = queue.connection
     if not analysis.is_bounce:
@@ -99,9 +118,15 @@ def apply(queue, analysis: Analysis, *, key: str, policy: Policy, now: float) ->
         suppress = (f"complaint (ARF {analysis.feedback_type})", "arf")
         outcome = "complaint"
     else:
-        failure = analysis.worst()
+        mine = [f for f in analysis.failures if concerns(f, address)]
+        failure = analysis.worst([f for f in mine if f.action == "failed"])
         if failure is None:
-            return "ignored"
+            # only warnings (Action: delayed) for this recipient, or failures of someone else
+            outcome = "delayed" if mine else "other-recipient"
+            return _commit(
+                conn, analysis, key=key, rid=rid, address=address, event=None, suppress=None,
+                outcome=outcome, policy=policy, now=now,
+            )  # fmt: skip
         queue.record_bounce(
             rid, status=failure.status or "", diagnostic=_short(failure.diagnostic, 500), kind=failure.kind
         )
