@@ -263,3 +263,34 @@ def test_verp_evidence_needs_a_mailer_and_a_valid_token(queue, clock):
     assert analyse(person.replace(b"Return-Path: <>\n", b""), key=KEY).category == "human"
     forged = _daemon_text(rid, "We could not hand over your message.").replace(b"+r", b"+r9")
     assert analyse(forged, key=KEY).category == "human"
+
+
+def _soft_suppress(queue, clock, address: str, tag: str, expiry_days: int = 30) -> str:
+    outcome = ""
+    for n in range(3):
+        rid = _recipient(queue, address)
+        raw = _dsn(rid, address, "4.2.2", "452 4.2.2 Mailbox full", mid=f"{tag}{n}")
+        analysis = analyse(raw, key=KEY)
+        key = policy.message_key(raw, analysis.message_id)
+        outcome = policy.apply(
+            queue, analysis, key=key, policy=policy.Policy(3, 7, soft_expiry_days=expiry_days), now=clock()
+        )
+    return outcome
+
+
+def test_soft_suppression_expires_hard_and_complaints_do_not(queue, clock):
+    assert _soft_suppress(queue, clock, "full@customer.test", "s") == "suppressed"
+    entry = suppression.lookup(queue.connection, "full@customer.test", now=clock())
+    assert entry["expires_at"] == clock() + 30 * DAY
+    assert suppression.lookup(queue.connection, "full@customer.test", now=clock() + 30 * DAY) is None
+    # 0 = soft suppressions never lapse
+    assert _soft_suppress(queue, clock, "kept@customer.test", "k", expiry_days=0) == "suppressed"
+    assert suppression.lookup(queue.connection, "kept@customer.test", now=clock())["expires_at"] is None
+    # a hard bounce is for good, and later soft bounces do not shorten it
+    rid = _recipient(queue, "gone@customer.test")
+    assert (
+        _apply(queue, _dsn(rid, "gone@customer.test", "5.1.1", "550 5.1.1 User unknown"), clock)
+        == "suppressed"
+    )
+    _soft_suppress(queue, clock, "gone@customer.test", "g")
+    assert suppression.lookup(queue.connection, "gone@customer.test", now=clock() + 400 * DAY) is not None

@@ -102,6 +102,7 @@ class BouncesConfig:
     poll_interval: float = 300.0
     soft_limit: int = 3
     soft_window_days: int = 7
+    soft_expiry_days: int = 30
     tls_ca_file: str = ""
 
 

@@ -53,7 +53,9 @@ def _settings(config):
         forward_to=b.forward_to,
         forward_from=forward_from,
         verp_prefix=config.envelope.verp_prefix,
-        policy=Policy(soft_limit=b.soft_limit, soft_window_days=b.soft_window_days),
+        policy=Policy(
+            soft_limit=b.soft_limit, soft_window_days=b.soft_window_days, soft_expiry_days=b.soft_expiry_days
+        ),
     )
 
 
@@ -155,8 +157,9 @@ def run_list(args) -> int:
         print(json.dumps(entries, indent=1))
         return 0
     for e in entries:
-        expiry = f" until {_iso(e['expires_at'])}" if e["expires_at"] else ""
-        print(f"{e['address']}\t{_iso(e['created_at'])}\t{e['source']}\t{e['reason']}{expiry}")
+        # soft-bounce suppressions lapse ([bounces] soft_expiry_days); hard ones and complaints do not
+        expiry = f"until {_iso(e['expires_at'])}" if e["expires_at"] is not None else "for good"
+        print(f"{e['address']}\t{_iso(e['created_at'])}\t{e['source']}\t{e['reason']}\t{expiry}")
     print(f"{len(entries)} suppressed", file=sys.stderr)
     return 0
 
@@ -256,7 +259,7 @@ def register(subparsers) -> None:
 
     sup = subparsers.add_parser("suppress", help="the suppression list: list, add, remove, import, export")
     sub = sup.add_subparsers(dest="suppress_command", metavar="ACTION", required=True)
-    p = sub.add_parser("list", help="active entries (address, since, source, reason)")
+    p = sub.add_parser("list", help="active entries (address, since, source, reason, until when)")
     _common(p)
     p.add_argument("--all", action="store_true", help="include expired entries")
     p.add_argument("--json", action="store_true")

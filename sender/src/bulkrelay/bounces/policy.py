@@ -5,10 +5,11 @@ recipients, the one behind the VERP token is judged by the entry that names it (
 Final-Recipient or Original-Recipient), or by the bounce as a whole when it names no address.
 Warnings (``Action: delayed``) are logged as ``delayed`` and change nothing.
 
-* hard bounce -> recipient row 'bounced', address suppressed at once;
+* hard bounce -> recipient row 'bounced', address suppressed at once, for good;
 * soft bounce -> recipient row updated, event recorded; suppressed when ``soft_limit`` soft
-  bounces for the address fall within ``soft_window_days``;
-* complaint (ARF) -> complaint recorded on the row, address suppressed;
+  bounces for the address fall within ``soft_window_days``, for ``soft_expiry_days`` (a full
+  mailbox gets emptied, a block gets lifted);
+* complaint (ARF) -> complaint recorded on the row, address suppressed for good;
 * success notices, auto-replies and human mail -> nothing.
 
 Only bounces whose VERP token verifies are acted upon (``Analysis.recipient_id``): a bounce
@@ -46,6 +47,9 @@ DAY = 86400.0
 class Policy:
     soft_limit: int = 3
     soft_window_days: int = 7
+    # a suppression for soft bounces lapses after this many days (0 = never); hard bounces and
+    # complaints never lapse
+    soft_expiry_days: int = 30
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -156,6 +160,7 @@ def apply(queue, analysis: Analysis, *, key: str, policy: Policy, now: float) ->
 
 def _commit(conn, analysis, *, key, rid, address, event, suppress, outcome, policy, now) -> str:
     """One transaction: soft event and count, suppression, processed marker."""
+    expires_at: float | None = None
     conn.execute("BEGIN IMMEDIATE")
     try:
         if event is not None:
@@ -174,9 +179,16 @@ def _commit(conn, analysis, *, key, rid, address, event, suppress, outcome, poli
                     f"soft bounces: {count} in {policy.soft_window_days} days, last {last}",
                     f"dsn:{analysis.format}",
                 )
+                if policy.soft_expiry_days > 0:
+                    expires_at = now + policy.soft_expiry_days * DAY
                 outcome = "suppressed"
+        existing = suppression.lookup(conn, address, now=now) if address else None
+        if existing is not None and existing["expires_at"] is None and expires_at is not None:
+            suppress = None  # already suppressed for good: a soft bounce never shortens that
         if suppress is not None and address:
-            suppression.add(conn, address, reason=suppress[0], source=suppress[1], now=now)
+            suppression.add(
+                conn, address, reason=suppress[0], source=suppress[1], expires_at=expires_at, now=now
+            )
         conn.execute(
             "INSERT INTO bounce_processed(key, category, recipient, outcome, at) VALUES (?, ?, ?, ?, ?)",
             (key, analysis.category, rid, outcome, now),
