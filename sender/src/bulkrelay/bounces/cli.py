@@ -53,6 +53,7 @@ def _settings(config):
         forward_to=b.forward_to,
         forward_from=forward_from,
         verp_prefix=config.envelope.verp_prefix,
+        imap_user=b.imap_user,
         policy=Policy(
             soft_limit=b.soft_limit, soft_window_days=b.soft_window_days, soft_expiry_days=b.soft_expiry_days
         ),
