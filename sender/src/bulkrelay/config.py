@@ -104,6 +104,9 @@ class BouncesConfig:
     soft_window_days: int = 7
     soft_expiry_days: int = 30
     tls_ca_file: str = ""
+    # the admin mail after alert_after failed passes in a row (and on recovery); () = none
+    alert_to: tuple[str, ...] = ()
+    alert_after: int = 3
 
 
 @dataclass(frozen=True)

@@ -259,14 +259,15 @@ def build_forward(raw: bytes, *, forward_to: str, forward_from: str) -> EmailMes
     return forward
 
 
-def smtp_forwarder(
-    host: str, port: int, *, timeout: float = 30.0
-) -> Callable[[EmailMessage, str, str], None]:
-    """A forwarder that submits through an SMTP server (the relay's local Postfix)."""
+def smtp_forwarder(host: str, port: int, *, timeout: float = 30.0) -> Callable[..., None]:
+    """A forwarder that submits through an SMTP server (the relay's local Postfix); also sends
+    the admin's alerts."""
 
-    def send(message: EmailMessage, mail_from: str, rcpt: str) -> None:
+    def send(message: EmailMessage, mail_from: str, rcpt: str | list[str]) -> None:
         with smtplib.SMTP(host, port, timeout=timeout) as smtp:
-            smtp.send_message(message, from_addr=mail_from, to_addrs=[rcpt])
+            smtp.send_message(
+                message, from_addr=mail_from, to_addrs=[rcpt] if isinstance(rcpt, str) else rcpt
+            )
 
     return send
 
