@@ -214,3 +214,66 @@ def test_missing_ca_file_is_named(tmp_path):
         poller.connect(
             "127.0.0.1", 993, tls="ssl", user="u", password="p", ca_file=str(tmp_path / "missing.pem")
         )
+
+
+class MaildirDovecot(FakeIMAP):
+    """Debian's stock Dovecot with Maildir++: '.' between levels, '/' refused in names; or a
+    server that puts personal folders under a namespace prefix, or forbids CREATE."""
+
+    def __init__(self, delimiter=".", prefix="", forbid_create=False):
+        caps = ("IMAP4REV1", "MOVE", "UIDPLUS") + (("NAMESPACE",) if prefix else ())
+        super().__init__(capabilities=caps)
+        self.delimiter, self.prefix, self.forbid_create = delimiter, prefix, forbid_create
+
+    def list(self, ref, pattern):
+        if pattern == '""':
+            return "OK", [b'(\\Noselect) "' + self.delimiter.encode() + b'" ""']
+        return super().list(ref, pattern)
+
+    def namespace(self):
+        return "OK", [b'(("' + self.prefix.encode() + b'" "' + self.delimiter.encode() + b'")) NIL NIL']
+
+    def create(self, name):
+        if self.forbid_create:
+            return "NO", [b"[NOPERM] Permission denied"]
+        if "/" in name and self.delimiter != "/":
+            return "NO", [b"[CANNOT] Invalid mailbox name: Name must not have '/' characters."]
+        return super().create(name)
+
+
+@pytest.mark.parametrize(
+    ("server", "folder"),
+    [
+        (MaildirDovecot("."), "bulkrelay.processed"),
+        (MaildirDovecot("/"), "bulkrelay/processed"),
+        (MaildirDovecot(".", prefix="INBOX."), "INBOX.bulkrelay.processed"),
+    ],
+    ids=["maildir-dot", "slash", "namespace-prefix"],
+)
+def test_folders_spelled_as_the_server_spells_them(queue, server, folder):
+    rid = recipient(queue, "gone@customer.test")
+    server.add(dsn(rid, "gone@customer.test"))
+    result = poller.poll_once(server, queue, key=KEY, settings=SETTINGS, forward=lambda *a: None)
+    assert result.errors == [] and result.moved == 1
+    assert len(server.folders[folder]) == 1 and server.folders["INBOX"] == {}
+
+
+def test_forbidden_create_is_one_clear_error(queue):
+    server = MaildirDovecot(".", forbid_create=True)
+    with pytest.raises(poller.PollError) as caught:
+        poller.poll_once(server, queue, key=KEY, settings=SETTINGS, forward=lambda *a: None)
+    message = str(caught.value)
+    assert "'bulkrelay.processed'" in message and "[NOPERM]" in message
+    assert "doveadm mailbox create" in message and "bounce_poller__processed_folder" in message
+    # an existing folder needs no CREATE
+    server.folders["bulkrelay.processed"] = {}
+    poller.poll_once(server, queue, key=KEY, settings=SETTINGS, forward=lambda *a: None)
+
+
+def test_server_name_rules():
+    dot = poller.Hierarchy(".", "")
+    assert poller.server_name("INBOX", poller.Hierarchy(".", "INBOX.")) == "INBOX"
+    assert poller.server_name("", dot) == ""
+    assert poller.server_name("a/b/c", dot) == "a.b.c"
+    assert poller.server_name("already.dotted", dot) == "already.dotted"
+    assert poller.server_name("INBOX.x", poller.Hierarchy(".", "INBOX.")) == "INBOX.x"

@@ -23,7 +23,7 @@ def test_add_list_remove(tmp_path, capsys):
     )
     assert code == 0 and "suppressed A@customer.test" in out
     code, out, err = run(capsys, "suppress", "list", "--db", db)
-    assert code == 0 and out.count("\tcli\tasked") == 2 and "2 suppressed" in err
+    assert code == 0 and out.count("\tcli\tasked\tfor good\n") == 2 and "2 suppressed" in err
     code, out, _ = run(capsys, "suppress", "remove", "b@CUSTOMER.test", "nobody@customer.test", "--db", db)
     assert code == 1 and "removed b@CUSTOMER.test" in out and "not on the list: nobody@customer.test" in out
     code, out, _ = run(capsys, "suppress", "list", "--json", "--db", db)
@@ -35,6 +35,9 @@ def test_expired_entries_only_with_all(tmp_path, capsys):
     run(capsys, "suppress", "add", "old@customer.test", "--expires", "2001-01-01", "--db", db)
     assert "old@customer.test" not in run(capsys, "suppress", "list", "--db", db)[1]
     assert "old@customer.test" in run(capsys, "suppress", "list", "--all", "--db", db)[1]
+    run(capsys, "suppress", "add", "later@customer.test", "--expires", "2099-01-31", "--db", db)
+    assert "later@customer.test\t" in run(capsys, "suppress", "list", "--db", db)[1]
+    assert "\tuntil 2099-01-31T00:00:00Z\n" in run(capsys, "suppress", "list", "--db", db)[1]
 
 
 def test_import_export_round_trip(tmp_path, capsys):

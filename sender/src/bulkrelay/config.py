@@ -105,7 +105,11 @@ class BouncesConfig:
     poll_interval: float = 300.0
     soft_limit: int = 3
     soft_window_days: int = 7
+    soft_expiry_days: int = 30
     tls_ca_file: str = ""
+    # the admin mail after alert_after failed passes in a row (and on recovery); () = none
+    alert_to: tuple[str, ...] = ()
+    alert_after: int = 3
 
 
 @dataclass(frozen=True)

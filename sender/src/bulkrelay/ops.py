@@ -15,6 +15,7 @@ import time
 from typing import IO, Any
 
 from bulkrelay import config as configmod
+from bulkrelay.bounces import health as bounce_health
 from bulkrelay.cli import UsageError
 from bulkrelay.policy import Policy, pause, resume
 from bulkrelay.queue import STATES, Queue, QueueUnavailable
@@ -33,6 +34,14 @@ def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _poller_state(queue: Queue, now: float) -> dict[str, Any] | None:
+    """The bounce poller's last pass (None: it never ran against this queue)."""
+    state = bounce_health.read(queue.connection, now=now)
+    if state is not None:
+        state["last_poll_at"] = _iso(state["last_poll_at"])
+    return state
 
 
 def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[str, Any]:
@@ -73,6 +82,7 @@ def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[s
             "released_today": queue.released_since(day_start),
             "daily_limit": policy.daily_limit(now),
         },
+        "bounce_poller": _poller_state(queue, now),
         "last_errors": [
             {
                 "at": _iso(e["at"]),
@@ -113,6 +123,13 @@ def format_status(data: dict[str, Any]) -> str:
     )
     for domain, use in data["per_domain"].items():
         lines.append(f"  {domain}: {use['released_last_interval']}/{use['limit']} in the last interval")
+    poll = data.get("bounce_poller")
+    if poll is not None:
+        verdict = "ok" if poll["ok"] else f"FAILED ({poll['failures_in_a_row']} in a row)"
+        lines.append(
+            f"bounce poller: last pass {poll['last_poll_at']} ({poll['age_seconds']:.0f}s ago) {verdict}: "
+            f"{poll['detail']}"
+        )
     if data["last_errors"]:
         lines.append("last errors:")
         lines.extend(

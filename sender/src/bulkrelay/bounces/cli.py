@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import imaplib
 import json
 import logging
+import smtplib
 import sys
 import time
 from pathlib import Path
 
 from bulkrelay import config as configmod
 from bulkrelay import suppression
-from bulkrelay.bounces import poller
+from bulkrelay.bounces import health, poller
 from bulkrelay.bounces.parse import analyse
 from bulkrelay.bounces.policy import Policy
 from bulkrelay.bounces.poller import PollSettings
 from bulkrelay.cli import UsageError
+from bulkrelay.dnsbl.cron import MailSettings, build_message, hostname_default
 from bulkrelay.queue import Queue, QueueUnavailable
+
+log = logging.getLogger("bulkrelay.bounces")
 
 
 def _config(path: str):
@@ -53,7 +58,10 @@ def _settings(config):
         forward_to=b.forward_to,
         forward_from=forward_from,
         verp_prefix=config.envelope.verp_prefix,
-        policy=Policy(soft_limit=b.soft_limit, soft_window_days=b.soft_window_days),
+        imap_user=b.imap_user,
+        policy=Policy(
+            soft_limit=b.soft_limit, soft_window_days=b.soft_window_days, soft_expiry_days=b.soft_expiry_days
+        ),
     )
 
 
@@ -71,8 +79,54 @@ def _password(config) -> str:
         ) from None
 
 
+def _one_pass(b, *, password: str, queue, key: bytes, settings, forward) -> tuple[bool, str]:
+    """Connect, poll once, log out: (worked, one-line summary or the error)."""
+    try:
+        imap = poller.connect(
+            b.imap_host,
+            b.imap_port,
+            tls=b.imap_tls,
+            user=b.imap_user,
+            password=password,
+            ca_file=b.tls_ca_file,
+        )
+        try:
+            result = poller.poll_once(imap, queue, key=key, settings=settings, forward=forward)
+        finally:
+            with contextlib.suppress(OSError, imaplib.IMAP4.error):
+                imap.logout()
+    except poller.PollError as exc:
+        print(f"bulkrelay bounces poll: {exc}", file=sys.stderr, flush=True)
+        return False, str(exc)
+    print(result.summary(), flush=True)
+    first = f"; first error: {result.errors[0]}" if result.errors else ""
+    return not result.errors, result.summary() + first
+
+
+def _report_health(b, queue, *, ok: bool, detail: str, mail_from: str, send) -> None:
+    """Record the pass; mail the admin once after alert_after failures, once on recovery."""
+    due = health.record(queue.connection, ok=ok, detail=detail, now=time.time(), alert_after=b.alert_after)
+    if not due or not b.alert_to:
+        return
+    host = hostname_default()
+    state = health.read(queue.connection, now=time.time())
+    subject, body = health.alert_text(due, state, host, b.alert_after)
+    mail = MailSettings(recipients=b.alert_to, sender=mail_from or f"bulkrelay-bounces@{host}")
+    try:
+        send(build_message(mail, subject, body, host), mail.sender, list(b.alert_to))
+    except (OSError, smtplib.SMTPException) as exc:
+        log.error(
+            "event=alert_failed to=%s error=%r (tried again after the next pass)", ",".join(b.alert_to), exc
+        )
+    else:
+        health.alert_sent(queue.connection, due)
+        log.warning("event=alert_sent kind=%s to=%s", due, ",".join(b.alert_to))
+
+
 def run_poll(args) -> int:
     config = _config(args.config)
+    if args.bounces_config:
+        config = dataclasses.replace(config, bounces=_config(args.bounces_config).bounces)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="level=%(levelname)s logger=%(name)s %(message)s"
     )
@@ -81,33 +135,18 @@ def run_poll(args) -> int:
         raise UsageError("envelope.verp_key_file is not set: without the VERP key no bounce can be matched")
     settings = _settings(config)
     password = _password(config)
-    forward = poller.smtp_forwarder(config.submit.host, config.submit.port) if settings.forward_to else None
+    submit = poller.smtp_forwarder(config.submit.host, config.submit.port)
+    forward = submit if settings.forward_to else None
     b = config.bounces
     queue = _queue(config, args.db)
-    status = 0
     try:
         while True:
-            try:
-                imap = poller.connect(
-                    b.imap_host,
-                    b.imap_port,
-                    tls=b.imap_tls,
-                    user=b.imap_user,
-                    password=password,
-                    ca_file=b.tls_ca_file,
-                )
-                try:
-                    result = poller.poll_once(imap, queue, key=key, settings=settings, forward=forward)
-                finally:
-                    with contextlib.suppress(OSError, imaplib.IMAP4.error):
-                        imap.logout()
-                print(result.summary(), flush=True)
-                status = 1 if result.errors else 0
-            except poller.PollError as exc:
-                print(f"bulkrelay bounces poll: {exc}", file=sys.stderr, flush=True)
-                status = 1
+            ok, detail = _one_pass(
+                b, password=password, queue=queue, key=key, settings=settings, forward=forward
+            )
+            _report_health(b, queue, ok=ok, detail=detail, mail_from=settings.forward_from, send=submit)
             if args.once:
-                return status
+                return 0 if ok else 1
             time.sleep(b.poll_interval)
     finally:
         queue.close()
@@ -155,8 +194,9 @@ def run_list(args) -> int:
         print(json.dumps(entries, indent=1))
         return 0
     for e in entries:
-        expiry = f" until {_iso(e['expires_at'])}" if e["expires_at"] else ""
-        print(f"{e['address']}\t{_iso(e['created_at'])}\t{e['source']}\t{e['reason']}{expiry}")
+        # soft-bounce suppressions lapse ([bounces] soft_expiry_days); hard ones and complaints do not
+        expiry = f"until {_iso(e['expires_at'])}" if e["expires_at"] is not None else "for good"
+        print(f"{e['address']}\t{_iso(e['created_at'])}\t{e['source']}\t{e['reason']}\t{expiry}")
     print(f"{len(entries)} suppressed", file=sys.stderr)
     return 0
 
@@ -248,6 +288,10 @@ def register(subparsers) -> None:
     poll = sub.add_parser("poll", help="process the bounce mailbox (loop, or one pass with --once)")
     _common(poll)
     poll.add_argument("--once", action="store_true", help="one pass, then exit (for a systemd timer or cron)")
+    poll.add_argument(
+        "--bounces-config",
+        help="TOML whose [bounces] section replaces the --config file's (written by roles/bounce_poller)",
+    )
     poll.set_defaults(func=run_poll)
     parse = sub.add_parser("parse", help="classify .eml files and print one JSON line each")
     parse.add_argument("files", nargs="+")
@@ -256,7 +300,7 @@ def register(subparsers) -> None:
 
     sup = subparsers.add_parser("suppress", help="the suppression list: list, add, remove, import, export")
     sub = sup.add_subparsers(dest="suppress_command", metavar="ACTION", required=True)
-    p = sub.add_parser("list", help="active entries (address, since, source, reason)")
+    p = sub.add_parser("list", help="active entries (address, since, source, reason, until when)")
     _common(p)
     p.add_argument("--all", action="store_true", help="include expired entries")
     p.add_argument("--json", action="store_true")

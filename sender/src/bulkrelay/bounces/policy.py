@@ -1,9 +1,15 @@
 """What a parsed bounce does to the queue and the suppression list.
 
-* hard bounce -> recipient row 'bounced', address suppressed at once;
+Only failures count, and only the VERP recipient's own: in a DSN that reports several
+recipients, the one behind the VERP token is judged by the entry that names it (as
+Final-Recipient or Original-Recipient), or by the bounce as a whole when it names no address.
+Warnings (``Action: delayed``) are logged as ``delayed`` and change nothing.
+
+* hard bounce -> recipient row 'bounced', address suppressed at once, for good;
 * soft bounce -> recipient row updated, event recorded; suppressed when ``soft_limit`` soft
-  bounces for the address fall within ``soft_window_days``;
-* complaint (ARF) -> complaint recorded on the row, address suppressed;
+  bounces for the address fall within ``soft_window_days``, for ``soft_expiry_days`` (a full
+  mailbox gets emptied, a block gets lifted);
+* complaint (ARF) -> complaint recorded on the row, address suppressed for good;
 * success notices, auto-replies and human mail -> nothing.
 
 Only bounces whose VERP token verifies are acted upon (``Analysis.recipient_id``): a bounce
@@ -23,7 +29,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from bulkrelay import suppression
-from bulkrelay.bounces.parse import Analysis
+from bulkrelay.bounces.parse import Analysis, Failure
 
 log = logging.getLogger("bulkrelay.bounces")
 
@@ -41,6 +47,9 @@ DAY = 86400.0
 class Policy:
     soft_limit: int = 3
     soft_window_days: int = 7
+    # a suppression for soft bounces lapses after this many days (0 = never); hard bounces and
+    # complaints never lapse
+    soft_expiry_days: int = 30
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -63,6 +72,20 @@ def already_processed(conn: sqlite3.Connection, key: str) -> bool:
     return conn.execute("SELECT 1 FROM bounce_processed WHERE key = ?", (key,)).fetchone() is not None
 
 
+def _same(a: str, b: str) -> bool:
+    # receivers often fold the local part's case in their reports: the VERP token already
+    # ties the bounce to this recipient, so case does not tell two recipients apart here
+    return a.strip().strip("<>").lower() == b.strip().strip("<>").lower()
+
+
+def concerns(failure: Failure, address: str) -> bool:
+    """Whether a reported failure is about ``address`` (the VERP token's recipient): it names
+    that address (as the failed or the original recipient), or it names no address at all."""
+    if not failure.address:
+        return True
+    return any(_same(a, address) for a in (failure.address, failure.original) if a)
+
+
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -72,8 +95,8 @@ def apply(queue, analysis: Analysis, *, key: str, policy: Policy, now: float) ->
     """Act on one analysed message; returns the outcome word that is logged and stored.
 
     ``queue`` is a ``bulkrelay.queue.Queue`` (``recipient``, ``record_bounce``,
-    ``connection``). Outcomes: suppressed, soft-counted, complaint, notice, unmatched,
-    unknown-recipient, duplicate, ignored.
+    ``connection``). Outcomes: suppressed, soft-counted, complaint, notice, delayed,
+    other-recipient, unmatched, unknown-recipient, duplicate, ignored.
     """
     conn: sqlite3.Connection = queue.connection
     if not analysis.is_bounce:
@@ -99,9 +122,15 @@ def apply(queue, analysis: Analysis, *, key: str, policy: Policy, now: float) ->
         suppress = (f"complaint (ARF {analysis.feedback_type})", "arf")
         outcome = "complaint"
     else:
-        failure = analysis.worst()
+        mine = [f for f in analysis.failures if concerns(f, address)]
+        failure = analysis.worst([f for f in mine if f.action == "failed"])
         if failure is None:
-            return "ignored"
+            # only warnings (Action: delayed) for this recipient, or failures of someone else
+            outcome = "delayed" if mine else "other-recipient"
+            return _commit(
+                conn, analysis, key=key, rid=rid, address=address, event=None, suppress=None,
+                outcome=outcome, policy=policy, now=now,
+            )  # fmt: skip
         queue.record_bounce(
             rid, status=failure.status or "", diagnostic=_short(failure.diagnostic, 500), kind=failure.kind
         )
@@ -131,6 +160,7 @@ def apply(queue, analysis: Analysis, *, key: str, policy: Policy, now: float) ->
 
 def _commit(conn, analysis, *, key, rid, address, event, suppress, outcome, policy, now) -> str:
     """One transaction: soft event and count, suppression, processed marker."""
+    expires_at: float | None = None
     conn.execute("BEGIN IMMEDIATE")
     try:
         if event is not None:
@@ -149,9 +179,16 @@ def _commit(conn, analysis, *, key, rid, address, event, suppress, outcome, poli
                     f"soft bounces: {count} in {policy.soft_window_days} days, last {last}",
                     f"dsn:{analysis.format}",
                 )
+                if policy.soft_expiry_days > 0:
+                    expires_at = now + policy.soft_expiry_days * DAY
                 outcome = "suppressed"
+        existing = suppression.lookup(conn, address, now=now) if address else None
+        if existing is not None and existing["expires_at"] is None and expires_at is not None:
+            suppress = None  # already suppressed for good: a soft bounce never shortens that
         if suppress is not None and address:
-            suppression.add(conn, address, reason=suppress[0], source=suppress[1], now=now)
+            suppression.add(
+                conn, address, reason=suppress[0], source=suppress[1], expires_at=expires_at, now=now
+            )
         conn.execute(
             "INSERT INTO bounce_processed(key, category, recipient, outcome, at) VALUES (?, ?, ?, ?, ?)",
             (key, analysis.category, rid, outcome, now),

@@ -14,12 +14,14 @@ Rules that make it safe to point at a real mailbox:
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import email.utils
 import imaplib
 import logging
 import os
+import re
 import smtplib
 import ssl
 import time
@@ -50,6 +52,7 @@ class PollSettings:
     forward_to: str = ""
     forward_from: str = ""
     verp_prefix: str = "bounces"
+    imap_user: str = ""  # named in the "create the folder" advice
     policy: bounce_policy.Policy = field(default_factory=bounce_policy.Policy)
 
 
@@ -137,15 +140,69 @@ def _ok(typ: str, data, what: str) -> list:
     return data
 
 
-def _ensure_folder(imap, folder: str) -> None:
+@dataclass(frozen=True)
+class Hierarchy:
+    """How the server spells folder names: its delimiter and personal namespace prefix."""
+
+    delimiter: str = "/"
+    prefix: str = ""
+
+
+_QUOTED = rb'"((?:\\.|[^"\\])*)"'
+
+
+def _unquote(value: bytes) -> str:
+    return re.sub(rb"\\(.)", rb"\1", value).decode("utf-8", "replace")
+
+
+def hierarchy(imap) -> Hierarchy:
+    """Ask the server: ``LIST "" ""`` gives the delimiter, NAMESPACE (RFC 2342) the prefix."""
+    delimiter = "/"
+    typ, data = imap.list('""', '""')
+    for item in data or []:
+        line = item if isinstance(item, bytes) else b""
+        found = re.match(rb"\([^)]*\)\s+(?:" + _QUOTED + rb"|NIL)", line, re.I)
+        if typ == "OK" and found:
+            delimiter = _unquote(found.group(1)) if found.group(1) is not None else ""
+            break
+    prefix = ""
+    if "NAMESPACE" in set(imap.capabilities):
+        typ, data = imap.namespace()
+        first = data[0] if typ == "OK" and data and isinstance(data[0], bytes) else b""
+        found = re.match(rb"\(\(" + _QUOTED, first)
+        if found:
+            prefix = _unquote(found.group(1))
+    return Hierarchy(delimiter, prefix)
+
+
+def server_name(name: str, where: Hierarchy) -> str:
+    """A folder configured with "/" between levels ("bulkrelay/processed"), as the server spells
+    it: its own delimiter between levels ("bulkrelay.processed" on Dovecot with Maildir++), under
+    its personal namespace prefix ("INBOX.bulkrelay.processed" on Courier). INBOX stays INBOX."""
+    if not name or name.upper() == "INBOX":
+        return name
+    levels = [level for level in name.split("/") if level]
+    spelled = (where.delimiter or "_").join(levels)
+    if where.prefix and not spelled.startswith(where.prefix) and spelled.upper() != "INBOX":
+        spelled = where.prefix + spelled
+    return spelled
+
+
+def _ensure_folder(imap, folder: str, setting: str, user: str) -> None:
     if not folder:
         return
     typ, data = imap.list('""', _quote(folder))
     if typ == "OK" and any(d for d in data if d):
         return
     typ, data = imap.create(_quote(folder))
-    if typ != "OK" and b"exists" not in b" ".join(d for d in data if isinstance(d, bytes)).lower():
-        _ok(typ, data, f"CREATE {folder}")
+    detail = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+    if typ != "OK" and "exists" not in detail.lower():
+        raise PollError(
+            f"IMAP server refused to create the folder {folder!r} ({detail or typ}); create it on the "
+            f"server (Dovecot: doveadm mailbox create -u {user or 'USER'} '{folder}'; or in a mail "
+            f"client), or set bounces.{setting} (inventory: bounce_poller__{setting}) to a folder "
+            "that exists"
+        )
     imap.subscribe(_quote(folder))
 
 
@@ -202,14 +259,15 @@ def build_forward(raw: bytes, *, forward_to: str, forward_from: str) -> EmailMes
     return forward
 
 
-def smtp_forwarder(
-    host: str, port: int, *, timeout: float = 30.0
-) -> Callable[[EmailMessage, str, str], None]:
-    """A forwarder that submits through an SMTP server (the relay's local Postfix)."""
+def smtp_forwarder(host: str, port: int, *, timeout: float = 30.0) -> Callable[..., None]:
+    """A forwarder that submits through an SMTP server (the relay's local Postfix); also sends
+    the admin's alerts."""
 
-    def send(message: EmailMessage, mail_from: str, rcpt: str) -> None:
+    def send(message: EmailMessage, mail_from: str, rcpt: str | list[str]) -> None:
         with smtplib.SMTP(host, port, timeout=timeout) as smtp:
-            smtp.send_message(message, from_addr=mail_from, to_addrs=[rcpt])
+            smtp.send_message(
+                message, from_addr=mail_from, to_addrs=[rcpt] if isinstance(rcpt, str) else rcpt
+            )
 
     return send
 
@@ -228,11 +286,21 @@ def poll_once(
     bounce_policy.ensure_schema(conn)
     conn.execute(SEEN_SCHEMA)
     result = PollResult()
-    _ensure_folder(imap, settings.processed_folder)
-    _ensure_folder(imap, settings.other_folder)
+    where = hierarchy(imap)
+    settings = dataclasses.replace(
+        settings,
+        mailbox=server_name(settings.mailbox, where),
+        processed_folder=server_name(settings.processed_folder, where),
+        other_folder=server_name(settings.other_folder, where),
+    )
+    _ensure_folder(imap, settings.processed_folder, "processed_folder", settings.imap_user)
+    _ensure_folder(imap, settings.other_folder, "other_folder", settings.imap_user)
     typ, data = imap.select(_quote(settings.mailbox))
     if typ != "OK":
-        raise PollError(f"IMAP SELECT {settings.mailbox} failed; check bounces.mailbox")
+        raise PollError(
+            f"IMAP SELECT {settings.mailbox!r} failed; check bounces.mailbox "
+            "(inventory: bounce_poller__mailbox)"
+        )
     uidvalidity = _uidvalidity(imap)
     typ, data = imap.uid("SEARCH", None, "ALL")
     uids = _ok(typ, data, "UID SEARCH")[0].split() if data and data[0] else []
