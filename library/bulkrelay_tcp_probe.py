@@ -55,6 +55,7 @@ probes:
 """
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -85,11 +86,14 @@ def main():
         },
         supports_check_mode=True,
     )
-    probes = []
-    for address in module.params["addresses"]:
-        for port in module.params["ports"]:
-            state, detail = probe(address, port, module.params["timeout"])
-            probes.append({"address": address, "port": port, "state": state, "detail": detail})
+    targets = [(a, p) for a in module.params["addresses"] for p in module.params["ports"]]
+    # in parallel: each dropped port costs the full timeout
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        outcomes = list(pool.map(lambda t: probe(t[0], t[1], module.params["timeout"]), targets))
+    probes = [
+        {"address": a, "port": p, "state": state, "detail": detail}
+        for (a, p), (state, detail) in zip(targets, outcomes, strict=True)
+    ]
     module.exit_json(changed=False, probes=probes)
 
 
