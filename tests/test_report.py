@@ -113,3 +113,41 @@ def test_page_renders_in_chromium_with_failures_visible(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+CONTRAST_PROBE = """<script>
+function rgb(c){const m=c.match(/[\\d.]+/g).map(Number);return m.length>3&&m[3]===0?null:m.slice(0,3);}
+function lum(c){const [r,g,b]=c.map(v=>{v/=255;return v<=0.03928?v/12.92:Math.pow((v+0.055)/1.055,2.4);});
+  return 0.2126*r+0.7152*g+0.0722*b;}
+function bg(el){for(;el;el=el.parentElement){const c=rgb(getComputedStyle(el).backgroundColor);if(c)return c;}
+  return [255,255,255];}
+const worst=[];
+document.querySelectorAll('td, th, .badge, .verdict, h1, h2, .meta').forEach(el=>{
+  const a=lum(rgb(getComputedStyle(el).color)), b=lum(bg(el));
+  const ratio=(Math.max(a,b)+0.05)/(Math.min(a,b)+0.05);
+  if(ratio<4.5) worst.push(el.tagName+'.'+el.className+'='+ratio.toFixed(2));
+});
+document.body.setAttribute('data-low-contrast', worst.join(' ') || 'none');
+</script>"""
+
+
+def test_page_is_grouped_by_concern_and_readable_in_chromium(tmp_path):
+    checks = [
+        *AUDIT["checks"],
+        {
+            "host": "relay1",
+            "check": "reach",
+            "subject": "198.51.100.25 port 25",
+            "status": "pass",
+            "message": "ok",
+        },
+        {"host": "relay1", "check": "postfix", "subject": "mynetworks", "status": "fail", "message": "wide"},
+    ]
+    page = report.render_html({"ran_at": "now", "checks": checks})
+    titles = [s.split('"')[0] for s in page.split('<section data-concern="')[1:]]
+    assert titles == ["Reachability from outside", "Postfix", "DNS records", "Blacklists"]
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", CONTRAST_PROBE + "</body>"))
+    dom = chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-low-contrast="none"' in dom.stdout, dom.stdout.split("data-low-contrast=")[1][:500]

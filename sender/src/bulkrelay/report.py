@@ -105,17 +105,37 @@ def _row(cells: tuple[str, ...], widths: list[int], detail_width: int) -> list[s
     return [f"{fixed}  {chunks[0]}".rstrip()] + [f"{pad}{chunk}" for chunk in chunks[1:]]
 
 
+# Concerns the page groups checks by, in reading order; unknown checks go to "Other".
+CONCERNS = [
+    ("Reachability from outside", {"reach", "listeners", "firewall"}),
+    ("Postfix", {"postfix", "queue"}),
+    ("Services", {"service", "dnsbl-cron"}),
+    ("DKIM signing", {"dkim-sign"}),
+    ("DNS records", {"spf", "fcrdns", "mx", "dkim", "dmarc", "dns"}),
+    ("Blacklists", {"dnsbl"}),
+]
+
+
+def concern(check: dict[str, Any]) -> str:
+    return next((title for title, names in CONCERNS if check.get("check") in names), "Other")
+
+
+# Dark text on light tints, white text only on dark badges: every pair is WCAG AA (>= 4.5:1).
 PAGE_STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;color:#1d2330;padding:0 1rem}
-h1{font-size:1.5rem;margin:0 0 .25rem} .meta{color:#5b6475;margin-bottom:1.25rem}
+body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;color:#1d2330;background:#fff;
+padding:0 1rem}
+h1{font-size:1.5rem;margin:0 0 .25rem} h2{font-size:1.15rem;margin:1.6rem 0 .2rem}
+.meta{color:#4a5263;margin-bottom:1.25rem}
 .verdict{display:inline-block;padding:.35rem .8rem;border-radius:.3rem;font-weight:700;color:#fff}
-table{border-collapse:collapse;width:100%;margin-top:1rem}
-th,td{text-align:left;padding:.45rem .6rem;border-bottom:1px solid #dde1e8;vertical-align:top}
+table{border-collapse:collapse;width:100%;margin-top:.4rem}
+th,td{text-align:left;padding:.45rem .6rem;border-bottom:1px solid #dde1e8;vertical-align:top;color:#1d2330}
 th{background:#f3f5f8;font-size:.85rem;text-transform:uppercase;letter-spacing:.03em}
 .badge{font-weight:700;font-size:.8rem;padding:.15rem .45rem;border-radius:.25rem;color:#fff}
-.fail,.error{background:#c62828} .warn{background:#b26a00} .pass{background:#2e7d32}
-tr.fail td,tr.error td{background:#fdecec} tr.warn td{background:#fff6e5}
+.badge.fail,.badge.error,.verdict.fail{background:#b71c1c} .badge.warn,.verdict.warn{background:#8a4b00}
+.badge.pass,.verdict.pass{background:#1b5e20}
+tr.fail td,tr.error td{background:#fdecec} tr.warn td{background:#fff6e5} tr.pass td{background:#fff}
 .fix{margin-top:.3rem;font-family:ui-monospace,monospace;font-size:.85rem;white-space:pre-wrap}
+.count{font-weight:400;color:#4a5263;font-size:.9rem}
 """
 
 
@@ -124,16 +144,31 @@ def render_html(document: dict[str, Any]) -> str:
     tally = counts(checks)
     overall = verdict(checks)
     esc = html.escape
-    rows = []
-    for c in checks:
-        fix = ""
-        if c.get("fix") and c["status"] != "pass":
-            fix = f'<div class="fix">Fix: {esc(c["fix"])}</div>'
-        rows.append(
-            f'<tr class="{c["status"]}" data-status="{c["status"]}">'
-            f'<td><span class="badge {c["status"]}">{STATUS_LABEL[c["status"]]}</span></td>'
-            f"<td>{esc(c.get('host', ''))}</td><td>{esc(c.get('check', ''))}</td>"
-            f"<td>{esc(c.get('subject', ''))}</td><td>{esc(c.get('message', ''))}{fix}</td></tr>"
+    titles = [title for title, _ in CONCERNS] + ["Other"]
+    sections = []
+    for title in titles:
+        group = [c for c in checks if concern(c) == title]
+        if not group:
+            continue
+        rows = []
+        for c in group:
+            fix = ""
+            if c.get("fix") and c["status"] != "pass":
+                fix = f'<div class="fix">Fix: {esc(c["fix"])}</div>'
+            rows.append(
+                f'<tr class="{c["status"]}" data-status="{c["status"]}">'
+                f'<td><span class="badge {c["status"]}">{STATUS_LABEL[c["status"]]}</span></td>'
+                f"<td>{esc(c.get('host', ''))}</td><td>{esc(c.get('check', ''))}</td>"
+                f"<td>{esc(c.get('subject', ''))}</td><td>{esc(c.get('message', ''))}{fix}</td></tr>"
+            )
+        bad = sum(1 for c in group if c["status"] in ("fail", "error"))
+        sections.append(
+            f'<section data-concern="{esc(title)}"><h2>{esc(title)} '
+            f'<span class="count">{len(group) - bad} of {len(group)} ok</span></h2>'
+            "<table><thead><tr><th>Status</th><th>Host</th><th>Check</th><th>Subject</th>"
+            "<th>What was found / what to fix</th></tr></thead><tbody>"
+            + "".join(rows)
+            + "</tbody></table></section>"
         )
     summary = " · ".join(f"{n} {STATUS_LABEL[s].lower()}" for s, n in tally.items() if n)
     ran_at = esc(str(document.get("ran_at", "unknown time")))
@@ -142,10 +177,8 @@ def render_html(document: dict[str, Any]) -> str:
         f"<title>bulkrelay audit: {overall.upper()}</title><style>{PAGE_STYLE}</style></head><body>"
         f'<h1>bulkrelay audit</h1><div class="meta">ran {ran_at} · {summary or "no checks"}</div>'
         f'<span class="verdict {overall}" id="verdict">{overall.upper()}</span>'
-        "<table><thead><tr><th>Status</th><th>Host</th><th>Check</th><th>Subject</th>"
-        "<th>What was found / what to fix</th></tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table></body></html>\n"
+        + "".join(sections)
+        + "</body></html>\n"
     )
 
 

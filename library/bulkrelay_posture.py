@@ -1,0 +1,138 @@
+#!/usr/bin/python
+# managed in the bulkrelay repository; the logic lives in bulkrelay.audit (sender/).
+"""Ansible module: judge a relay's live posture from what playbooks/audit.yml read on it."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bulkrelay_posture
+short_description: Judge a relay's live posture from read-only command output and outside probes
+description:
+  - Takes the raw output of read-only commands run on the relay (postconf, bulkrelay-firewall-diff,
+    ss, systemctl show, postqueue -j, the DNSBL state file), outside TCP probes and DKIM test
+    signatures, and returns one check per concern with pass, fail or error and the fix.
+  - Output it cannot read is an error ("could not tell"), never a pass. Never fails itself and
+    never reports changed; the audit playbook collects the checks and decides.
+  - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
+version_added: "0.1.0"
+author: bulkrelay
+options:
+  fqdn:
+    description: The relay's name (HELO, PTR).
+    type: str
+    required: true
+  raw:
+    description:
+      - Command results by name (postconf, firewall, sockets, units, queue, dnsbl_state), each
+        with rc, stdout and stderr.
+    type: dict
+    required: true
+  now:
+    description: The relay's clock (epoch seconds) when the state was read.
+    type: float
+    required: true
+  required_ports:
+    description: TCP ports that must listen on non-loopback addresses (the app-facing ports).
+    type: list
+    elements: int
+    default: []
+  allowed_ports:
+    description: TCP ports that may also listen on non-loopback addresses (SSH).
+    type: list
+    elements: int
+    default: []
+  units:
+    description: Units to judge, name to kind (running, timer, oneshot).
+    type: dict
+    default: {}
+  dnsbl_max_age:
+    description: Seconds the DNSBL cron's last run may be old; 0 = no DNSBL cron to judge.
+    type: int
+    default: 0
+  queue_max_age:
+    description: Seconds a deferred message may wait before the audit fails.
+    type: int
+    default: 3600
+  probes:
+    description: The probes of library/bulkrelay_tcp_probe (address, port, state, detail).
+    type: list
+    elements: dict
+    default: []
+  dkim:
+    description:
+      - Loop results of library/bulkrelay_milter_probe, one per sending domain (C(item) is the domain).
+    type: list
+    elements: dict
+    default: []
+  nameservers:
+    description: Nameservers to read the published DKIM keys from; empty = the system's.
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds allowed for each DNS query.
+    type: float
+    default: 5
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+requirements:
+  - bulkrelay (sender/ of this repository) and dkimpy on the controller
+"""
+
+EXAMPLES = r"""
+- name: Judge the posture
+  bulkrelay_posture:
+    fqdn: relay.example.com
+    raw: "{{ audit__raw }}"
+    now: "{{ audit__now }}"
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+checks:
+  description: One dict per check (check, subject, status, message, fix).
+  type: list
+  elements: dict
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from bulkrelay.audit import judge_posture
+    from bulkrelay.dns.resolver import make_resolver
+except ImportError:  # pragma: no cover - reported by the module
+    judge_posture = None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "fqdn": {"type": "str", "required": True},
+            "raw": {"type": "dict", "required": True},
+            "now": {"type": "float", "required": True},
+            "required_ports": {"type": "list", "elements": "int", "default": []},
+            "allowed_ports": {"type": "list", "elements": "int", "default": []},
+            "units": {"type": "dict", "default": {}},
+            "dnsbl_max_age": {"type": "int", "default": 0},
+            "queue_max_age": {"type": "int", "default": 3600},
+            "probes": {"type": "list", "elements": "dict", "default": []},
+            "dkim": {"type": "list", "elements": "dict", "default": []},
+            "nameservers": {"type": "list", "elements": "str", "default": []},
+            "timeout": {"type": "float", "default": 5},
+        },
+        supports_check_mode=True,
+    )
+    if judge_posture is None:
+        module.fail_json(msg="bulkrelay_posture needs the bulkrelay package (sender/) on the controller")
+    params = module.params
+    results = judge_posture(params, make_resolver(params["nameservers"], params["timeout"]))
+    module.exit_json(changed=False, checks=[r.as_dict() for r in results])
+
+
+if __name__ == "__main__":
+    main()
