@@ -48,6 +48,9 @@ STRUCTURED = {
     "list-unsubscribe", "list-unsubscribe-post", "dkim-signature",
 }  # fmt: skip
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# "From sender date" as mbox writes it, not a "From :" header (obsolete syntax, RFC 5322 4.5.1)
+_ENCODED = ("quoted-printable", "base64")
+_MBOX_FROM = re.compile(rb"From (?![ \t]*:)")
 
 
 @dataclass
@@ -110,7 +113,7 @@ def normalise(raw: bytes, *, trace: bytes = b"") -> Normalised:
     if raw.startswith(BOM):
         raw = raw[len(BOM) :]
         repairs.append("dropped the UTF-8 byte order mark before the first header")
-    if raw.startswith(b"From "):
+    if _MBOX_FROM.match(raw):
         raw = raw[_end_of_first_line(raw) :]
         repairs.append("dropped the leading mbox 'From ' line")
     raw = _crlf(raw, repairs)
@@ -293,11 +296,12 @@ def _reencode_long_lines(raw: bytes, repairs: list[str]) -> bytes:
     for number, part in enumerate(msg.walk(), start=1):
         if part.is_multipart():
             continue
-        payload = part.get_payload(decode=False)
-        lines = payload.encode("ascii", "surrogateescape").split(b"\r\n") if isinstance(payload, str) else []
-        if not any(len(line) > LINE_LIMIT for line in lines):
+        cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+        data = part.get_payload(decode=True) or b""
+        # the part as it is on the wire: encoded text for QP/base64, the bytes themselves else
+        wire = part.get_payload(decode=False).encode("ascii", "replace") if cte in _ENCODED else data
+        if max(map(len, wire.split(b"\r\n"))) <= LINE_LIMIT:
             continue
-        data = part.get_payload(decode=True)
         text = part.get_content_maintype() == "text"
         del part["Content-Transfer-Encoding"]
         part["Content-Transfer-Encoding"] = "quoted-printable" if text else "base64"
