@@ -212,6 +212,10 @@ def test_intake_survives_restart(relay, app):
         ({"bulkrelay_sender_intake_addresses": ["relay.example.test"]}, "relay_sender__intake_listen holds"),
         ({"relay_sender__intake_users": [{"user": "app1", "hash": "x"}]}, "needs TLS"),
         ({"relay_sender__batch_size": "many"}, "relay_sender__batch_size"),
+        (
+            {"relay_sender__fixed_packages": {"python3-aiosmtpd": "1.4.3-1.1+deb12u9"}},
+            "python3-aiosmtpd 1.4.3-1.1+deb12u1 is older than 1.4.3-1.1+deb12u9",
+        ),
     ],
 )
 def test_wrong_settings_fail_before_any_change(relay, tmp_path, extra, words):
