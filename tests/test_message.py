@@ -221,3 +221,18 @@ def test_build_refuses_header_injection(field, value):
 def test_build_refuses_bad_from():
     with pytest.raises(BadMessage, match="--from"):
         build("not an address", "alice@customer.test", "s", "b")
+
+
+@pytest.mark.parametrize(
+    ("raw", "dropped"),
+    [
+        (b"From billing@example.test Mon Nov 30 03:00:00 2026\nFrom: a@example.test\n\nx\n", True),
+        (b"From : a@example.test\nTo: b@customer.test\n\nx\n", False),  # obsolete header syntax
+        (b"From: a@example.test\nTo: b@customer.test\n\nx\n", False),
+    ],
+)
+def test_only_an_mbox_from_line_is_dropped(raw, dropped):
+    done = normalise(raw)
+    assert b"Mon Nov 30" not in done.raw
+    assert done.raw.split(b"\r\n", 1)[0] == (b"From: a@example.test" if dropped else raw.split(b"\n", 1)[0])
+    assert ("dropped the leading mbox 'From ' line" in done.repairs) is dropped

@@ -1,6 +1,7 @@
 """sender.toml parsing: defaults, every contract key, and errors that name the key and the fix."""
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,12 @@ def test_verp_key_is_read_and_checked(tmp_path):
     key.unlink()
     with pytest.raises(ConfigError, match="cannot read"):
         c.verp_key()
+
+
+def test_laptop_example_config_parses_and_matches_its_readme(tmp_path):
+    """sender/sender.toml.example (the README's laptop setup) stays a valid configuration."""
+    example = Path(__file__).resolve().parents[1] / "sender" / "sender.toml.example"
+    config = load(str(example))
+    assert config.intake.listen == ("127.0.0.1:2525",) and config.submit.port == 2526
+    assert config.intake.from_domains == ("example.test",)
+    assert config.tracking.source == "file" and config.hotfolder.path == "/tmp/bulkrelay/hot"

@@ -6,6 +6,7 @@ folder and the CLI queue what is good and reject what is bad with a reason."""
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 import uuid
@@ -211,6 +212,10 @@ def test_intake_survives_restart(relay, app):
         ({"bulkrelay_sender_intake_addresses": ["relay.example.test"]}, "relay_sender__intake_listen holds"),
         ({"relay_sender__intake_users": [{"user": "app1", "hash": "x"}]}, "needs TLS"),
         ({"relay_sender__batch_size": "many"}, "relay_sender__batch_size"),
+        (
+            {"relay_sender__fixed_packages": {"python3-aiosmtpd": "1.4.3-1.1+deb12u9"}},
+            "python3-aiosmtpd 1.4.3-1.1+deb12u1 is older than 1.4.3-1.1+deb12u9",
+        ),
     ],
 )
 def test_wrong_settings_fail_before_any_change(relay, tmp_path, extra, words):
@@ -246,3 +251,91 @@ def test_wrong_settings_fail_before_any_change(relay, tmp_path, extra, words):
     assert words in output, output[-2000:]
     assert "changed=0" in output
     assert relay.check_output("sha256sum /etc/bulkrelay/sender.toml") == before
+
+
+SMUGGLE = r"""
+import socket, sys
+payload = {"lf-dot-crlf": b"\n.\r\n", "cr-dot-crlf": b"\r.\r\n", "lf-dot-lf": b"\n.\n"}[sys.argv[1]]
+tag = sys.argv[2].encode()
+s = socket.create_connection(("203.0.113.205", 2525), timeout=20)
+f = s.makefile("rb")
+def reply():
+    lines = []
+    while True:
+        line = f.readline()
+        lines.append(line.decode().strip())
+        if not line or line[3:4] != b"-":
+            return " | ".join(lines)
+out = [reply()]
+commands = (b"EHLO app.example.test", b"MAIL FROM:<billing@example.test>", b"RCPT TO:<alice@customer.test>")
+for cmd in (*commands, b"DATA"):
+    s.sendall(cmd + b"\r\n")
+    out.append(reply())
+s.sendall(b"From: billing@example.test\r\nTo: alice@customer.test\r\nSubject: real " + tag + b"\r\n\r\nhello"
+          + payload + b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<victim-" + tag
+          + b"@customer.test>\r\nDATA\r\nFrom: ceo@example.test\r\nSubject: forged\r\n\r\npay now\r\n.\r\n")
+out.append(reply())
+s.sendall(b"QUIT\r\n")
+out.append(reply())
+print("\n".join(out))
+"""
+
+
+@pytest.mark.parametrize("payload", ["lf-dot-crlf", "cr-dot-crlf", "lf-dot-lf"])
+def test_smtp_smuggling_never_queues_a_second_message(relay, app, payload):
+    """CVE-2024-27305 against the relay's own aiosmtpd (Debian's python3-aiosmtpd with the fix)."""
+    assert relay.check_output("dpkg-query -W -f '${Version}' python3-aiosmtpd") == "1.4.3-1.1+deb12u1"
+    tag = uuid.uuid4().hex[:10]
+    result = app.run(f"python3 -c {shlex.quote(SMUGGLE)} {payload} {tag}")
+    assert result.rc == 0, result.stderr
+    replies = result.stdout.strip().splitlines()
+    # greeting, EHLO, MAIL, RCPT, DATA, the one end-of-data reply, QUIT: nothing for the smuggled commands
+    assert len(replies) == 7 and replies[-1].startswith("221"), replies
+    listed = json.loads(relay.check_output(f"{AS_SENDER} queue list --limit 100000 --json"))
+    assert not any(r["address"] == f"victim-{tag}@customer.test" for r in listed)
+
+
+def test_from_outside_the_sending_domains_is_refused(relay, app):
+    """bulkrelay_sending_domains is [example.test]: the relay would DKIM-sign anything else."""
+    result, _ = _swaks(app, RELAY_APPS_V4, "--header", "'From: CEO <ceo@bank.example>'")
+    assert (
+        "550 5.7.1 the From: address is not in a sending domain of this relay (example.test)" in result.stdout
+    )
+    assert _queued_as(result.stdout) is None
+    tag = uuid.uuid4().hex[:12]
+    text = f"From: ceo@bank.example\\nTo: bob@customer.test\\nSubject: foreign {tag}\\n\\nbody\\n"
+    name = f"foreign-{tag}.eml"
+    relay.check_output(f"printf '{text}' > {HOT}/tmp/{name} && mv {HOT}/tmp/{name} {HOT}/incoming/{name}")
+    assert _wait_for(relay, f"{HOT}/rejected/{name}.reason")
+    reason = relay.file(f"{HOT}/rejected/{name}.reason").content_string
+    assert "not in a sending domain of this relay (example.test)" in reason and "bank.example" not in reason
+
+
+def test_8bit_subject_is_encoded_and_postfix_takes_it(relay, app):
+    """RFC 2047, not SMTPUTF8: the stored message is ASCII in its headers, the repair is logged,
+    and the relay's Postfix accepts it as the sender hands it over."""
+    tag = uuid.uuid4().hex[:12]
+    cmd = (
+        f"swaks --server {RELAY_APPS_V4} --port {PORT} --from billing@example.test --to alice@customer.test "
+        f"--header 'Subject: Rechnung für Köln {tag}' --header 'Message-Id: <{tag}@example.test>'"
+    )
+    result = app.run(cmd)
+    message_id = _queued_as(result.stdout)
+    assert message_id, result.stdout
+    shown = relay.check_output(f"{AS_SENDER} queue show {message_id} --body")
+    head = re.split(r"\r?\n\r?\n", shown[shown.index("Received: ") :], maxsplit=1)[0]
+    assert head.isascii() and "Subject: =?utf-8?" in head, head
+    assert (
+        relay.run(f"journalctl -u bulkrelay-sender --no-pager | grep -q 'message={message_id} .*RFC 2047'").rc
+        == 0
+    )
+    handover = (
+        "import smtplib, subprocess, sys\n"
+        "cmd = ['runuser', '-u', 'bulkrelay', '--', '/usr/local/bin/bulkrelay', 'queue', 'show']\n"
+        f"raw = subprocess.run([*cmd, '{message_id}', '--body'], capture_output=True, check=True).stdout\n"
+        "raw = raw[raw.index(b'Received: '):]  # the message, without the summary lines above it\n"
+        "with smtplib.SMTP('127.0.0.1', 25, timeout=30) as s:\n"
+        "    print(s.sendmail('billing@example.test', ['alice@customer.test'], raw))\n"
+    )
+    sent = relay.run(f"python3 -c {shlex.quote(handover)}")
+    assert sent.rc == 0 and sent.stdout.strip() == "{}", sent.stdout + sent.stderr

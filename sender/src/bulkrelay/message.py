@@ -203,7 +203,10 @@ def validate(
     block = split_headers(raw)
     _check_header_fields(block)
     body = raw[block.body_offset :]
-    for lineno, line in enumerate(body.split(b"\n"), start=1):
+    lines = body.split(b"\n")
+    if max(map(len, lines)) <= _LINE_LIMIT:  # the usual case, checked at C speed
+        return
+    for lineno, line in enumerate(lines, start=1):
         if len(line.rstrip(b"\r")) > _LINE_LIMIT:
             raise BadMessage(
                 f"body line {lineno} is longer than {_LINE_LIMIT} characters; "

@@ -48,6 +48,9 @@ STRUCTURED = {
     "list-unsubscribe", "list-unsubscribe-post", "dkim-signature",
 }  # fmt: skip
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# "From sender date" as mbox writes it, not a "From :" header (obsolete syntax, RFC 5322 4.5.1)
+_ENCODED = ("quoted-printable", "base64")
+_MBOX_FROM = re.compile(rb"From (?![ \t]*:)")
 
 
 @dataclass
@@ -110,7 +113,7 @@ def normalise(raw: bytes, *, trace: bytes = b"") -> Normalised:
     if raw.startswith(BOM):
         raw = raw[len(BOM) :]
         repairs.append("dropped the UTF-8 byte order mark before the first header")
-    if raw.startswith(b"From "):
+    if _MBOX_FROM.match(raw):
         raw = raw[_end_of_first_line(raw) :]
         repairs.append("dropped the leading mbox 'From ' line")
     raw = _crlf(raw, repairs)
@@ -118,7 +121,7 @@ def normalise(raw: bytes, *, trace: bytes = b"") -> Normalised:
     head, body = raw[:head_end], raw[head_end:]
     head = _headers(head, repairs, bcc)
     body_raw = head + body
-    if any(len(line) > LINE_LIMIT for line in body.split(b"\r\n")):
+    if max(map(len, body.split(b"\r\n"))) > LINE_LIMIT:  # map/max: C speed on large bodies
         body_raw = _reencode_long_lines(body_raw, repairs)
     return Normalised(trace + body_raw, repairs, bcc)
 
@@ -155,8 +158,9 @@ def _end_of_first_line(raw: bytes) -> int:
 
 
 def _crlf(raw: bytes, repairs: list[str]) -> bytes:
-    lone_lf = raw.count(b"\n") - raw.count(b"\r\n")
-    lone_cr = raw.count(b"\r") - raw.count(b"\r\n")
+    crlf = raw.count(b"\r\n")
+    lone_lf = raw.count(b"\n") - crlf
+    lone_cr = raw.count(b"\r") - crlf
     if not lone_lf and not lone_cr:
         return raw
     parts = []
@@ -165,6 +169,8 @@ def _crlf(raw: bytes, repairs: list[str]) -> bytes:
     if lone_cr:
         parts.append(f"{lone_cr} bare CR")
     repairs.append(f"line ends: {' and '.join(parts)} turned into CRLF")
+    if not lone_cr:  # the common case (LF-only files): bytes methods run at C speed
+        return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     return _LINE_END.sub(b"\r\n", raw)
 
 
@@ -201,7 +207,7 @@ def _headers(head: bytes, repairs: list[str], bcc: list[str]) -> bytes:
             bcc.extend(addr for _, addr in email.utils.getaddresses([text]) if addr)
             repairs.append("removed the Bcc: header")
             continue
-        fixed = _encode_8bit(name, value, key, repairs) if any(b > 127 for b in raw_field) else raw_field
+        fixed = raw_field if raw_field.isascii() else _encode_8bit(name, value, key, repairs)
         if any(len(line) > LINE_LIMIT for line in fixed.split(b"\r\n")):
             fixed = _refold(name, fixed[len(name) + 1 :], key, repairs)
         out.append(fixed)
@@ -290,11 +296,12 @@ def _reencode_long_lines(raw: bytes, repairs: list[str]) -> bytes:
     for number, part in enumerate(msg.walk(), start=1):
         if part.is_multipart():
             continue
-        payload = part.get_payload(decode=False)
-        lines = payload.encode("ascii", "surrogateescape").split(b"\r\n") if isinstance(payload, str) else []
-        if not any(len(line) > LINE_LIMIT for line in lines):
+        cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+        data = part.get_payload(decode=True) or b""
+        # the part as it is on the wire: encoded text for QP/base64, the bytes themselves else
+        wire = part.get_payload(decode=False).encode("ascii", "replace") if cte in _ENCODED else data
+        if max(map(len, wire.split(b"\r\n"))) <= LINE_LIMIT:
             continue
-        data = part.get_payload(decode=True)
         text = part.get_content_maintype() == "text"
         del part["Content-Transfer-Encoding"]
         part["Content-Transfer-Encoding"] = "quoted-printable" if text else "base64"

@@ -1,0 +1,81 @@
+"""bulkrelay.normalise on its own: what is repaired (and said so), what is refused (and why)."""
+
+import email
+import email.policy
+from email.message import EmailMessage
+
+import pytest
+
+from bulkrelay.message import BadMessage
+from bulkrelay.normalise import accept, normalise
+
+CLEAN = (
+    b"From: billing@example.test\r\nTo: a@customer.test\r\nSubject: s\r\nMessage-ID: <1@x.test>\r\n\r\nhi\r\n"
+)
+
+
+def test_zero_one_two_repairs():
+    assert normalise(CLEAN).repairs == [] and normalise(CLEAN).raw == CLEAN
+    one = normalise(b"\xef\xbb\xbf" + CLEAN)
+    assert one.raw == CLEAN and one.repairs == ["dropped the UTF-8 byte order mark before the first header"]
+    two = normalise(b"\xef\xbb\xbf" + CLEAN.replace(b"\r\n", b"\n"))
+    assert two.raw == CLEAN and len(two.repairs) == 2 and "6 bare LF" in two.repairs[1]
+
+
+def test_multipart_long_lines_reencoded_decoded_content_unchanged():
+    msg = EmailMessage()
+    msg["From"] = "billing@example.test"
+    msg["To"] = "a@customer.test"
+    msg["Subject"] = "invoice"
+    html = ("<tr><td>Pos 1</td><td>12,00 €</td></tr>" * 80 + "\r\n").encode()
+    # 8-bit data in one "line" (8bit MIME is line-based: no NUL, CR or LF in it)
+    blob = bytes(range(14, 256)) * 8
+    msg.set_content("see attachment\r\n")
+    msg.add_alternative(html, maintype="text", subtype="html", cte="8bit")
+    msg.add_attachment(blob, maintype="application", subtype="octet-stream", cte="8bit", filename="b.bin")
+    raw = msg.as_bytes(policy=email.policy.SMTP)
+    assert max(len(line) for line in raw.split(b"\r\n")) > 998
+    done = normalise(raw)
+    assert max(len(line) for line in done.raw.split(b"\r\n")) <= 998
+    (repair,) = [r for r in done.repairs if r.startswith("body lines")]
+    assert "(text/html) to quoted-printable" in repair and "(application/octet-stream) to base64" in repair
+    parsed = email.message_from_bytes(done.raw, policy=email.policy.default)
+    parts = {p.get_content_type(): p for p in parsed.walk() if not p.is_multipart()}
+    assert parts["text/html"].get_payload(decode=True) == html
+    assert parts["application/octet-stream"].get_payload(decode=True) == blob
+    assert parts["text/plain"].get_content().strip() == "see attachment"
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (CLEAN.replace(b"hi", b"h\x00i"), "NUL bytes (first at byte"),
+        (CLEAN.replace(b"Subject: s", b"Subject: caf\xe9"), "Subject: has 8-bit bytes that are not UTF-8"),
+        (CLEAN.replace(b"To: a@customer.test", "To: jörg@customer.test".encode()), "non-ASCII address"),
+        (
+            CLEAN.replace(b"Message-ID: <1@x.test>", "Message-ID: <ö@x.test>".encode()),
+            "8-bit text where none",
+        ),
+        (CLEAN.replace(b"Subject: s", b"Subject: " + b"x" * 1200), "no place to fold it"),
+    ],
+)
+def test_what_cannot_be_repaired_is_refused_with_a_reason(raw, words):
+    with pytest.raises(BadMessage) as err:
+        accept(raw, max_size=100_000)
+    assert words in err.value.reason and "\n" not in err.value.reason
+    assert "jörg" not in err.value.reason and "xxxx" not in err.value.reason
+
+
+def test_long_unstructured_header_is_folded_at_white_space():
+    words = " ".join(f"word{i}" for i in range(300))
+    done = normalise(CLEAN.replace(b"Subject: s", b"Subject: " + words.encode()))
+    parsed = email.message_from_bytes(done.raw, policy=email.policy.default)
+    assert parsed["Subject"] == words
+    assert max(len(line) for line in done.raw.split(b"\r\n")) <= 78
+
+
+def test_trace_goes_on_top_and_bcc_addresses_are_returned():
+    raw = CLEAN.replace(b"Subject: s", b"Bcc: x@customer.test, Y <y@customer.test>\r\nSubject: s")
+    done = normalise(raw, trace=b"Received: from app by relay; Mon, 30 Nov 2026 03:00:00 +0000\r\n")
+    assert done.raw.startswith(b"Received: from app") and b"Bcc" not in done.raw
+    assert done.bcc == ["x@customer.test", "y@customer.test"]
