@@ -11,6 +11,10 @@ from bulkrelay.bounces.classify import classify, find_status, status_from_text
     ("status", "diagnostic", "action", "kind"),
     [
         ("5.1.1", "550 5.1.1 User unknown", "failed", "hard"),
+        ("", "This user doesn't have a yahoo.com account", "failed", "hard"),
+        ("", "Invalid final delivery userid: x@example.test", "failed", "hard"),
+        ("5.0.0", "5.0.0 (recipient reached disk quota)", "failed", "soft"),
+        ("", "Delivery failed 20 attempts: x@example.test", "failed", "soft"),
         ("5.1.2", "Host or domain name not found", "failed", "hard"),
         ("5.1.10", "RecipientNotFound", "failed", "hard"),
         ("5.2.1", "mailbox disabled", "failed", "hard"),

@@ -3,13 +3,17 @@ row and one on recovery (the DNSBL cron's rule), shown by `bulkrelay status`."""
 
 from __future__ import annotations
 
+import json
+import re
 import smtplib
+import time
 from types import SimpleNamespace
 
 import pytest
 
 from bulkrelay.bounces import cli as bounces_cli
 from bulkrelay.bounces import health
+from bulkrelay.cli import main
 from bulkrelay.queue import Queue
 
 
@@ -92,3 +96,26 @@ def test_no_alert_address_no_mail(queue):
     for _ in range(3):
         bounces_cli._report_health(_settings(()), queue, ok=False, detail="x", mail_from="", send=send)
     assert health.read(queue.connection, now=0)["failures_in_a_row"] == 3
+
+
+def test_status_shows_the_last_pass_and_its_age(tmp_path, capsys):
+    config = tmp_path / "sender.toml"
+    config.write_text(f'[queue]\npath = "{tmp_path / "q.sqlite"}"\n')
+    queue = Queue(tmp_path / "q.sqlite")
+    try:
+        assert main(["status", "--json", "--config", str(config)]) == 0
+        assert json.loads(capsys.readouterr().out)["bounce_poller"] is None  # never ran
+        for _ in range(2):
+            health.record(
+                queue.connection, ok=False, detail="IMAP CREATE refused", now=time.time() - 90, alert_after=3
+            )
+    finally:
+        queue.close()
+    assert main(["status", "--json", "--config", str(config)]) == 0
+    state = json.loads(capsys.readouterr().out)["bounce_poller"]
+    assert state["ok"] is False and state["failures_in_a_row"] == 2 and 89 <= state["age_seconds"] < 120
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"bounce poller: last pass \S+ \((9\d|1[01]\d)s ago\) FAILED \(2 in a row\): IMAP CREATE refused", out
+    )

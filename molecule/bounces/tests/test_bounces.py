@@ -2,7 +2,9 @@
 
 sender (relay_sender + bounce_poller) --VERP envelope--> mailhost (customer.test's MX), which
 accepts unknown users and bounces them --DSN--> bounces+TOKEN@bounce.example.test (a Maildir
-on the mailhost) --IMAPS--> `bulkrelay bounces poll --once` (the bounce_poller's unit).
+on the mailhost) --IMAPS--> `bulkrelay bounces poll --once` (the bounce_poller's unit, as its
+own user). The mailhost runs Debian's STOCK Dovecot configuration with Maildir (hierarchy
+separator "."); one test switches it to `separator = /` and back.
 """
 
 import json
@@ -20,7 +22,9 @@ MAILHOST = "198.51.100.40"
 BULKRELAY = "/opt/bulkrelay/venv/bin/bulkrelay"
 PYTHON = "/opt/bulkrelay/venv/bin/python"
 CONFIG = "/etc/bulkrelay/sender.toml"
-PROCESSED = "bulkrelay/processed"
+BOUNCES_CONFIG = "/etc/bulkrelay/bounces.toml"
+POLLER_USER = "bulkrelay-bounces"
+PROCESSED = "bulkrelay.processed"  # "bulkrelay/processed" as Dovecot's stock Maildir++ spells it
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +43,12 @@ def as_sender_user(host, *argv):
 
 def bulkrelay(host, *args):
     return as_sender_user(host, BULKRELAY, *args, "--config", CONFIG)
+
+
+def poll_by_hand(host, bounces_config=BOUNCES_CONFIG):
+    """`bulkrelay bounces poll --once` as the poller's user, with its own settings file."""
+    argv = [BULKRELAY, "bounces", "poll", "--once", "--config", CONFIG, "--bounces-config", bounces_config]
+    return host.run(f"runuser -u {POLLER_USER} -- " + " ".join(shlex.quote(a) for a in argv))
 
 
 def py(host, code):
@@ -114,7 +124,31 @@ def test_units_are_installed_and_timer_active(sender):
     assert sender.service("bulkrelay-bounces.timer").is_enabled
     assert sender.service("bulkrelay-bounces.timer").is_running
     password_file = sender.file("/etc/bulkrelay/imap-password")
-    assert password_file.mode == 0o640 and password_file.user == "root" and password_file.group == "bulkrelay"
+    assert password_file.mode == 0o640 and password_file.user == "root" and password_file.group == POLLER_USER
+
+
+def test_poller_runs_as_its_own_user_and_secrets_stay_apart(sender):
+    assert (
+        sender.run("systemctl show -p User --value bulkrelay-bounces.service").stdout.strip() == POLLER_USER
+    )
+    groups = sender.run(f"id -nG {POLLER_USER}").stdout.split()
+    assert "bulkrelay-queue" in groups and "bulkrelay" not in groups, groups
+    # the intake's user cannot read the IMAP password (nor the poller's settings)
+    for path in ("/etc/bulkrelay/imap-password", BOUNCES_CONFIG):
+        assert sender.run(f"runuser -u bulkrelay -- cat {path}").rc != 0, path
+        assert sender.run(f"runuser -u {POLLER_USER} -- cat {path}").rc == 0, path
+    # the poller's user reads no file of the sender's own group (the intake's secrets)
+    for path in sender.run("find /etc/bulkrelay -type f -group bulkrelay").stdout.split():
+        assert sender.run(f"runuser -u {POLLER_USER} -- cat {path}").rc != 0, path
+    # both need the queue database and the VERP key
+    for user in ("bulkrelay", POLLER_USER):
+        assert sender.run(f"runuser -u {user} -- cat /etc/bulkrelay/verp.key").rc == 0, user
+
+
+def test_poller_unit_exposure_is_at_most_2(sender):
+    out = sender.run("systemd-analyze security bulkrelay-bounces.service --no-pager").stdout
+    level = float(re.search(r"Overall exposure level for bulkrelay-bounces.service: ([\d.]+)", out).group(1))
+    assert level <= 2.0, out[-2000:]
 
 
 def test_quick_manual_starts_never_hit_the_start_limit(sender):
@@ -138,29 +172,7 @@ def test_swaks_bounce_is_ingested_and_suppressed(sender, mail):
     assert bulkrelay(sender, "pause", "--reason", "swaks test").rc == 0
     try:
         unknown = f"nobody-{uuid.uuid4().hex[:8]}@customer.test"
-        queued = bulkrelay(
-            sender,
-            "send",
-            "--from",
-            "billing@example.test",
-            "--to",
-            unknown,
-            "--subject",
-            "Invoice (swaks test)",
-            "--body",
-            "hello",
-        )
-        assert queued.rc == 0, queued.stderr
-        message_id = int(re.search(r"queued as message (\d+)", queued.stdout).group(1))
-        rid = message(sender, message_id)["recipients"][0]["id"]
-        envelope = verp_address(sender, rid)
-        before = new_bounce_count(mail)
-        sent = sender.run(
-            f"swaks --server {MAILHOST} --from {shlex.quote(envelope)} --to {shlex.quote(unknown)} "
-            "--header 'Subject: Invoice (swaks test)' --body 'hello' --hide-all"
-        )
-        assert sent.rc == 0, sent.stdout + sent.stderr
-        wait_for(lambda: new_bounce_count(mail) > before, what="the DSN in the bounce mailbox")
+        rid = real_bounce(sender, mail, unknown)
         journal = poll(sender)
         assert "event=bounce" in journal and "outcome=suppressed" in journal, journal
         row = recipient(sender, rid)
@@ -174,27 +186,15 @@ def test_swaks_bounce_is_ingested_and_suppressed(sender, mail):
 def test_processed_bounces_are_moved_not_deleted(mail):
     processed = mailbox(mail, PROCESSED)
     assert processed, "processed bounces are kept in their folder"
-    assert all("Undelivered Mail" in subject for _, subject in processed)
+    assert any("Undelivered Mail" in subject for _, subject in processed)
+    assert not [s for _, s in processed if "Re: Invoice" in s or "Automatic reply" in s], "only bounces"
     assert not [s for _, s in mailbox(mail) if "Undelivered Mail" in s], "no bounce left in INBOX"
 
 
 def test_sender_path_next_message_is_not_sent(sender, mail):
     """The release loop sends with VERP, the bounce comes back, the next mail is suppressed."""
     unknown = f"gone-{uuid.uuid4().hex[:8]}@customer.test"
-    first = bulkrelay(
-        sender,
-        "send",
-        "--from",
-        "billing@example.test",
-        "--to",
-        unknown,
-        "--subject",
-        "Invoice 1",
-        "--body",
-        "one",
-    )
-    assert first.rc == 0, first.stderr
-    mid = int(re.search(r"queued as message (\d+)", first.stdout).group(1))
+    mid = queue_mail(sender, unknown, "Invoice 1", "one")
 
     def row():
         return message(sender, mid)["recipients"][0]
@@ -209,19 +209,7 @@ def test_sender_path_next_message_is_not_sent(sender, mail):
     assert "outcome=suppressed" in journal, journal
     assert row()["state"] == "bounced"
 
-    second = bulkrelay(
-        sender,
-        "send",
-        "--from",
-        "billing@example.test",
-        "--to",
-        unknown,
-        "--subject",
-        "Invoice 2",
-        "--body",
-        "two",
-    )
-    mid2 = int(re.search(r"queued as message (\d+)", second.stdout).group(1))
+    mid2 = queue_mail(sender, unknown, "Invoice 2", "two")
 
     def rows2():
         return message(sender, mid2)
@@ -277,36 +265,37 @@ def test_autoreply_stays_unread_and_is_not_forwarded(sender, mail):
 
 
 def test_bad_password_is_one_clear_line(sender):
-    sender.run("cp /etc/bulkrelay/imap-password /tmp/pw.bak && echo wrong > /etc/bulkrelay/imap-password")
+    sender.run("cp -p /etc/bulkrelay/imap-password /tmp/pw.bak && echo wrong > /etc/bulkrelay/imap-password")
     try:
-        result = bulkrelay(sender, "bounces", "poll", "--once")
+        result = poll_by_hand(sender)
     finally:
-        sender.run("cp /tmp/pw.bak /etc/bulkrelay/imap-password")
+        sender.run("cp -p /tmp/pw.bak /etc/bulkrelay/imap-password")
     assert result.rc == 1
     assert "login as bounces refused" in result.stderr and "Traceback" not in result.stderr
+    assert "lab-bounce-imap-secret" not in result.stdout + result.stderr
 
 
 def _variant_config(sender, name, **changes):
-    """A copy of sender.toml with some [bounces] keys changed, readable by the service user."""
-    text = sender.file(CONFIG).content_string
+    """A copy of the poller's bounces.toml with some keys changed, readable by the poller's user."""
+    text = sender.file(BOUNCES_CONFIG).content_string
     for key, value in changes.items():
         text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {json.dumps(value)}", text)
         assert count == 1, key
     path = f"/tmp/{name}.toml"
-    sender.run(f"cat > {path} <<'EOF'\n{text}EOF\nchown root:bulkrelay {path}; chmod 0640 {path}")
+    sender.run(f"cat > {path} <<'EOF'\n{text}EOF\nchown root:{POLLER_USER} {path}; chmod 0640 {path}")
     return path
 
 
 def test_starttls_on_143_works_too(sender):
     path = _variant_config(sender, "starttls", imap_port=143, imap_tls="starttls")
-    result = as_sender_user(sender, BULKRELAY, "bounces", "poll", "--once", "--config", path)
+    result = poll_by_hand(sender, path)
     assert result.rc == 0, result.stderr
     assert result.stdout.startswith("examined=")
 
 
 def test_untrusted_certificate_is_refused_with_the_fix(sender):
     path = _variant_config(sender, "badca", tls_ca_file="")  # the system CAs do not know the lab CA
-    result = as_sender_user(sender, BULKRELAY, "bounces", "poll", "--once", "--config", path)
+    result = poll_by_hand(sender, path)
     assert result.rc == 1
     assert "TLS certificate not trusted" in result.stderr and "bounces.tls_ca_file" in result.stderr
     assert "Traceback" not in result.stderr
@@ -314,9 +303,148 @@ def test_untrusted_certificate_is_refused_with_the_fix(sender):
 
 def test_missing_ca_file_is_named(sender):
     path = _variant_config(sender, "noca", tls_ca_file="/etc/bulkrelay/missing-ca.pem")
-    result = as_sender_user(sender, BULKRELAY, "bounces", "poll", "--once", "--config", path)
+    result = poll_by_hand(sender, path)
     assert (
         result.rc == 1
         and "/etc/bulkrelay/missing-ca.pem" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def queue_paused_recipient(sender, address):
+    """A recipient row (the queue paused, so the service does not send it) and its VERP address."""
+    rid = message(sender, queue_mail(sender, address, "Invoice", "hi"))["recipients"][0]["id"]
+    return rid, verp_address(sender, rid)
+
+
+def queue_mail(sender, address, subject, body):
+    """`bulkrelay send` one mail from billing@example.test; returns the queue's message id."""
+    queued = bulkrelay(
+        sender,
+        "send",
+        "--from",
+        "billing@example.test",
+        "--to",
+        address,
+        "--subject",
+        subject,
+        "--body",
+        body,
+    )
+    assert queued.rc == 0, queued.stderr
+    return int(re.search(r"queued as message (\d+)", queued.stdout).group(1))
+
+
+def real_bounce(sender, mail, unknown):
+    """The mailhost's own DSN for ``unknown`` (mail sent with swaks under the row's VERP address)."""
+    rid, envelope = queue_paused_recipient(sender, unknown)
+    before = new_bounce_count(mail)
+    sent = sender.run(
+        f"swaks --server {MAILHOST} --from {shlex.quote(envelope)} --to {shlex.quote(unknown)} "
+        "--header 'Subject: Invoice' --body 'hello' --hide-all"
+    )
+    assert sent.rc == 0, sent.stdout + sent.stderr
+    wait_for(lambda: new_bounce_count(mail) > before, what="the DSN in the bounce mailbox")
+    return rid
+
+
+def test_stock_dovecot_separator_is_a_dot(mail):
+    """The fixture is what a Debian server has: stock config, Maildir++, '.' between levels."""
+    assert mail.file("/etc/dovecot/dovecot.conf").contains("!include conf.d/\\*.conf")
+    assert mail.run("doveconf -h namespace/inbox/separator").stdout.strip() == ""
+    folders = mail.run("doveadm mailbox list -u bounces").stdout.split()
+    assert PROCESSED in folders and "bulkrelay/processed" not in folders, folders
+
+
+def test_delay_warning_suppresses_nobody(sender, mail):
+    """An `Action: delayed` DSN (Postfix's delay warning) is information only."""
+    address = f"slow-{uuid.uuid4().hex[:8]}@customer.test"
+    assert bulkrelay(sender, "pause", "--reason", "delay test").rc == 0
+    try:
+        rid, envelope = queue_paused_recipient(sender, address)
+        warning = (
+            f"From: MAILER-DAEMON@mail.example.test (Mail Delivery System)\nTo: {envelope}\n"
+            "Subject: Delayed Mail (still being retried)\nAuto-Submitted: auto-replied\nMIME-Version: 1.0\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="W"\n\n'
+            "--W\nContent-Type: text/plain\n\nThis is a warning only; you do not need to resend.\n\n"
+            "--W\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mail.example.test\n\n"
+            f"Final-Recipient: rfc822; {address}\nAction: delayed\nStatus: 4.4.1\n"
+            "Diagnostic-Code: X-Postfix; connect to mx.customer.test[192.0.2.9]:25: Connection timed out\n"
+            "\n--W--\n"
+        )
+        sender.run(f"cat > /tmp/delay.eml <<'EOF'\n{warning}EOF")
+        for _ in range(3):  # three of them used to suppress a live customer
+            sent = sender.run(
+                f"swaks --server {MAILHOST} --from '<>' --to {shlex.quote(envelope)} --data /tmp/delay.eml "
+                f"--add-header 'Message-ID: <delay-{uuid.uuid4().hex}@mail.example.test>' --hide-all"
+            )
+            assert sent.rc == 0, sent.stdout + sent.stderr
+        wait_for(lambda: len([s for _, s in mailbox(mail) if "Delayed Mail" in s]) >= 3, what="the warnings")
+        journal = poll(sender)
+        assert journal.count("outcome=delayed") == 3, journal
+        assert "outcome=suppressed" not in journal and "outcome=soft-counted" not in journal, journal
+        assert address not in bulkrelay(sender, "suppress", "list").stdout
+        assert recipient(sender, rid)["state"] == "queued"
+        assert not [s for _, s in mailbox(mail) if "Delayed Mail" in s], "warnings are moved, not left"
+    finally:
+        bulkrelay(sender, "resume")
+
+
+def test_slash_separator_variant(sender, mail):
+    """The same Dovecot with `separator = /`: the folder is then bulkrelay/processed."""
+    dropin = "/etc/dovecot/conf.d/99-zz-separator.conf"
+    mail.run(f"printf 'namespace inbox {{\\n  separator = /\\n}}\\n' > {dropin} && systemctl reload dovecot")
+    assert bulkrelay(sender, "pause", "--reason", "separator test").rc == 0
+    try:
+        assert mail.run("doveconf -h namespace/inbox/separator").stdout.strip() == "/"
+        unknown = f"nobody-{uuid.uuid4().hex[:8]}@customer.test"
+        rid = real_bounce(sender, mail, unknown)
+        journal = poll(sender)
+        assert "outcome=suppressed" in journal, journal
+        assert recipient(sender, rid)["state"] == "bounced"
+        folders = mail.run("doveadm mailbox list -u bounces").stdout.split()
+        assert "bulkrelay/processed" in folders, folders
+        processed = mail.run("doveadm -f tab fetch -u bounces 'body' mailbox bulkrelay/processed all")
+        assert unknown in processed.stdout
+    finally:
+        bulkrelay(sender, "resume")
+        mail.run(f"rm -f {dropin} && systemctl reload dovecot")
+
+
+def alice_alerts(mail):
+    out = mail.run("grep -h '^Subject: \\[bulkrelay\\] bounce poller' /home/alice/Maildir/new/* 2>/dev/null")
+    return out.stdout.splitlines()
+
+
+def poller_status(sender):
+    status = json.loads(bulkrelay(sender, "status", "--json").stdout)
+    return status["bounce_poller"]
+
+
+def test_failing_poller_is_seen_and_the_admin_told_once(sender, mail):
+    poll(sender)  # a good pass first: the count starts from zero (and any earlier alert recovers)
+    state = poller_status(sender)
+    assert state["ok"] is True and state["admin_alerted"] is False, state
+    time.sleep(5)  # a recovery mail of earlier tests' failures is delivered by now
+    before = alice_alerts(mail)
+    sender.run("cp -p /etc/bulkrelay/imap-password /tmp/pw.bak && echo wrong > /etc/bulkrelay/imap-password")
+    try:
+        for _ in range(3):
+            assert sender.run("systemctl start bulkrelay-bounces.service").rc != 0
+        # what the audit reads: the unit has failed, and status says why and since when
+        assert sender.run("systemctl is-failed bulkrelay-bounces.service").stdout.strip() == "failed"
+        state = poller_status(sender)
+        assert state["ok"] is False and state["failures_in_a_row"] == 3 and state["admin_alerted"] is True
+        assert "login as bounces refused" in state["detail"] and state["age_seconds"] < 60
+        text = bulkrelay(sender, "status").stdout
+        assert "bounce poller: last pass" in text and "FAILED (3 in a row)" in text, text
+        new = wait_for(lambda: alice_alerts(mail)[len(before) :], what="the alert mail")
+        assert len(new) == 1 and "FAILING" in new[0], new
+    finally:
+        sender.run("cp -p /tmp/pw.bak /etc/bulkrelay/imap-password")
+    poll(sender)
+    poll(sender)
+    assert sender.run("systemctl is-failed bulkrelay-bounces.service").stdout.strip() != "failed"
+    assert poller_status(sender)["ok"] is True
+    new = wait_for(lambda: len(alice_alerts(mail)) >= len(before) + 2 and alice_alerts(mail)[len(before) :])
+    assert len(new) == 2 and "recovered" in new[1], new

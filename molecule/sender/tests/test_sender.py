@@ -74,11 +74,12 @@ def test_service_runs_as_unprivileged_user(relay):
 
 def test_config_is_checked_and_private(relay):
     conf = relay.file("/etc/bulkrelay/sender.toml")
-    assert conf.user == "root" and conf.group == "bulkrelay" and conf.mode == 0o640
+    # group: the queue group (sender and bounce poller); the intake's own secrets stay "bulkrelay"
+    assert conf.user == "root" and conf.group == "bulkrelay-queue" and conf.mode == 0o640
     assert conf.content_string.startswith("# managed by bulkrelay")
     assert relay.run(f"{AS_SENDER} config check").rc == 0
     key = relay.file("/etc/bulkrelay/verp.key")
-    assert key.mode == 0o640 and key.group == "bulkrelay" and key.size > 40
+    assert key.mode == 0o640 and key.group == "bulkrelay-queue" and key.size > 40
 
 
 def test_systemd_hardening_score(relay):

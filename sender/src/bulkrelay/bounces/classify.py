@@ -19,7 +19,8 @@ _HARD_TEXT = re.compile(
     r"|recipient not found|recipientnotfound|invalid (recipient|mailbox|address)"
     r"|mailbox unavailable|mailbox not found|no mailbox here|unrouteable address|unknown recipient"
     r"|account (has been )?disabled|account is disabled|host or domain name not found"
-    r"|domain not found|name service error|not our customer|user not found",
+    r"|domain not found|name service error|not our customer|user not found"
+    r"|doesn't have an? [\w.-]+ account|invalid (final delivery )?userid|no valid recipients",
     re.I,
 )
 _SOFT_TEXT = re.compile(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from bulkrelay import suppression
 from bulkrelay.bounces.parse import Analysis, Failure
+from bulkrelay.config import BouncesConfig
 
 log = logging.getLogger("bulkrelay.bounces")
 
@@ -45,11 +46,13 @@ DAY = 86400.0
 
 @dataclass(frozen=True)
 class Policy:
-    soft_limit: int = 3
-    soft_window_days: int = 7
+    """Soft-bounce policy; the defaults are the [bounces] section's (bulkrelay.config)."""
+
+    soft_limit: int = BouncesConfig.soft_limit
+    soft_window_days: int = BouncesConfig.soft_window_days
     # a suppression for soft bounces lapses after this many days (0 = never); hard bounces and
     # complaints never lapse
-    soft_expiry_days: int = 30
+    soft_expiry_days: int = BouncesConfig.soft_expiry_days
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

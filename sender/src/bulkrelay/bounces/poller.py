@@ -31,6 +31,7 @@ from email.message import EmailMessage
 
 from bulkrelay.bounces import policy as bounce_policy
 from bulkrelay.bounces.parse import analyse
+from bulkrelay.config import BouncesConfig
 
 log = logging.getLogger("bulkrelay.bounces")
 
@@ -46,9 +47,9 @@ class PollError(Exception):
 
 @dataclass
 class PollSettings:
-    mailbox: str = "INBOX"
-    processed_folder: str = "bulkrelay/processed"
-    other_folder: str = ""
+    mailbox: str = BouncesConfig.mailbox
+    processed_folder: str = BouncesConfig.processed_folder
+    other_folder: str = BouncesConfig.other_folder
     forward_to: str = ""
     forward_from: str = ""
     verp_prefix: str = "bounces"
