@@ -260,6 +260,24 @@ def test_each_fault_is_caught(tmp_path, batch):
             assert check["fix"], check
 
 
+def test_site_yml_check_diff_reports_what_it_would_fix():
+    # The roles that own the posture, in check mode: they must name the drift and touch nothing.
+    started = time.monotonic()
+    check = ansible(
+        str(PROJECT / "site.yml"), "--check", "--diff", "--tags", "relay_firewall,relay_postfix,relay_dkim"
+    )
+    STATE["timings"].append(("site.yml --check --diff (relay roles)", round(time.monotonic() - started, 1)))
+    assert check.returncode == 0, check.stdout[-4000:]
+    out = check.stdout
+    assert "table inet bulkrelay is not loaded" in out, out[-4000:]
+    assert "-inet_interfaces = all" in out and "+inet_interfaces = loopback-only" in out, out[-4000:]
+    assert "Postfix listens on 0.0.0.0:25" in out, out[-4000:]
+    assert "RUNNING HANDLER [relay_firewall : Check and reload the bulkrelay firewall]" in out
+    # nothing was repaired by the check
+    assert sh(RELAY, "/usr/local/sbin/bulkrelay-firewall-diff", check=False).returncode == 2
+    assert sh(RELAY, "systemctl is-active opendkim", check=False).stdout.strip() != "active"
+
+
 def test_site_yml_repairs_and_the_audit_passes_again(tmp_path):
     started = time.monotonic()
     site = ansible(str(PROJECT / "site.yml"), timeout=1200)
