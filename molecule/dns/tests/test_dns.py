@@ -242,5 +242,5 @@ def test_audit_catches_broken_state(state, tmp_path):
         assert fix in bad[key]["fix"], bad[key]["fix"]
     junit = (tmp_path / "audit.junit.xml").read_text()
     assert f'failures="{len(expected)}"' in junit
-    assert "check(s) failed" in proc.stdout
+    assert "audit FAIL: " in proc.stdout  # the one-line verdict, last
     assert rrset_text(name, rdtype) == original
