@@ -311,6 +311,23 @@ def test_missing_ca_file_is_named(sender):
     )
 
 
+def test_refused_create_is_one_clear_error(sender, mail):
+    """A server that does not let the poller create its folder (here: the Maildir is read-only
+    for the mailbox's owner, so Dovecot refuses CREATE) gets one line naming the folder and
+    how to create it."""
+    path = _variant_config(sender, "nocreate", processed_folder="bulkrelay/elsewhere")
+    mail.run("chmod a-w /home/bounces/Maildir")
+    try:
+        result = poll_by_hand(sender, path)
+    finally:
+        mail.run("chmod u+w /home/bounces/Maildir")
+    assert result.rc == 1
+    assert "refused to create the folder 'bulkrelay.elsewhere'" in result.stderr, result.stderr
+    assert "doveadm mailbox create -u bounces 'bulkrelay.elsewhere'" in result.stderr
+    assert "bounce_poller__processed_folder" in result.stderr and "Traceback" not in result.stderr
+    assert "bulkrelay.elsewhere" not in mail.run("doveadm mailbox list -u bounces").stdout
+
+
 def queue_paused_recipient(sender, address):
     """A recipient row (the queue paused, so the service does not send it) and its VERP address."""
     rid = message(sender, queue_mail(sender, address, "Invoice", "hi"))["recipients"][0]["id"]
