@@ -241,8 +241,12 @@ def test_lookup_retries_on_the_next_nameserver_within_the_timeout():
     started = time.monotonic()
     answer = asyncio.run(lookup.query("2.0.0.127.bl.test."))
     assert answer.status == "found" and answer.values == ("127.0.0.2",)
-    assert calls == [("192.0.2.1", 0.2), ("192.0.2.2:5353", 0.2)]
-    assert time.monotonic() - started < 0.4
+    # The two tries share the timeout: the first gets half, the second what is left of its half
+    # (a loaded machine leaves slightly less: never more).
+    assert [server for server, _ in calls] == ["192.0.2.1", "192.0.2.2:5353"]
+    assert calls[0][1] == 0.2 and 0 < calls[1][1] <= 0.2, calls
+    # 0.4 s apiece (the timeout given to each server) would make 0.8 s.
+    assert time.monotonic() - started < 0.75
 
 
 def test_lookup_network_error_is_an_error_not_clean():
