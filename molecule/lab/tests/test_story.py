@@ -140,7 +140,22 @@ def arrivals_from_relay(since):
     return sorted(float(line.split()[0]) for line in out.stdout.splitlines())
 
 
+def releases_from_relay(since):
+    """(time, count) of each batch the sender released (its journal, microseconds)."""
+    out = sh(
+        RELAY,
+        f"journalctl -u bulkrelay-sender.service -o short-unix --no-pager --since @{int(since)}"
+        " | grep -F 'event=batch_released'",
+        check=False,
+    )
+    lines = out.stdout.splitlines()
+    return [(float(line.split()[0]), int(line.split("count=", 1)[1].split()[0])) for line in lines]
+
+
 def test_invoices_leave_in_batches():
+    """The throttle is judged where it acts, at release. Arrival times at the mailhost are not
+    used for that: on a loaded machine Postfix may still deliver one batch when the next is
+    released, which merges them there although the sender kept its pace."""
     sender_cli("pause")
     started = time.time() - 1
     sh(APP, f"python3 - {INVOICES}", stdin=INVOICE_SCRIPT, timeout=300)
@@ -152,18 +167,12 @@ def test_invoices_leave_in_batches():
         timeout=240,
         step=2,
     )
-    times = arrivals_from_relay(started)
-    assert len(times) == INVOICES
-    batches = [[times[0]]]
-    for previous, current in itertools.pairwise(times):
-        if current - previous > INTERVAL / 2:
-            batches.append([])
-        batches[-1].append(current)
-    sizes = [len(b) for b in batches]
-    assert sizes == [BATCH] * (INVOICES // BATCH), f"arrivals grouped as {sizes}"
-    starts = [b[0] for b in batches]
-    gaps = [round(b - a, 2) for a, b in itertools.pairwise(starts)]
-    assert all(gap >= INTERVAL * 0.8 for gap in gaps), f"batch starts {gaps} s apart"
+    assert len(arrivals_from_relay(started)) == INVOICES
+    releases = releases_from_relay(started)
+    sizes = [count for _, count in releases]
+    assert sizes == [BATCH] * (INVOICES // BATCH), f"released as {sizes}"
+    gaps = [round(b - a, 2) for (a, _), (b, _) in itertools.pairwise(releases)]
+    assert all(gap >= INTERVAL * 0.8 for gap in gaps), f"batches released {gaps} s apart"
 
 
 # 5. Every message arrives DKIM-signed (verifies against the published key) and SPF passes.
