@@ -238,7 +238,10 @@ def _parsed_headers(raw: bytes) -> Any:
 
 def header_sender(raw: bytes) -> str:
     """The first From: address of the message ("" when there is none)."""
-    headers = _parsed_headers(raw)
+    return _first_sender(_parsed_headers(raw))
+
+
+def _first_sender(headers: Any) -> str:
     senders = [a for _, a in _header_addresses(" ".join(str(v) for v in headers.get_all("from", [])))]
     return next((a for a in senders if a), "")
 
@@ -251,7 +254,7 @@ def envelope_from_headers(raw: bytes, *, bcc: Sequence[str] = ()) -> tuple[str, 
     raises :class:`BadMessage` when there is no recipient.
     """
     headers = _parsed_headers(raw)
-    mail_from = header_sender(raw)
+    mail_from = _first_sender(headers)
     found: list[str] = []
     seen: set[str] = set()
     for field in ("to", "cc", "bcc"):

@@ -87,9 +87,10 @@ def accept(
     if len(raw) > max_size:
         validate(raw, "", [], max_size=max_size)  # the size reason, before any work on the content
     done = normalise(raw, trace=trace)
-    if recipients is None:
-        recipients = envelope_from_headers(done.raw, bcc=done.bcc)[1]
-    if mail_from is None:
+    if recipients is None:  # one parse of the headers gives both halves of the envelope
+        header_from, recipients = envelope_from_headers(done.raw, bcc=done.bcc)
+        mail_from = header_from if mail_from is None else mail_from
+    elif mail_from is None:
         mail_from = header_sender(done.raw)
     validate(done.raw, mail_from, recipients, max_size=max_size, envelope_from_content=envelope_from_content)
     if from_domains:
