@@ -59,6 +59,7 @@ def _tokens(value: str) -> list[str]:
 
 
 def _is_loopback_net(token: str) -> bool:
+    """A mynetworks entry or a listening address inside loopback (*, 0.0.0.0 and :: are not)."""
     text = token.strip("[]").replace("]/", "/")
     try:
         return ipaddress.ip_network(text, strict=False).subnet_of(
@@ -212,20 +213,13 @@ def parse_listeners(stdout: str) -> list[tuple[str, int, str]]:
     return found
 
 
-def _loopback_address(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False  # *, 0.0.0.0 and :: are every address
-
-
 def judge_listeners(raw: Mapping[str, Any], required: Iterable[int], allowed: Iterable[int]) -> CheckResult:
     """TCP listeners on non-loopback addresses: exactly the required ports (plus allowed ones)."""
     rc, out, _ = _cmd(raw)
     if rc != 0:
         return _unread("listeners", "non-loopback TCP", "ss -Hltnp", raw)
     required, allowed = set(map(int, required)), set(map(int, allowed))
-    public = [(a, p, n) for a, p, n in parse_listeners(out) if not _loopback_address(a)]
+    public = [(a, p, n) for a, p, n in parse_listeners(out) if not _is_loopback_net(a)]
     unexpected = sorted({f"{a or '*'}:{p} ({n})" for a, p, n in public if p not in required | allowed})
     missing = sorted(required - {p for _, p, _ in public})
     seen = ", ".join(sorted({f"{a or '*'}:{p} ({n})" for a, p, n in public})) or "none"
