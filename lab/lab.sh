@@ -24,8 +24,12 @@ networks=(
     "bulkrelay-apps 203.0.113.192/26 2001:db8:113::/64 company apps: relay app"
 )
 
-# postfix for smtp-sink/smtp-source, swaks for probes, chromium to test the HTML audit report.
-host_packages=(docker.io debootstrap apt-cacher-ng iproute2 postfix swaks chromium)
+# postfix for smtp-sink/smtp-source, swaks for probes, chromium to test the HTML audit report,
+# Debian's check_rbl (monitoring-plugins-contrib; its Perl modules are only recommended) for the
+# dnsbl scenario's side-by-side run.
+host_packages=(docker.io debootstrap apt-cacher-ng iproute2 postfix swaks chromium
+    monitoring-plugins-contrib libmonitoring-plugin-perl libnet-dns-perl libreadonly-perl
+    libcapture-tiny-perl libdata-validate-domain-perl libdata-validate-ip-perl libnet-ip-perl)
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() { printf 'lab: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -39,6 +39,12 @@ def app():
     return _docker("br-sender-app")
 
 
+def test_site_yml_leaves_systemd_healthy_and_the_relay_named(relay):
+    state = relay.run("systemctl is-system-running").stdout.strip()
+    assert state == "running", relay.run("systemctl --failed --no-legend").stdout
+    assert relay.run("hostname -f").stdout.strip() == "relay.example.test"
+
+
 @pytest.fixture(scope="module")
 def outsider():
     return _docker("br-sender-outsider")
