@@ -42,8 +42,11 @@ options:
   lists:
     description:
       - The lists; empty = the curated defaults. Each a dict with C(zone) and optionally C(kind)
-        (ip/domain), C(name), C(ipv6), C(listed), C(errors) (return codes, ranges or networks),
-        C(selftest), C(test_listed), C(test_clean), C(allowlist), C(dqs_zone), C(nameservers).
+        (ip/domain), C(name), C(ipv4) and C(ipv6) (the address families an IP list serves),
+        C(listed), C(errors) (return codes, ranges or networks), C(selftest), C(test_listed) and
+        C(test_clean) (IPv4 or domain self-test points), C(test_listed6) and C(test_clean6) (IPv6
+        self-test points), C(allowlist), C(dqs_zone), C(nameservers). See
+        roles/dnsbl_monitor/README.md.
     type: list
     elements: dict
     default: []

@@ -13,7 +13,7 @@ import pytest
 from bulkrelay.dnsbl.checker import Checker, judge
 from bulkrelay.dnsbl.lists import DnsblList, Settings
 from bulkrelay.dnsbl.lookup import Answer, Lookup
-from bulkrelay.dnsbl.names import parse_nameserver
+from bulkrelay.dnsbl.names import parse_nameserver, reverse_ipv6
 
 
 class FakeDns:
@@ -188,13 +188,77 @@ def test_allowlist_error_does_not_make_the_check_fail():
 def test_ipv6_only_asked_where_supported_and_by_nibbles():
     v6 = "2001:db8:100::25"
     nibbles = "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.8.b.d.0.1.0.0.2"
-    answers = zone_answers("v6.test") | zone_answers("v4only.test")
+    answers = v6_answers("v6.test") | zone_answers("v4only.test")  # IPv6 targets: IPv6 self-test
     answers[f"{nibbles}.v6.test."] = {"A": ["127.0.0.2"]}
     fake = FakeDns(answers)
     result = run(fake, settings({"zone": "v6.test", "ipv6": True}, {"zone": "v4only.test"}), targets=[v6])
     assert [(r.target, r.zone) for r in result.listings] == [(v6, "v6.test")]
     assert result.lists == ["v6.test"]
     assert not any(name.endswith("v4only.test.") for name, _t, _s in fake.asked)
+
+
+RELAY6 = "2001:db8:100::25"
+
+
+def v6_answers(zone, listed=(), dead=False):
+    """A list's IPv6 side: the RFC 5782 section 5 points (::ffff:7f00:2 listed, ::ffff:7f00:1 only
+    when `dead`) plus the IPv6 addresses in `listed`."""
+    answers = {f"{reverse_ipv6('::ffff:7f00:2')}.{zone}.": {"A": ["127.0.0.2"]}}
+    if dead:
+        answers[f"{reverse_ipv6('::ffff:7f00:1')}.{zone}."] = {"A": ["127.0.0.2"]}
+    for address in listed:
+        answers[f"{reverse_ipv6(address)}.{zone}."] = {"A": ["127.0.0.2"], "TXT": ["IPv6 listing"]}
+    return answers
+
+
+def test_ipv6_only_list_self_tests_with_ipv6_points_and_reports_listings():
+    """Issue 19 point 1: a list that serves only IPv6 answers none of the IPv4 test points; it
+    must still report a listed IPv6 address (CRITICAL) and an unlisted one as clean (OK)."""
+    fake = FakeDns(v6_answers("v6only.test", listed=[RELAY6]))
+    v6only = {"zone": "v6only.test", "ipv4": False, "ipv6": True, "listed": ["127.0.0.2"]}
+    result = run(fake, settings(v6only), targets=[RELAY6, "2001:db8:100::26", RELAY])
+    assert not result.errors, result.errors
+    assert [(r.target, r.reason) for r in result.listings] == [(RELAY6, "IPv6 listing")]
+    assert [r.target for r in result.results if r.outcome == "clean"] == ["2001:db8:100::26"]
+    # Its IPv4 side is neither self-tested nor asked about the relay's IPv4 address.
+    assert not any(".0.0.127." in name or RELAY_REV in name for name, _t, _s in fake.asked)
+
+
+def test_dual_list_judges_each_family_by_its_own_self_test():
+    """ipv6: true alone (the existing key) now self-tests the IPv6 side with the IPv6 points: an
+    IPv6 answer is trusted when they pass even if the IPv4 points fail, and the other way round."""
+    answers = v6_answers("v6side.test", listed=[RELAY6])  # IPv4 test points: NXDOMAIN
+    answers.update(zone_answers("v4side.test", relay=["127.0.0.2"]))  # IPv6 test points: NXDOMAIN
+    answers[f"{reverse_ipv6(RELAY6)}.v4side.test."] = {"A": ["127.0.0.2"]}
+    lists = ({"zone": "v6side.test", "ipv6": True}, {"zone": "v4side.test", "ipv6": True})
+    result = run(FakeDns(answers), settings(*lists), targets=[RELAY, RELAY6])
+    assert [(r.target, r.zone) for r in result.listings] == [(RELAY6, "v6side.test"), (RELAY, "v4side.test")]
+    errors = {(r.target, r.zone): r.error for r in result.errors}
+    assert set(errors) == {(RELAY, "v6side.test"), (RELAY6, "v4side.test")}
+    assert "test point 127.0.0.2 is not listed" in errors[(RELAY, "v6side.test")]
+    assert "test point ::ffff:7f00:2 is not listed" in errors[(RELAY6, "v4side.test")]
+
+
+def test_ipv6_dead_list_is_unknown_not_listed():
+    fake = FakeDns(v6_answers("dead6.test", listed=[RELAY6], dead=True))
+    result = run(fake, settings({"zone": "dead6.test", "ipv4": False, "ipv6": True}), targets=[RELAY6])
+    assert not result.listings
+    assert "dead list" in result.errors[0].error and "::ffff:7f00:1" in result.errors[0].error
+
+
+def test_own_ipv6_test_points_are_asked():
+    answers = {f"{reverse_ipv6('2001:db8::2')}.own6.test.": {"A": ["127.0.0.2"]}}
+    own = {
+        "zone": "own6.test",
+        "ipv4": False,
+        "ipv6": True,
+        "test_listed6": "2001:DB8::2",
+        "test_clean6": "2001:db8::1",
+    }
+    fake = FakeDns(answers)
+    result = run(fake, settings(own), targets=[RELAY6])
+    assert [r.outcome for r in result.results] == ["clean"]
+    assert f"{reverse_ipv6('2001:db8::1')}.own6.test." in {name for name, _t, _s in fake.asked}
 
 
 def test_domain_list_uses_rfc5782_domain_test_points():

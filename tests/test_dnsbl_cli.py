@@ -43,6 +43,8 @@ def test_lists_prints_curated_defaults(tmp_path):
     cfg.write_text("{}")
     out = run("bulkrelay", "dnsbl", "lists", "--config", str(cfg))
     assert out.returncode == 0 and "zen.spamhaus.org" in out.stdout and "allowlist" in out.stdout
+    zen = next(line for line in out.stdout.splitlines() if line.startswith("zen.spamhaus.org"))
+    assert " ip4+6 " in zen and "127.0.0.2/127.0.0.1,::ffff:7f00:2/::ffff:7f00:1" in zen
 
 
 def test_python_m_form_loads_only_the_dnsbl_code(tmp_path):

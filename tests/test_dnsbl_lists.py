@@ -86,3 +86,51 @@ def test_dqs_zone_only_with_key():
 def test_underscore_keys_are_comments():
     cfg = Settings.from_mapping({"_comment": "managed by bulkrelay", "lists": [{"zone": "bl.test"}]})
     assert [item.label for item in cfg.lists] == ["bl.test"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        # The old hand-made workaround for IPv6-only lists names the new keys in its error.
+        ({"ipv6": True, "test_listed": "::ffff:7f00:2"}, r"IPv6 test points go in test_listed6.*ipv4: false"),
+        ({"test_clean": "bogus"}, "test_clean must be an IPv4 address"),
+        ({"ipv4": False}, "serves neither IPv4 nor IPv6"),
+        ({"ipv6": True, "test_listed6": "127.0.0.2"}, "test_listed6 must be an IPv6 address"),
+        ({"test_clean6": "::ffff:7f00:1"}, "add ipv6: true"),
+        ({"kind": "domain", "ipv6": True}, "apply to IP lists only"),
+        ({"ipv4": "no", "ipv6": True}, "ipv4 must be true or false"),
+    ],
+)
+def test_family_and_test_point_settings_name_the_fix(entry, match):
+    with pytest.raises(InputError, match=match):
+        DnsblList.from_mapping({"zone": "bl.test", **entry})
+
+
+def test_test_points_per_family():
+    dual = DnsblList.from_mapping({"zone": "bl.test", "ipv6": True, "test_listed6": "2001:DB8::2"})
+    assert dual.test_points(4) == ("127.0.0.2", "127.0.0.1")
+    assert dual.test_points(6) == ("2001:db8::2", "::ffff:7f00:1")
+    v6only = DnsblList.from_mapping({"zone": "bl.test", "ipv4": False, "ipv6": True})
+    assert not v6only.applies_to("ip", 4) and v6only.applies_to("ip", 6)
+    assert v6only.test_points(6) == ("::ffff:7f00:2", "::ffff:7f00:1")
+    assert DnsblList.from_mapping({"zone": "bl.test", "kind": "domain"}).test_points() == ("test", "invalid")
+
+
+def test_defaults_name_their_own_test_points_and_codes():
+    lists = {item.label: item for item in default_lists()}
+    for item in lists.values():
+        if item.selftest:  # written out, not left to a fallback a reader has to know
+            assert item.test_listed and item.test_clean, item.label
+            assert not item.ipv6 or (item.test_listed6 and item.test_clean6), item.label
+    zen, dbl, mailspike = lists["zen.spamhaus.org"], lists["dbl.spamhaus.org"], lists["bl.mailspike.net"]
+    assert zen.ipv6 and zen.test_points(6) == ("::ffff:7f00:2", "::ffff:7f00:1")
+    assert "127.0.0.30" in zen.listed and "127.0.0.12" not in zen.listed
+    # Spamhaus: 127.0.1.255 answers an IP query sent to the domain list - an error, not a listing.
+    assert (
+        "127.0.1.255" in dbl.errors and "127.0.1.255" not in dbl.listed and dbl.test_listed == "dbltest.com"
+    )
+    assert "127.0.1.3" not in dbl.listed and "127.0.1.106" in dbl.listed
+    # bl.mailspike.net carries the reputation levels L5-L3 only.
+    assert "127.0.0.12" in mailspike.listed and "127.0.0.13" not in mailspike.listed
+    # Lists that do not document IPv6 queries are not asked about IPv6 addresses.
+    assert [label for label, item in lists.items() if item.ipv6] == ["zen.spamhaus.org", "list.dnswl.org"]

@@ -17,6 +17,7 @@ RELAY4, RELAY6 = "198.51.100.25", "2001:db8:100::25"
 CHECK_DNSBL = str(Path(sys.executable).parent / "check_dnsbl")
 LISTS = {
     "bl.lab.test": {"ipv6": True, "listed": ["127.0.0.2-127.0.0.11"]},
+    "v6only.lab.test": {"ipv4": False, "ipv6": True, "listed": ["127.0.0.2"]},
     "clean.lab.test": {},
     "spamhauslike.lab.test": {"listed": ["127.0.0.2-127.0.0.11"], "errors": ["127.255.255.0/24"]},
     "dead.lab.test": {},
@@ -59,6 +60,20 @@ def test_listed_zone_is_critical_with_reason(tmp_path):
         (RELAY6, "bl.lab.test"),
     }
     assert data["listings"][0]["reason"].startswith("Listed by the lab BL for spam trap hits")
+
+
+def test_ipv6_only_list_reports_listed_critical_and_unlisted_ok(tmp_path):
+    """Issue 19 point 1: v6only.lab.test has no IPv4 data at all (its IPv4 test points are
+    NXDOMAIN). Self-tested with the RFC 5782 IPv6 points it lists the relay's IPv6 address:
+    CRITICAL; another IPv6 address: OK. Before the fix both were UNKNOWN (IPv4 self-test failed)."""
+    rc, data = verdict(tmp_path, "v6only.lab.test", "-H", RELAY6)
+    assert rc == 2 and data["status"] == "CRITICAL", data
+    assert [(x["target"], x["zone"]) for x in data["listings"]] == [(RELAY6, "v6only.lab.test")]
+    assert data["listings"][0]["reason"].startswith("Listed by the lab IPv6-only BL")
+    # The relay's IPv4 address is not asked on a list that serves only IPv6: not an error either.
+    rc, data = verdict(tmp_path, "v6only.lab.test", "-H", "2001:db8:100::26", "-H", RELAY4)
+    assert rc == 0 and data["status"] == "OK", data
+    assert data["listings"] == [] and data["errors"] == [] and data["checked"] == 1
 
 
 def test_clean_zone_is_ok(tmp_path):

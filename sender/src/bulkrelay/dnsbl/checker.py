@@ -1,11 +1,14 @@
 """The one DNSBL checker: every list asked for every target, in parallel, within one deadline.
 
 For each list the RFC 5782 self-test runs alongside the real queries (same deadline): the
-"listed" test point must come back listed and the "clean" one must be NXDOMAIN. A list that
-fails it (dead list answering for everything, shut-down list, resolver refused) reports an
-error for all its queries, never "clean" and never "listed". Return codes a list defines as
-errors, and codes it does not define at all, are errors too. TXT reasons are fetched for
-listings with what is left of the deadline; a missing reason never undoes a listing.
+"listed" test point must come back listed and the "clean" one must be NXDOMAIN. An IP list is
+self-tested once per address family it is asked about, with that family's points: an answer for
+an IPv6 address is trusted when the list answers its IPv6 points, whatever its IPv4 side does
+(a list may serve only IPv6). A list that fails it (dead list answering for everything,
+shut-down list, resolver refused) reports an error for all its queries of that family, never
+"clean" and never "listed". Return codes a list defines as errors, and codes it does not define
+at all, are errors too. TXT reasons are fetched for listings with what is left of the deadline;
+a missing reason never undoes a listing.
 """
 
 from __future__ import annotations
@@ -126,9 +129,9 @@ def judge(dnsbl: DnsblList, answer: Answer) -> tuple[str, tuple[str, ...], str]:
     return "listed", codes, ""
 
 
-def selftest_problem(dnsbl: DnsblList, listed_answer: Answer, clean_answer: Answer) -> str:
-    """Why a list failed its RFC 5782 self-test, or "" when it passed."""
-    must_list, must_not = dnsbl.test_points
+def selftest_problem(dnsbl: DnsblList, listed_answer: Answer, clean_answer: Answer, version: int = 4) -> str:
+    """Why a list failed its RFC 5782 self-test for targets of this IP version, or "" when it passed."""
+    must_list, must_not = dnsbl.test_points(version)
     for point, answer in ((must_not, clean_answer), (must_list, listed_answer)):
         outcome, codes, error = judge(dnsbl, answer)
         if outcome == "error" and codes and not error.startswith("answered error code"):
@@ -187,9 +190,10 @@ class Checker:
             lookup = self._lookup(dnsbl)
             zone = dnsbl.query_zone(self.settings.dqs_key)
             if dnsbl.selftest:
-                for point in dnsbl.test_points:
-                    name = query_name(_test_target(dnsbl, point), zone)
-                    probes[(dnsbl.zone, "selftest:" + point)] = _Probe(lookup, name, want_reason=False)
+                for version in {target.version for target in applicable}:
+                    for point in dnsbl.test_points(version):
+                        name = query_name(_test_target(dnsbl, point), zone)
+                        probes[(dnsbl.zone, "selftest:" + point)] = _Probe(lookup, name, want_reason=False)
             for target in applicable:
                 probes[(dnsbl.zone, target.value)] = _Probe(
                     lookup, query_name(target, zone), want_reason=True
@@ -197,15 +201,17 @@ class Checker:
         await _run_until(list(probes.values()), self.settings.timeout + DEADLINE_MARGIN)
 
         for dnsbl, applicable in jobs:
-            problem = ""
-            if dnsbl.selftest:
-                must_list, must_not = dnsbl.test_points
-                problem = selftest_problem(
+            problems: dict[int, str] = {}
+            for version in {target.version for target in applicable} if dnsbl.selftest else ():
+                must_list, must_not = dnsbl.test_points(version)
+                problems[version] = selftest_problem(
                     dnsbl,
                     probes[(dnsbl.zone, "selftest:" + must_list)].answer,
                     probes[(dnsbl.zone, "selftest:" + must_not)].answer,
+                    version,
                 )
             for target in applicable:
+                problem = problems.get(target.version, "")
                 probe = probes[(dnsbl.zone, target.value)]
                 qr = QueryResult(
                     target=target.value,

@@ -173,10 +173,14 @@ def cmd_lists(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     for item in settings.lists:
         role = "allowlist" if item.allowlist else "blocklist"
-        ipv6 = "+ipv6" if item.ipv6 else ""
+        # The families an IP list is asked about: "ip4", "ip6" (an IPv6-only list) or "ip4+6",
+        # and the self-test points of each, so an operator sees what "self-test failed" refers to.
+        versions = [v for v, on in ((4, item.ipv4), (6, item.ipv6)) if on] if item.kind == "ip" else [0]
+        kind = "ip" + "+".join(map(str, versions)) if item.kind == "ip" else item.kind
+        selftest = ",".join("/".join(item.test_points(v)) for v in versions) if item.selftest else "no"
         print(
-            f"{item.label:<28} {item.kind}{ipv6:<6} {role:<9} listed={','.join(item.listed.text)} "
-            f"errors={','.join(item.errors.text)} selftest={'yes' if item.selftest else 'no'}  {item.name}"
+            f"{item.label:<28} {kind:<6} {role:<9} listed={','.join(item.listed.text)} "
+            f"errors={','.join(item.errors.text)} selftest={selftest}  {item.name}"
         )
     return 0
 

@@ -3,8 +3,9 @@
 Each list is a `DnsblList`: its zone, whether it lists IP addresses or domains, which return
 codes mean "listed" and which mean "error" (Spamhaus answers 127.255.255.252/254/255 for a
 typo in the zone, a query through a public resolver, and rate limiting - none of them is a
-listing), its RFC 5782 self-test points, whether it is an allowlist (reported apart, never a
-listing), and an optional Spamhaus DQS zone used when a DQS key is configured.
+listing), which address families an IP list serves (ipv4/ipv6), its RFC 5782 self-test points
+for each family, whether it is an allowlist (reported apart, never a listing), and an optional
+Spamhaus DQS zone used when a DQS key is configured.
 
 `DEFAULT_LISTS` is the curated default set; `Settings.from_mapping` reads the JSON/inventory
 form (see roles/dnsbl_monitor/README.md) and refuses lists known to be shut down.
@@ -23,6 +24,8 @@ from bulkrelay.dnsbl.names import (
     DOMAIN_TEST_LISTED,
     IPV4_TEST_CLEAN,
     IPV4_TEST_LISTED,
+    IPV6_TEST_CLEAN,
+    IPV6_TEST_LISTED,
     InputError,
     Nameserver,
     normalize_zone,
@@ -100,12 +103,15 @@ class DnsblList:
     zone: str
     kind: str = "ip"
     name: str = ""
+    ipv4: bool = True
     ipv6: bool = False
     listed: CodeSet = field(default_factory=lambda: CodeSet.parse(["127.0.0.2-127.255.255.254"], "default"))
     errors: CodeSet = field(default_factory=lambda: CodeSet.parse(["127.255.255.0/24"], "default"))
     selftest: bool = True
     test_listed: str = ""
     test_clean: str = ""
+    test_listed6: str = ""
+    test_clean6: str = ""
     allowlist: bool = False
     dqs_zone: str = ""
     nameservers: tuple[Nameserver, ...] = ()
@@ -115,12 +121,14 @@ class DnsblList:
         """The zone as shown to people: never contains a DQS key."""
         return self.zone.rstrip(".")
 
-    @property
-    def test_points(self) -> tuple[str, str]:
-        """(must be listed, must not be listed) as the value checked (IP or domain)."""
-        if self.kind == "ip":
-            return (self.test_listed or IPV4_TEST_LISTED, self.test_clean or IPV4_TEST_CLEAN)
-        return (self.test_listed or DOMAIN_TEST_LISTED, self.test_clean or DOMAIN_TEST_CLEAN)
+    def test_points(self, version: int = 4) -> tuple[str, str]:
+        """(must be listed, must not be listed) for targets of this IP version (ignored by domain
+        lists): a listing of an IPv6 address is only trusted when the list answers its IPv6 points."""
+        if self.kind == "domain":
+            return (self.test_listed or DOMAIN_TEST_LISTED, self.test_clean or DOMAIN_TEST_CLEAN)
+        if version == 6:
+            return (self.test_listed6 or IPV6_TEST_LISTED, self.test_clean6 or IPV6_TEST_CLEAN)
+        return (self.test_listed or IPV4_TEST_LISTED, self.test_clean or IPV4_TEST_CLEAN)
 
     def query_zone(self, dqs_key: str = "") -> str:
         """The zone actually asked: `<key>.<dqs_zone>` with a DQS key, the public zone otherwise."""
@@ -131,7 +139,7 @@ class DnsblList:
     def applies_to(self, kind: str, version: int) -> bool:
         if kind != self.kind:
             return False
-        return kind == "domain" or version == 4 or self.ipv6
+        return kind == "domain" or (self.ipv4 if version == 4 else self.ipv6)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DnsblList:
@@ -141,12 +149,15 @@ class DnsblList:
             "zone",
             "kind",
             "name",
+            "ipv4",
             "ipv6",
             "listed",
             "errors",
             "selftest",
             "test_listed",
             "test_clean",
+            "test_listed6",
+            "test_clean6",
             "allowlist",
             "dqs_zone",
             "nameservers",
@@ -181,12 +192,11 @@ class DnsblList:
             zone=zone,
             kind=kind,
             name=str(data.get("name") or zone.rstrip(".")),
-            ipv6=_bool(data.get("ipv6", False), what, "ipv6"),
+            **_families(data, kind, what),
             listed=listed,
             errors=errors,
             selftest=_bool(data.get("selftest", True), what, "selftest"),
-            test_listed=str(data.get("test_listed") or ""),
-            test_clean=str(data.get("test_clean") or ""),
+            **_test_points(data, kind, what),
             allowlist=_bool(data.get("allowlist", False), what, "allowlist"),
             dqs_zone=normalize_zone(str(data["dqs_zone"])) if data.get("dqs_zone") else "",
             nameservers=parsed_ns,
@@ -197,6 +207,62 @@ def _bool(value: Any, what: str, key: str) -> bool:
     if isinstance(value, bool):
         return value
     raise InputError(f"{what}: {key} must be true or false, not {value!r}")
+
+
+IP_ONLY_KEYS = ("ipv4", "ipv6", "test_listed6", "test_clean6")
+
+
+def _families(data: Mapping[str, Any], kind: str, what: str) -> dict[str, bool]:
+    """ipv4/ipv6 of an IP list; a domain list has no address family, so the keys are refused."""
+    if kind == "domain":
+        given = [key for key in IP_ONLY_KEYS if key in data]
+        if given:
+            raise InputError(
+                f"{what}: {', '.join(given)} apply to IP lists only; remove them from this domain list"
+            )
+        return {}
+    ipv4 = _bool(data.get("ipv4", True), what, "ipv4")
+    ipv6 = _bool(data.get("ipv6", False), what, "ipv6")
+    if not (ipv4 or ipv6):
+        raise InputError(f"{what}: serves neither IPv4 nor IPv6; set ipv4: true and/or ipv6: true")
+    return {"ipv4": ipv4, "ipv6": ipv6}
+
+
+def _test_points(data: Mapping[str, Any], kind: str, what: str) -> dict[str, str]:
+    """test_listed/test_clean (IPv4 or domain) and test_listed6/test_clean6 (IPv6), checked here so
+    that an IPv6 point given as an IPv4 one (the old hand-made workaround for IPv6-only lists) is
+    refused with the fix instead of self-testing the list's IPv4 side with IPv6 names."""
+    points = {key: str(data.get(key) or "").strip() for key in ("test_listed", "test_clean")}
+    if kind == "domain":
+        return points
+    for key, value in points.items():
+        if value and _ip_version(value) != 4:
+            hint = (
+                f"{key} is an IPv6 address: IPv6 test points go in {key}6 (RFC 5782 defaults "
+                f"{IPV6_TEST_LISTED} / {IPV6_TEST_CLEAN}), and a list that serves only IPv6 says "
+                "ipv4: false, ipv6: true"
+                if _ip_version(value) == 6
+                else f"{key} must be an IPv4 address such as {IPV4_TEST_LISTED}"
+            )
+            raise InputError(f"{what}: {hint}, not {value!r}")
+    for key in ("test_listed6", "test_clean6"):
+        value = str(data.get(key) or "").strip()
+        if value and _ip_version(value) != 6:
+            raise InputError(
+                f"{what}: {key} must be an IPv6 address such as {IPV6_TEST_LISTED}, not {value!r}"
+            )
+        if value and data.get("ipv6") is not True:
+            raise InputError(f"{what}: {key} is set but the list does not serve IPv6; add ipv6: true")
+        # One spelling per point, so the self-test finds its answer under the name it asked.
+        points[key] = ipaddress.IPv6Address(value).compressed if value else ""
+    return points
+
+
+def _ip_version(text: str) -> int:
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return 0
 
 
 def refuse_shut_down(zone: str) -> None:
@@ -212,36 +278,74 @@ def _spamhaus(zone: str, kind: str, listed: list[str], dqs: str, **extra: Any) -
         "zone": zone,
         "kind": kind,
         "listed": listed,
-        "errors": ["127.255.255.0/24"],
+        "errors": ["127.255.255.0/24", *extra.pop("more_errors", [])],
         "dqs_zone": dqs,
         **extra,
     }
 
 
-# The curated default set: lists that are run today, answer RFC 5782 test points and are used by
-# large receivers. Each is free for low-volume use from your own resolver. Override with
-# `lists` (replace) or `extra_lists`/`disabled_lists` (adjust) in the settings.
+# The curated default set: lists that are run today and are used by large receivers. Each is free
+# for low-volume use from your own resolver. Every entry names its own test points and return
+# codes as the list documents them; where a list does not document one, the RFC 5782 point is
+# written out and roles/dnsbl_monitor/README.md ("Where the list defaults come from") says which
+# fact came from where. A list is asked about IPv6 addresses only where it documents IPv6 queries.
+# Override with `lists` (replace) or `extra_lists`/`disabled_lists` (adjust) in the settings.
 DEFAULT_LIST_DATA: tuple[dict[str, Any], ...] = (
     _spamhaus(
         "zen.spamhaus.org",
         "ip",
-        ["127.0.0.2-127.0.0.11"],
+        # .2-.11 are the SBL/CSS/XBL/DROP/PBL codes (some documented as "currently unused"),
+        # .30 is the BCL.
+        ["127.0.0.2-127.0.0.11", "127.0.0.30"],
         "zen.dq.spamhaus.net",
         name="Spamhaus ZEN",
         ipv6=True,
+        test_listed=IPV4_TEST_LISTED,
+        test_clean=IPV4_TEST_CLEAN,
+        test_listed6=IPV6_TEST_LISTED,
+        test_clean6=IPV6_TEST_CLEAN,
     ),
     _spamhaus(
         "dbl.spamhaus.org",
         "domain",
-        ["127.0.1.2-127.0.1.255"],
+        ["127.0.1.2", "127.0.1.4-127.0.1.6", "127.0.1.102-127.0.1.106"],
         "dbl.dq.spamhaus.net",
+        # 127.0.1.255: "IP queries not allowed" - an error of the query, never a listing.
+        more_errors=["127.0.1.255"],
         name="Spamhaus DBL",
         test_listed="dbltest.com",
+        test_clean=DOMAIN_TEST_CLEAN,
     ),
-    {"zone": "b.barracudacentral.org", "name": "Barracuda BRBL", "listed": ["127.0.0.2"]},
-    {"zone": "bl.spamcop.net", "name": "SpamCop", "listed": ["127.0.0.2"]},
-    {"zone": "psbl.surriel.com", "name": "PSBL", "listed": ["127.0.0.2"]},
-    {"zone": "bl.mailspike.net", "name": "Mailspike BL", "listed": ["127.0.0.2", "127.0.0.10-127.0.0.14"]},
+    {
+        "zone": "b.barracudacentral.org",
+        "name": "Barracuda BRBL",
+        "listed": ["127.0.0.2"],
+        "test_listed": IPV4_TEST_LISTED,
+        "test_clean": IPV4_TEST_CLEAN,
+    },
+    {
+        "zone": "bl.spamcop.net",
+        "name": "SpamCop",
+        "listed": ["127.0.0.2"],
+        "test_listed": IPV4_TEST_LISTED,
+        "test_clean": IPV4_TEST_CLEAN,
+    },
+    {
+        "zone": "psbl.surriel.com",
+        "name": "PSBL",
+        "listed": ["127.0.0.2"],
+        "test_listed": IPV4_TEST_LISTED,
+        "test_clean": IPV4_TEST_CLEAN,
+    },
+    {
+        "zone": "bl.mailspike.net",
+        "name": "Mailspike BL",
+        # 127.0.0.2 = the zero-hour list (z.mailspike.net); .10-.12 = reputation levels L5-L3,
+        # the only levels bl.mailspike.net carries.
+        "listed": ["127.0.0.2", "127.0.0.10-127.0.0.12"],
+        "test_listed": IPV4_TEST_LISTED,
+        "test_clean": IPV4_TEST_CLEAN,
+    },
     {
         "zone": "list.dnswl.org",
         "name": "DNSWL (allowlist)",
@@ -249,6 +353,8 @@ DEFAULT_LIST_DATA: tuple[dict[str, Any], ...] = (
         "ipv6": True,
         "listed": ["127.0.0.0-127.0.255.254"],
         "errors": ["127.0.0.255"],
+        # No documented test points were found for DNSWL: an allowlist hit is never counted,
+        # so it is not self-tested rather than tested against guessed points.
         "selftest": False,
     },
 )

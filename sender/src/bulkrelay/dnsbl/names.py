@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from bulkrelay.dns.resolver import Nameserver, NameserverError
 from bulkrelay.dns.resolver import parse_nameserver as _parse_nameserver
 
-# RFC 5782 section 5: test points every conforming list answers for.
+# RFC 5782 section 5: test points every conforming list answers for. An IPv6 list has its own
+# (127.0.0.2 / 127.0.0.1 as IPv4-mapped addresses): a list that serves only IPv6 need not answer
+# the IPv4 ones, so each address family is self-tested with its own points.
 IPV4_TEST_LISTED = "127.0.0.2"
 IPV4_TEST_CLEAN = "127.0.0.1"
+IPV6_TEST_LISTED = "::ffff:7f00:2"
+IPV6_TEST_CLEAN = "::ffff:7f00:1"
 DOMAIN_TEST_LISTED = "test"
 DOMAIN_TEST_CLEAN = "invalid"
 
