@@ -3,35 +3,88 @@
 # `lab`: dns, dnsbl, relay, mailhost, app, outsider), runs site.yml against the relay exactly
 # as a user would, hands a batch of invoices to the relay and shows it drain in batches, then
 # runs the audit and prints its report. `make lab-down` removes it all.
+#
+# One line per step with the time it took; the full output of every step goes to the log
+# named at the start and in the summary. A step that fails prints its own output from the
+# first error on (all of it when there is no recognisable error line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 invoices=${BULKRELAY_DEMO_INVOICES:-150}
 relay=br-lab-relay
+log_file=reports/lab/make-lab.log
+mkdir -p reports/lab
+: >"$log_file"
 on_relay() { docker exec "$relay" runuser -u bulkrelay -- /opt/bulkrelay/venv/bin/bulkrelay "$@"; }
-step() { printf '\n== %s\n' "$*"; }
 
-step "building the lab and running site.yml against the relay (molecule converge -s lab)"
-molecule converge -s lab
+# step "what" command...: runs the command with its output in the log. On a terminal a live line
+# shows the time so far and, for Ansible, the task count and the task at hand.
+step() {
+    local what=$1 started=$SECONDS output rc=0 tasks current
+    shift
+    output=$(mktemp)
+    printf '\n===== %s\n' "$what" >>"$log_file"
+    "$@" >"$output" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        if [[ -t 1 ]]; then
+            tasks=$(grep -c 'TASK \[' "$output" || true)
+            current=$(grep -o 'TASK \[[^]]*\]' "$output" | tail -n 1 | cut -c7- | tr -d '[]' || true)
+            printf '\r\033[K.. %s: %ds%s' "$what" $((SECONDS - started)) \
+                "${current:+, task $tasks: ${current:0:60}}"
+        fi
+        sleep 1
+    done
+    wait "$pid" || rc=$?
+    sed 's/\x1b\[[0-9;]*m//g' "$output" >>"$log_file"
+    [[ -t 1 ]] && printf '\r\033[K'
+    if ((rc != 0)); then
+        printf 'FAILED %s after %ds (exit %d); its output from the first error (full log: %s):\n' \
+            "$what" $((SECONDS - started)) "$rc" "$log_file"
+        sed 's/\x1b\[[0-9;]*m//g' "$output" |
+            awk 'found || /fatal:|FAILED!|ERROR|Traceback|[Ee]rror:/ {found=1} found' >"$output.err"
+        if [[ -s $output.err ]]; then cat "$output.err"; else cat "$output"; fi
+        exit "$rc"
+    fi
+    STEP_SECONDS=$((SECONDS - started))
+    STEP_OUTPUT=$(sed 's/\x1b\[[0-9;]*m//g' "$output")
+    rm -f "$output"
+}
 
-step "the app server hands $invoices invoices (PDF attached) to the relay's SMTP intake"
-docker exec -i br-lab-app python3 - "$invoices" 100000 <molecule/lab/files/send_invoices.py
+echo "make lab: full output in $log_file"
 
-step "the sender releases them in batches (lab pace: 50 every 5 s)"
+step "build the lab and run site.yml against the relay (molecule converge -s lab)" molecule converge -s lab
+recap=$(grep -E "^[ │]*$relay +: ok=" <<<"$STEP_OUTPUT" | tail -n 1 | sed 's/^[ │]*//; s/  */ /g')
+tasks=$(grep -c 'TASK \[' <<<"$STEP_OUTPUT" || true)
+echo "ok   lab built and site.yml converged in ${STEP_SECONDS}s ($tasks tasks on all hosts; $recap)"
+
+step "hand $invoices invoices to the intake" \
+    docker exec -i br-lab-app python3 - "$invoices" 100000 <molecule/lab/files/send_invoices.py
+echo "ok   the app server handed $invoices invoices (PDF attached) to the relay's SMTP intake in ${STEP_SECONDS}s"
+
+echo "..   the sender releases them in batches (lab pace: 50 every 5 s):"
 on_relay status --watch 1
-on_relay status
+on_relay status | tee -a "$log_file"
 
-step "audit: SPF, FCrDNS, MX, DKIM, DMARC, DNSBL and the relay's posture against the lab DNS"
+# The audit exits non-zero when it finds a problem: that is its report, not a failed step.
 inventory=$(ls -d "$HOME"/.ansible/tmp/molecule.*.lab/inventory | head -n 1)/ansible_inventory.yml
-ansible-playbook -i "$inventory" playbooks/audit.yml -e audit__report_dir="$PWD/reports/lab" >/dev/null || true
+started=$SECONDS
+printf '\n===== audit\n' >>"$log_file"
+if ansible-playbook -i "$inventory" playbooks/audit.yml -e audit__report_dir="$PWD/reports/lab" >>"$log_file" 2>&1; then
+    verdict="passed"
+else
+    verdict="found problems (exit $?)"
+fi
+echo "ok   audit (SPF, FCrDNS, MX, DKIM, DMARC, DNSBL, the relay's posture) $verdict in $((SECONDS - started))s:"
 bulkrelay report reports/lab/audit.json || true
 
-step "what was built"
+echo
 docker ps --filter name=br-lab- --format 'table {{.Names}}\t{{.Status}}'
 cat <<SUMMARY
 
 relay.example.test (198.51.100.101) sends for example.test; nothing listens for inbound mail.
 Records the toolkit generated: build/dns/ (zone snippets, JSON, summary, PTR request note).
 Audit report: reports/lab/audit.json, reports/lab/audit.html, reports/lab/audit.junit.xml.
+Full output of every step: $log_file
 Look around:  docker exec -it $relay bash   (bulkrelay status, postqueue -p, nft list ruleset)
 Remove it:    make lab-down
 SUMMARY
