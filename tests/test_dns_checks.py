@@ -1,6 +1,7 @@
 """The DNS checks (SPF, FCrDNS, MX, DKIM, DMARC) against a static zone: good and broken."""
 
 import base64
+import sys
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -158,6 +159,14 @@ def test_dkim_weak_key_and_split_strings():
     z = zone(**{"lab2026._domainkey.example.test": [("TXT", [weak[:half], weak[half:]])]})
     r = dkim.check(z, "example.test", "lab2026", expected=weak)
     assert r.status == "warn" and "1024 bits" in r.warnings[0]
+
+
+def test_dkim_key_size_without_cryptography_is_could_not_tell(monkeypatch):
+    """No guessed 2048: a 1024-bit key must not pass because the library to read it is missing."""
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.serialization", None)
+    weak = dkim_txt(1024)
+    r = dkim.check(zone(**{"lab2026._domainkey.example.test": [("TXT", weak)]}), "example.test", "lab2026")
+    assert r.status == "error" and "could not tell" in r.message and "python3-cryptography" in r.message
 
 
 @pytest.mark.parametrize(
