@@ -207,6 +207,21 @@ def test_dmarc_alignment_and_policy():
     assert r.status == "fail" and "weaker than the required quarantine" in r.message
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "is_aligned"),
+    [
+        ("bounce.other-company.co.uk", "example.co.uk", False),  # co.uk is a public suffix
+        ("bounce.example.co.uk", "example.co.uk", True),
+        ("alice.github.io", "bob.github.io", False),  # the list's private part counts too
+        ("bounce.example.test", "example.test", True),  # no rule: the last label is the suffix
+        ("other.test", "example.test", False),
+    ],
+)
+def test_dmarc_relaxed_alignment_uses_the_public_suffix_list(a, b, is_aligned):
+    assert dmarc.aligned(a, b, "r") is is_aligned
+    assert dmarc.aligned(f"{a}.", b.upper(), "r") is is_aligned  # absolute and upper-case names too
+
+
 def test_dmarc_missing_and_org_fallback():
     z = zone(**{"_dmarc.example.test": None})
     r = dmarc.check(z, "example.test")
