@@ -20,7 +20,7 @@ for pkg in rbldnsd monitoring-plugins-contrib libnet-dns-perl libcapture-tiny-pe
 done
 if ((${#missing[@]})); then
     echo "bench: installing ${missing[*]} from Debian" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive scripts/apt-get.sh install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

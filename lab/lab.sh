@@ -49,8 +49,9 @@ ensure_packages() {
     export DEBIAN_FRONTEND=noninteractive
     # postfix on the lab host only provides smtp-sink/smtp-source for tests; no mail system.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    # waits (bounded) while unattended-upgrades or another terminal holds apt's locks
+    "$here/../scripts/apt-get.sh" update -q
+    "$here/../scripts/apt-get.sh" install -y -q --no-install-recommends "${missing[@]}"
 }
 
 docker_up() { docker info >/dev/null 2>&1; }

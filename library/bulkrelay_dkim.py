@@ -12,7 +12,8 @@ description:
   - Reads the TXT record C(<selector>._domainkey.<domain>), validates its tags (v, k, p, h, t;
     base64 key, RSA size) and compares its C(p=) with the relay's public key O(expected).
   - Read-only; never changes anything. A failed check fails the task with a message that says
-    which record to set to what. A DNS timeout or SERVFAIL fails as "could not tell".
+    which record to set to what. A DNS timeout or SERVFAIL fails as "could not tell", and so
+    does an RSA key when the cryptography library (requirements.txt) is missing.
   - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
 version_added: "0.1.0"
 author: bulkrelay

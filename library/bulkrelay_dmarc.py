@@ -13,7 +13,8 @@ description:
     (v, p, sp, np, adkim, aspf, pct, rua, ruf, fo, rf, ri), checks the policy is at least
     O(min_policy) and that the From domain aligns with the Return-Path domain (SPF) and/or the
     DKIM signing domain.
-  - The organizational domain is taken as the last two labels (no Public Suffix List).
+  - The organizational domain comes from the Public Suffix List (C(example.co.uk), not
+    C(co.uk)): Debian's package publicsuffix when installed, else the copy publicsuffix2 ships.
   - Read-only; never changes anything. A failed check fails the task with a message that says
     which record to set to what. A DNS timeout or SERVFAIL fails as "could not tell".
   - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.

@@ -10,7 +10,7 @@ want=$(cat requirements.txt sender/pyproject.toml | sha256sum | cut -c1-16)
 
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     echo "bootstrap: installing python3-venv from Debian" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive scripts/apt-get.sh install -y -q python3-venv
 fi
 echo "bootstrap: building $venv from requirements.txt" >&2
 python3 -m venv "$venv"

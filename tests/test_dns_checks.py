@@ -1,6 +1,7 @@
 """The DNS checks (SPF, FCrDNS, MX, DKIM, DMARC) against a static zone: good and broken."""
 
 import base64
+import sys
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -160,6 +161,14 @@ def test_dkim_weak_key_and_split_strings():
     assert r.status == "warn" and "1024 bits" in r.warnings[0]
 
 
+def test_dkim_key_size_without_cryptography_is_could_not_tell(monkeypatch):
+    """No guessed 2048: a 1024-bit key must not pass because the library to read it is missing."""
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.serialization", None)
+    weak = dkim_txt(1024)
+    r = dkim.check(zone(**{"lab2026._domainkey.example.test": [("TXT", weak)]}), "example.test", "lab2026")
+    assert r.status == "error" and "could not tell" in r.message and "python3-cryptography" in r.message
+
+
 @pytest.mark.parametrize(
     ("record", "words"),
     [
@@ -196,6 +205,21 @@ def test_dmarc_alignment_and_policy():
     assert r.status == "fail" and "DMARC fails" in r.message
     r = dmarc.check(zone(), "example.test", min_policy="quarantine")
     assert r.status == "fail" and "weaker than the required quarantine" in r.message
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "is_aligned"),
+    [
+        ("bounce.other-company.co.uk", "example.co.uk", False),  # co.uk is a public suffix
+        ("bounce.example.co.uk", "example.co.uk", True),
+        ("alice.github.io", "bob.github.io", False),  # the list's private part counts too
+        ("bounce.example.test", "example.test", True),  # no rule: the last label is the suffix
+        ("other.test", "example.test", False),
+    ],
+)
+def test_dmarc_relaxed_alignment_uses_the_public_suffix_list(a, b, is_aligned):
+    assert dmarc.aligned(a, b, "r") is is_aligned
+    assert dmarc.aligned(f"{a}.", b.upper(), "r") is is_aligned  # absolute and upper-case names too
 
 
 def test_dmarc_missing_and_org_fallback():

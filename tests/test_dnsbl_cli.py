@@ -36,6 +36,17 @@ def test_check_dnsbl_usage_errors_are_nagios_unknown():
     assert bad_opt.returncode == 3
 
 
+def test_check_dnsbl_option_errors_name_the_fix_on_stdout():
+    """Nagios shows stdout only: argparse's own errors (stderr) would show as "(null)"."""
+    bogus = run("check_dnsbl", "--bogus")
+    assert bogus.returncode == 3
+    assert bogus.stdout.startswith("DNSBL UNKNOWN - unrecognized arguments: --bogus")
+    assert "check_dnsbl --help" in bogus.stdout and len(bogus.stdout.splitlines()) == 1
+    bad_w = run("check_dnsbl", "-H", "192.0.2.1", "-w", "x")
+    assert bad_w.returncode == 3
+    assert bad_w.stdout.startswith("DNSBL UNKNOWN - argument -w/--warning: invalid int value: 'x'")
+
+
 def test_lists_prints_curated_defaults(tmp_path):
     out = run("bulkrelay", "dnsbl", "lists", "--config", str(tmp_path / "absent.json"))
     assert out.returncode == 2 and "cannot read settings file" in out.stderr

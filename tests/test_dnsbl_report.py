@@ -58,8 +58,23 @@ def test_plugin_output_format():
     assert code == EXIT_CODES["CRITICAL"] == 2
     assert summary.startswith("DNSBL CRITICAL - 198.51.100.25 listed on bl0.test (127.0.0.2: a/b)")
     assert "1 of 4 lists could not be checked: err0.test (timeout)" in summary
-    assert perf == "listed=1;1;1;0;4 checked=3;;;0;4 errors=1;;;0 time=0.250s;;;0"
+    assert perf == "listed=1;0;0;0;4 checked=3;;;0;4 errors=1;;;0 time=0.250s;;;0"
     assert "|" not in "\n".join(rest)
+
+
+def _nagios_alerts(value: int, threshold: str) -> bool:
+    """The guidelines' plain "N" range: OK from 0 to N inclusive, alert outside it."""
+    return not 0 <= value <= int(threshold)
+
+
+@pytest.mark.parametrize(("w", "c"), [(1, 1), (1, 2), (2, 5)])
+def test_perfdata_thresholds_draw_the_line_the_plugin_acts_on(w, c):
+    for listed in range(7):
+        status = status_of(result(listed=listed), Thresholds(w, c))
+        text, _ = plugin_output(result(listed=listed), Thresholds(w, c))
+        _, warn, crit, *_ = text.split(" | ")[1].split()[0].split(";")
+        assert _nagios_alerts(listed, crit) == (status == "CRITICAL"), (listed, text)
+        assert _nagios_alerts(listed, warn) == (status in ("WARNING", "CRITICAL")), (listed, text)
 
 
 def test_ok_summary_and_json_shape():

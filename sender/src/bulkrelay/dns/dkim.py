@@ -29,7 +29,10 @@ def normalize(txt: str) -> str:
 
 
 def parse_record(txt: str) -> tuple[dict[str, str], list[str], list[str]]:  # noqa: PLR0912 - one branch per rule
-    """Parse and validate a DKIM key record. Returns (tags, errors, warnings)."""
+    """Parse and validate a DKIM key record. Returns (tags, errors, warnings).
+
+    Raises KeySizeUnknown for an RSA key when the cryptography library is missing.
+    """
     errors: list[str] = []
     warnings: list[str] = []
     try:
@@ -71,12 +74,17 @@ def parse_record(txt: str) -> tuple[dict[str, str], list[str], list[str]]:  # no
     return tags, errors, warnings
 
 
+class KeySizeUnknown(Exception):
+    """The RSA key size cannot be read here (no cryptography library): could not tell."""
+
+
 def _rsa_bits(der: bytes) -> int | None:
     try:
         from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415 - optional
         from cryptography.hazmat.primitives.serialization import load_der_public_key  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - without cryptography the size is not checked
-        return 2048
+    except ImportError:
+        # A guessed size would let a weak or broken key pass: say that it was not checked.
+        raise KeySizeUnknown("install python3-cryptography to read the RSA key size") from None
     try:
         key = load_der_public_key(der)
     except ValueError:
@@ -84,7 +92,7 @@ def _rsa_bits(der: bytes) -> int | None:
     return key.key_size if isinstance(key, rsa.RSAPublicKey) else None
 
 
-def check(source: DnsSource, domain: str, selector: str, *, expected: str = "") -> res.CheckResult:
+def check(source: DnsSource, domain: str, selector: str, *, expected: str = "") -> res.CheckResult:  # noqa: PLR0911 - one return per verdict
     """``expected``: the relay's DKIM TXT (or just its p= value); '' = only check it parses."""
     domain = relative(domain)
     name = f"{selector}._domainkey.{domain}"
@@ -114,7 +122,11 @@ def check(source: DnsSource, domain: str, selector: str, *, expected: str = "") 
             details=details,
         )
     details["record"] = texts[0]
-    tags, errors, warnings = parse_record(texts[0])
+    try:
+        tags, errors, warnings = parse_record(texts[0])
+    except KeySizeUnknown as exc:
+        why = f"could not tell whether the key at {name} is strong: {exc}"
+        return res.CheckResult("dkim", name, res.ERROR, why, details=details)
     details["tags"] = tags
     if errors:
         return res.CheckResult(

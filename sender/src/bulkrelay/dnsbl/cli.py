@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from bulkrelay.cli import UsageError
 from bulkrelay.dnsbl.checker import Checker
@@ -221,19 +221,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lists.set_defaults(func=cmd_lists)
 
 
+class _PluginParser(argparse.ArgumentParser):
+    """Option errors become UsageError, printed on stdout: argparse prints them on stderr, which
+    Nagios does not show (the service then reads "(null)")."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def check_dnsbl_main(argv: Sequence[str] | None = None) -> int:
     """`check_dnsbl`: the plugin under its Nagios name; usage errors exit 3 (UNKNOWN)."""
-    parser = argparse.ArgumentParser(
+    parser = _PluginParser(
         prog="check_dnsbl", description="Nagios plugin: is this IP/domain on a DNS blacklist?"
     )
     _common(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON (same exit code)")
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return 0 if exc.code == 0 else 3
-    try:
-        return cmd_check(args)
+        return cmd_check(parser.parse_args(argv))  # --help still exits 0 from parse_args
     except UsageError as exc:
         print(f"DNSBL UNKNOWN - {exc}")
         return 3

@@ -74,8 +74,10 @@ def summary(result: CheckResult, status: str) -> str:
 
 def perfdata(result: CheckResult, thresholds: Thresholds) -> str:
     blocklist_pairs = result.checked + len(result.errors)
+    # A Nagios range "N" alerts above N; the plugin alerts at N listings or more, hence N - 1.
+    warn, crit = thresholds.warning - 1, thresholds.critical - 1
     return (
-        f"listed={len(result.listings)};{thresholds.warning};{thresholds.critical};0;{blocklist_pairs} "
+        f"listed={len(result.listings)};{warn};{crit};0;{blocklist_pairs} "
         f"checked={result.checked};;;0;{blocklist_pairs} errors={len(result.errors)};;;0 "
         f"time={result.elapsed:.3f}s;;;0"
     )
