@@ -225,22 +225,37 @@ def test_each_fault_is_caught(tmp_path, batch):
             assert check["fix"], check
 
 
-def test_site_yml_check_diff_reports_what_it_would_fix():
-    # The roles that own the posture, in check mode: they must name the drift and touch nothing.
+# Secrets a leak test looks for in `site.yml --check --diff` (issue 19): the lab's IMAP password
+# (the poller fault changed the file, so the check wants to write it back), the TSIG secret,
+# any private key, and a DQS key given for this run only (the DNSBL settings file would change).
+DQS_CANARY = "dqs-canary-5f1c0a9e"
+SECRETS = [DQS_CANARY, "lab-bounce-imap-secret", "0wVmlbKLxUDjX0hRGi0o2vBj9tjnAfs3bnyzDPj6QHg", "PRIVATE KEY"]
+
+
+def test_site_yml_check_diff_reports_what_it_would_fix_and_prints_no_secret():
+    # All roles, in check mode: they must name the drift, touch nothing, and print no secret.
     started = time.monotonic()
     check = ansible(
-        str(PROJECT / "site.yml"), "--check", "--diff", "--tags", "relay_firewall,relay_postfix,relay_dkim"
+        str(PROJECT / "site.yml"), "--check", "--diff", "-e", f"dnsbl_monitor__dqs_key={DQS_CANARY}"
     )
-    STATE["timings"].append(("site.yml --check --diff (relay roles)", round(time.monotonic() - started, 1)))
+    STATE["timings"].append(("site.yml --check --diff", round(time.monotonic() - started, 1)))
     assert check.returncode == 0, check.stdout[-4000:]
     out = check.stdout
     assert "table inet bulkrelay is not loaded" in out, out[-4000:]
     assert "-inet_interfaces = all" in out and "+inet_interfaces = loopback-only" in out, out[-4000:]
     assert "Postfix listens on 0.0.0.0:25" in out, out[-4000:]
     assert "RUNNING HANDLER [relay_firewall : Check and reload the bulkrelay firewall]" in out
+    # the tasks holding the secrets still say that they would change something
+    for task in ("dnsbl_monitor : Write the check settings", "bounce_poller : Write the IMAP password"):
+        assert f"TASK [{task}" in out, out[-4000:]
+        result = out.split(f"TASK [{task}", 1)[1].split("TASK [", 1)[0]
+        assert "changed: [br-lab-relay]" in result, f"{task}: {result[:1000]}"
+    leaked = [secret for secret in SECRETS if secret in out or secret in check.stderr]
+    assert not leaked, f"site.yml --check --diff printed {leaked}"
     # nothing was repaired by the check
     assert sh(RELAY, "/usr/local/sbin/bulkrelay-firewall-diff", check=False).returncode == 2
     assert sh(RELAY, "systemctl is-active opendkim", check=False).stdout.strip() != "active"
+    assert sh(RELAY, "cat /etc/bulkrelay/imap-password").stdout.strip() == "wrong-password"
 
 
 def test_site_yml_repairs_and_the_audit_passes_again(tmp_path):
