@@ -26,25 +26,25 @@ IP6 = "2001:db8:100::25"
     ],
 )
 def test_merge_spf_keeps_the_live_record(existing, expected, changed):
-    merged = records.merge_spf(existing, IP4)
+    merged = spf.merge_spf(existing, IP4)
     assert merged.record == expected
     assert merged.changed is changed
 
 
 def test_merge_spf_v6_and_multiple_records():
-    merged = records.merge_spf(["v=spf1 mx -all", "v=spf1 a -all"], IP4, IP6, domain="example.test")
+    merged = spf.merge_spf(["v=spf1 mx -all", "v=spf1 a -all"], IP4, IP6, domain="example.test")
     assert merged.record == f"v=spf1 ip4:{IP4} ip6:{IP6} mx -all"
     assert "2 SPF records of example.test" in merged.warnings[0]
     with pytest.raises(records.RecordError, match="IPv4"):
-        records.merge_spf([], IP6)
+        spf.merge_spf([], IP6)
 
 
 def test_merge_spf_warns_on_lookups_and_length():
     many = "v=spf1 " + " ".join(f"include:i{n}.example.test" for n in range(11)) + " -all"
-    merged = records.merge_spf([many], IP4)
+    merged = spf.merge_spf([many], IP4)
     assert any("11 DNS-lookup terms" in w for w in merged.warnings)
     long = "v=spf1 " + " ".join(f"ip4:192.0.2.{n}" for n in range(30)) + " -all"
-    merged = records.merge_spf([long], IP4)
+    merged = spf.merge_spf([long], IP4)
     assert any("published as 2 strings" in w for w in merged.warnings)
 
 

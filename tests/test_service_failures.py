@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from bulkrelay import config as configmod
-from bulkrelay import hotfolder, intake, metrics, ops, service, tracking
+from bulkrelay import failures, hotfolder, intake, metrics, ops, service, tracking
 from bulkrelay.queue import Queue
 
 
@@ -68,7 +68,7 @@ def test_failing_component_stops_the_service_and_is_counted(
     assert f"component={component}" in record.getMessage() and "disk on fire" in record.getMessage()
     assert record.exc_info is not None  # the traceback goes to the log
     queue = Queue(str(tmp_path / "q.sqlite"))
-    counts, last = service.component_failures(queue)
+    counts, last = failures.component_failures(queue)
     assert counts[component] == 1 and sum(counts.values()) == 1
     assert last["component"] == component and last["error"] == "RuntimeError: disk on fire"
     assert f'bulkrelay_component_failures_total{{component="{component}"}} 1' in metrics.render(queue)
@@ -88,7 +88,7 @@ def test_no_failure_none_shown_two_failures_counted(
     path = sender_config(smtp_receiver().port)
     config = serve_once(path, timeout=0.5)  # a clean run: stop, no failure
     queue = Queue(config.queue.path)
-    assert service.component_failures(queue) == ({c: 0 for c in service.COMPONENTS}, None)
+    assert failures.component_failures(queue) == ({c: 0 for c in failures.COMPONENTS}, None)
     assert "component failures" not in ops.format_status(ops.status_data(config, queue, now=0))
     assert 'bulkrelay_component_failures_total{component="release"} 0' in metrics.render(queue)
     queue.close()

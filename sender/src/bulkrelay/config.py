@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bulkrelay.cli import UsageError
 
@@ -24,6 +26,18 @@ DEFAULT_PATH = "/etc/bulkrelay/sender.toml"
 
 class ConfigError(UsageError):
     """The configuration file is missing, unreadable or holds a bad key/value."""
+
+
+def zone(name: str) -> dt.tzinfo:
+    """A tzinfo for an IANA name; "UTC" works without tzdata. Raises ValueError."""
+    if name in ("UTC", "Etc/UTC", ""):
+        return dt.UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        if not os.path.isdir("/usr/share/zoneinfo"):
+            raise ValueError(f"time zone {name!r} needs the zone database (apt install tzdata)") from None
+        raise ValueError(f"unknown time zone {name!r}") from None
 
 
 @dataclass(frozen=True)
@@ -261,8 +275,6 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
         return windows
     if (section, name) == ("policy", "timezone"):
         tz = _want_str(key, value)
-        from bulkrelay.policy import zone  # noqa: PLC0415 (policy imports config's dataclasses)
-
         try:
             zone(tz)
         except ValueError as exc:

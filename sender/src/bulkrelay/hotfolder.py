@@ -42,6 +42,7 @@ from typing import Any
 
 from bulkrelay.message import BadMessage
 from bulkrelay.normalise import accept
+from bulkrelay.queue import Queue, QueueUnavailable
 
 log = logging.getLogger("bulkrelay.hotfolder")
 
@@ -363,8 +364,6 @@ class HotFolder:
         return "done"
 
     def scan(self) -> ScanResult:
-        from bulkrelay.queue import QueueUnavailable  # noqa: PLC0415
-
         result = ScanResult()
         files = pending(self.root, self.stuck)
         for i, path in enumerate(files):
@@ -402,8 +401,6 @@ def scan_hotfolder(
     ensure_layout(root)
     if not pending(root, stuck):
         return ScanResult()
-    from bulkrelay.queue import Queue, QueueUnavailable  # noqa: PLC0415
-
     own = queue is None
     if own:
         try:

@@ -35,6 +35,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from bulkrelay.message import BadMessage, address_problem
 from bulkrelay.normalise import accept
+from bulkrelay.queue import Queue
 
 log = logging.getLogger("bulkrelay.intake")
 
@@ -381,8 +382,6 @@ async def serve_intake(config: Any, queue: Any = None) -> None:
     """
     if not config.intake.listen:
         return
-    from bulkrelay.queue import Queue  # noqa: PLC0415 (D1's module; imported where it is needed)
-
     worker = QueueWorker(lambda: Queue(config.queue.path))
     servers = await start_intake(config, worker.enqueue, executor=worker.executor)
     try:

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from bulkrelay.failures import component_failures
 from bulkrelay.queue import Queue
 
 log = logging.getLogger("bulkrelay.metrics")
@@ -33,8 +34,6 @@ def render(queue: Queue, *, loop: Any = None, tracker: Any = None, now: float | 
         "# TYPE bulkrelay_recipients gauge",
     ]
     out += [_line("bulkrelay_recipients", n, {"state": s}) for s, n in queue.counts().items()]
-    from bulkrelay.service import component_failures  # noqa: PLC0415 (service imports this module)
-
     out += [
         "# HELP bulkrelay_component_failures_total Service components that failed (kept across restarts).",
         "# TYPE bulkrelay_component_failures_total counter",

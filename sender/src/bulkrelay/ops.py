@@ -17,9 +17,10 @@ from typing import IO, Any
 from bulkrelay import config as configmod
 from bulkrelay.bounces import health as bounce_health
 from bulkrelay.cli import UsageError
+from bulkrelay.failures import component_failures
 from bulkrelay.policy import Policy, pause, resume
 from bulkrelay.queue import STATES, Queue, QueueUnavailable
-from bulkrelay.service import component_failures, service_state
+from bulkrelay.service import service_state
 
 
 def _open(args) -> tuple[configmod.Config, Queue]:

@@ -23,25 +23,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bulkrelay.config import PolicyConfig
+from bulkrelay.config import PolicyConfig, zone
 
 log = logging.getLogger("bulkrelay.policy")
 
 PAUSE_KEY = "policy.paused"
-
-
-def zone(name: str) -> dt.tzinfo:
-    """A tzinfo for an IANA name; "UTC" works without tzdata. Raises ValueError."""
-    if name in ("UTC", "Etc/UTC", ""):
-        return dt.UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        if not os.path.isdir("/usr/share/zoneinfo"):
-            raise ValueError(f"time zone {name!r} needs the zone database (apt install tzdata)") from None
-        raise ValueError(f"unknown time zone {name!r}") from None
 
 
 class Ledger(Protocol):

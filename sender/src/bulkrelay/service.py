@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -26,9 +25,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bulkrelay import config as configmod
-from bulkrelay import hotfolder, intake, metrics, tracking
+from bulkrelay import hotfolder, intake, metrics, suppression, tracking, verp
 from bulkrelay.cli import UsageError
 from bulkrelay.delivery import Connector, Submitter
+from bulkrelay.failures import record_failure
 from bulkrelay.policy import Policy
 from bulkrelay.queue import Queue, QueueUnavailable
 
@@ -87,17 +87,11 @@ def envelope_builder(config: configmod.Config) -> Callable[[dict], str]:
     env = config.envelope
     if not env.bounce_domain:
         return lambda row: row["mail_from"]
-    from bulkrelay import verp  # noqa: PLC0415 (only needed with a bounce domain)
-
     key = config.verp_key()
     return lambda row: verp.make_address(env.verp_prefix, env.bounce_domain, row["id"], key)
 
 
-def suppression_check(queue: Queue, clock: Callable[[], float]) -> Callable[[str], str | None] | None:
-    try:
-        from bulkrelay import suppression  # noqa: PLC0415 (written by the bounces work)
-    except ImportError:
-        return None
+def suppression_check(queue: Queue, clock: Callable[[], float]) -> Callable[[str], str | None]:
     suppression.ensure_schema(queue.connection)
 
     def skip(address: str) -> str | None:
@@ -217,9 +211,6 @@ class ReleaseLoop:
             await self.submitter.close()
 
 
-COMPONENTS = ("release", "tracking", "intake", "hotfolder")
-FAILURES_KEY = "service.component_failures"  # JSON {component: count}, kept across restarts
-LAST_FAILURE_KEY = "service.last_failure"  # JSON {"at", "component", "error"}
 EX_SOFTWARE = 70  # sysexits.h; any non-zero exit makes systemd (Restart=on-failure) restart us
 
 
@@ -230,25 +221,6 @@ class ComponentFailed(Exception):
         super().__init__(f"component {component} failed: {type(error).__name__}: {error}")
         self.component = component
         self.error = error
-
-
-def component_failures(queue: Queue) -> tuple[dict[str, int], dict | None]:
-    """(failure count per component, the last failure) as recorded in the queue database."""
-    counts = json.loads(queue.get_state(FAILURES_KEY) or "{}")
-    last = queue.get_state(LAST_FAILURE_KEY)
-    return {name: counts.get(name, 0) for name in (*COMPONENTS, *counts)}, json.loads(last) if last else None
-
-
-def record_failure(queue: Queue, component: str, error: BaseException, now: float) -> None:
-    """Count the failure where `bulkrelay status` and the metrics of the next run can see it."""
-    text = f"{type(error).__name__}: {error}"[:300]
-    try:
-        counts, _ = component_failures(queue)
-        counts[component] = counts.get(component, 0) + 1
-        queue.set_state(FAILURES_KEY, json.dumps(counts, sort_keys=True))
-        queue.set_state(LAST_FAILURE_KEY, json.dumps({"at": now, "component": component, "error": text}))
-    except (QueueUnavailable, ValueError) as exc:  # e.g. the disk is full: the log still has it
-        log.error("event=component_failure_not_recorded component=%s error=%r", component, str(exc))
 
 
 async def run_components(

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bulkrelay import suppression
 from bulkrelay.bounces.classify import classify
 from bulkrelay.queue import Queue, QueueUnavailable
 
@@ -122,14 +123,7 @@ class Tracker:
         self.queue = queue
         self.clock = clock
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "lines": 0}
-        self._suppression = None
-        try:
-            from bulkrelay import suppression  # noqa: PLC0415 (optional: written by the bounces work)
-
-            suppression.ensure_schema(queue.connection)
-            self._suppression = suppression
-        except ImportError:
-            log.warning("event=suppression_unavailable reason='bulkrelay.suppression not installed'")
+        suppression.ensure_schema(queue.connection)
 
     def handle(self, event: LogEvent | None) -> None:
         if event is None:
@@ -166,10 +160,8 @@ class Tracker:
 
     def suppress(self, address: str, reason: str) -> None:
         """Put a hard-bounced address on the suppression list (source "postfix-log")."""
-        if self._suppression is None:
-            return
         try:
-            self._suppression.add(
+            suppression.add(
                 self.queue.connection, address, reason=reason[:500], source="postfix-log", now=self.clock()
             )
         except ValueError as exc:  # suppression.BadAddress: nothing to suppress

@@ -23,109 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bulkrelay.dns import dkim, spf
-from bulkrelay.dns.resolver import relative
+from bulkrelay.dns.rdata import RecordError, quote_txt, split_txt
+from bulkrelay.dns.resolver import relative, reverse_name
 from bulkrelay.dns.tags import TagSyntaxError
-
-TXT_STRING_MAX = 255
-SPF_UDP_SAFE = 450  # RFC 7208 3.4: keep the answer small enough for one UDP packet
-
-
-class RecordError(ValueError):
-    """Inputs that cannot give correct records (message names the variable to fix)."""
-
-
-def split_txt(value: str, size: int = TXT_STRING_MAX) -> list[str]:
-    """Split a TXT value into character-strings of at most ``size`` bytes (RFC 1035 3.3.14).
-
-    Splits on UTF-8 byte boundaries without cutting a character in two.
-    """
-    data = value.encode("utf-8")
-    parts: list[str] = []
-    while data:
-        cut = min(size, len(data))
-        while cut < len(data) and (data[cut] & 0xC0) == 0x80:  # do not split a UTF-8 sequence
-            cut -= 1
-        parts.append(data[:cut].decode("utf-8"))
-        data = data[cut:]
-    return parts or [""]
-
-
-def quote_txt(value: str) -> str:
-    """Zone-file presentation of a TXT value: quoted 255-byte strings separated by spaces."""
-    return " ".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in split_txt(value))
-
-
-@dataclass
-class SpfMerge:
-    """A merged SPF record and what happened on the way."""
-
-    record: str
-    changed: bool
-    added: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def merge_spf(
-    existing: list[str],
-    ipv4: str = "",
-    ipv6: str = "",
-    *,
-    new_terms: tuple[str, ...] | list[str] = ("mx",),
-    new_all: str = "~all",
-    domain: str = "",
-) -> SpfMerge:
-    """Add the relay's ``ip4:``/``ip6:`` to the live SPF record instead of replacing it.
-
-    ``existing`` is the list of v=spf1 records now published (other TXT records removed).
-    The new terms go right after ``v=spf1`` so they match before any ``all``/``redirect``;
-    an address already covered by an ip4:/ip6: term (network included) is not added again.
-    With no record yet, the result is ``v=spf1 <ip terms> <new_terms> <new_all>``.
-    """
-    where = f" of {domain}" if domain else ""
-    warnings: list[str] = []
-    ips = [(v, ip) for v, ip in (("ip4", ipv4), ("ip6", ipv6)) if ip]
-    for version, ip in ips:
-        if ipaddress.ip_address(ip).version != int(version[-1]):
-            raise RecordError(f"{ip} is not an IPv{version[-1]} address (check bulkrelay_ip{version[-1]}v)")
-    records = [r.strip() for r in existing if spf.RE_SPF_START.match(r.strip())]
-    if len(records) > 1:
-        warnings.append(
-            f"{len(records)} SPF records{where}: receivers answer permerror; the relay was merged into the "
-            f"first, delete the others: {records[1:]}"
-        )
-    if not records:
-        base_terms: list[str] = []
-        tail = [*new_terms, new_all]
-        changed = True
-    else:
-        base_terms = spf.terms(records[0])
-        tail = []
-        changed = False
-    added = []
-    current = "v=spf1 " + " ".join(base_terms)
-    for version, ip in ips:
-        if records and spf.authorises_statically(current, ip):
-            continue
-        term = f"{version}:{ip}"
-        added.append(term)
-    if added:
-        changed = True
-    record = " ".join(["v=spf1", *added, *base_terms, *tail]).strip()
-    lookups = len(spf.lookup_terms(record))
-    if lookups > spf.MAX_LOOKUPS:
-        warnings.append(
-            f"SPF{where} has {lookups} DNS-lookup terms in itself, more than {spf.MAX_LOOKUPS}: permerror"
-        )
-    size = len(record.encode("utf-8"))
-    if size > TXT_STRING_MAX:
-        warnings.append(
-            f"SPF{where} is {size} bytes: published as {len(split_txt(record))} strings of at most "
-            "255 bytes; some DNS web interfaces cut it, check the result"
-        )
-    if size > SPF_UDP_SAFE:
-        warnings.append(f"SPF{where} is {size} bytes, over {SPF_UDP_SAFE}: answers may need TCP")
-    return SpfMerge(record, changed, added, warnings)
-
 
 DMARC_DEFAULTS = {"p": "none", "adkim": "r", "aspf": "r"}
 
@@ -300,7 +200,7 @@ def generate(
     out = RecordSet()
     _relay_records(out, fqdn, ipv4=ipv4, ipv6=ipv6, relay_mx=relay_mx, ttl=ttl)
     for name in [*domains, *([bounce] if bounce and bounce not in domains else [])]:
-        merged = merge_spf(
+        merged = spf.merge_spf(
             live_spf.get(name, []), ipv4, ipv6, new_terms=spf_new_terms, new_all=spf_new_all, domain=name
         )
         out.warnings += merged.warnings
@@ -332,8 +232,6 @@ def generate(
 
 def ptr_request(relay_fqdn: str, ip: str, nameservers: list[str] | None = None) -> str:
     """The note an operator sends to the hosting provider to set the PTR of ``ip``."""
-    from bulkrelay.dns.resolver import reverse_name  # noqa: PLC0415 - small helper
-
     fqdn = relative(relay_fqdn)
     addr = ipaddress.ip_address(ip)
     rtype = "AAAA" if addr.version == 6 else "A"

@@ -8,7 +8,8 @@ variable, so concurrent evaluations with different resolvers do not mix). Nothin
 asked of the system resolver by an evaluation.
 
 Also here: small SPF text helpers shared with the record generator (find the v=spf1 records,
-split terms, count DNS-lookup terms statically).
+split terms, count DNS-lookup terms statically) and :func:`merge_spf`, which adds the relay's
+addresses to a live record; :func:`check` uses it to say which record to publish.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulkrelay.dns import result as res
+from bulkrelay.dns.rdata import TXT_STRING_MAX, RecordError, split_txt
 from bulkrelay.dns.resolver import DnsSource, relative
 
 try:  # pyspf: python3-spf on Debian, pyspf on PyPI
@@ -31,6 +33,7 @@ MAX_LOOKUPS = 10
 MAX_VOID_LOOKUPS = 2
 LOOKUP_MECHANISMS = ("include", "a", "mx", "ptr", "exists")
 RE_SPF_START = re.compile(r"^v=spf1(\s|$)", re.IGNORECASE)
+SPF_UDP_SAFE = 450  # RFC 7208 3.4: keep the answer small enough for one UDP packet
 
 _source: contextvars.ContextVar[DnsSource | None] = contextvars.ContextVar(
     "bulkrelay_spf_source", default=None
@@ -188,6 +191,78 @@ def count_lookups(source: DnsSource, domain: str, record: str, _depth: int = 0) 
     return count
 
 
+@dataclass
+class SpfMerge:
+    """A merged SPF record and what happened on the way."""
+
+    record: str
+    changed: bool
+    added: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def merge_spf(
+    existing: list[str],
+    ipv4: str = "",
+    ipv6: str = "",
+    *,
+    new_terms: tuple[str, ...] | list[str] = ("mx",),
+    new_all: str = "~all",
+    domain: str = "",
+) -> SpfMerge:
+    """Add the relay's ``ip4:``/``ip6:`` to the live SPF record instead of replacing it.
+
+    ``existing`` is the list of v=spf1 records now published (other TXT records removed).
+    The new terms go right after ``v=spf1`` so they match before any ``all``/``redirect``;
+    an address already covered by an ip4:/ip6: term (network included) is not added again.
+    With no record yet, the result is ``v=spf1 <ip terms> <new_terms> <new_all>``.
+    """
+    where = f" of {domain}" if domain else ""
+    warnings: list[str] = []
+    ips = [(v, ip) for v, ip in (("ip4", ipv4), ("ip6", ipv6)) if ip]
+    for version, ip in ips:
+        if ipaddress.ip_address(ip).version != int(version[-1]):
+            raise RecordError(f"{ip} is not an IPv{version[-1]} address (check bulkrelay_ip{version[-1]}v)")
+    records = [r.strip() for r in existing if RE_SPF_START.match(r.strip())]
+    if len(records) > 1:
+        warnings.append(
+            f"{len(records)} SPF records{where}: receivers answer permerror; the relay was merged into the "
+            f"first, delete the others: {records[1:]}"
+        )
+    if not records:
+        base_terms: list[str] = []
+        tail = [*new_terms, new_all]
+        changed = True
+    else:
+        base_terms = terms(records[0])
+        tail = []
+        changed = False
+    added = []
+    current = "v=spf1 " + " ".join(base_terms)
+    for version, ip in ips:
+        if records and authorises_statically(current, ip):
+            continue
+        term = f"{version}:{ip}"
+        added.append(term)
+    if added:
+        changed = True
+    record = " ".join(["v=spf1", *added, *base_terms, *tail]).strip()
+    lookups = len(lookup_terms(record))
+    if lookups > MAX_LOOKUPS:
+        warnings.append(
+            f"SPF{where} has {lookups} DNS-lookup terms in itself, more than {MAX_LOOKUPS}: permerror"
+        )
+    size = len(record.encode("utf-8"))
+    if size > TXT_STRING_MAX:
+        warnings.append(
+            f"SPF{where} is {size} bytes: published as {len(split_txt(record))} strings of at most "
+            "255 bytes; some DNS web interfaces cut it, check the result"
+        )
+    if size > SPF_UDP_SAFE:
+        warnings.append(f"SPF{where} is {size} bytes, over {SPF_UDP_SAFE}: answers may need TCP")
+    return SpfMerge(record, changed, added, warnings)
+
+
 def check(
     source: DnsSource,
     domain: str,
@@ -200,8 +275,6 @@ def check(
 ) -> res.CheckResult:
     """Does ``domain`` authorise ``ip`` (sending with HELO ``helo``)? Status pass when the
     check_host() result equals ``expect``; error on temperror (could not tell)."""
-    from bulkrelay.dns.records import merge_spf  # noqa: PLC0415 - avoid an import cycle
-
     domain = relative(domain)
     sender = sender or f"postmaster@{domain}"
     helo = relative(helo) if helo else domain
