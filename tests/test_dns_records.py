@@ -152,3 +152,79 @@ def test_ptr_request_note():
     assert "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.8.b.d.0.1.0.0.2.ip6.arpa." in note
     assert "HELO/EHLO relay.example.test" in note
     assert "dig +short -x 2001:db8:100::25 @198.51.100.53" in note
+
+
+def plan(**kw):
+    args = {
+        "relay_fqdn": "relay.example.test",
+        "ipv4": IP4,
+        "ipv6": "",
+        "sending_domains": ["example.test", "news.example.test."],
+        "bounce_domain": "bounce.example.test",
+        "bounce_mx": "mail.example.test",
+        "relay_mx": "mail.example.test",
+        "live_txt": {},
+        "live_dmarc_txt": {},
+        "dkim": {},
+    }
+    args.update(kw)
+    return records.plan(**args)
+
+
+def test_spf_names_are_the_sending_domains_then_the_bounce_domain_once():
+    assert records.spf_names(["a.test.", "b.test"], "bounce.test") == ["a.test", "b.test", "bounce.test"]
+    assert records.spf_names(["a.test"], "a.test.") == ["a.test"]
+    assert records.spf_names(["a.test"], "") == ["a.test"]
+
+
+def test_plan_keeps_other_txt_and_the_published_split_of_an_unchanged_spf():
+    merged = f"v=spf1 ip4:{IP4} mx -all"
+    out = plan(
+        live_txt={
+            "example.test": [
+                ("site-verification=abc", '"site-verification=abc"'),
+                (merged, f'"v=spf1 ip4:{IP4}" " mx -all"'),
+            ],
+            "news.example.test": [("v=spf1 mx -all", '"v=spf1 mx -all"')],
+        },
+        live_dmarc_txt={"_dmarc.example.test": [("v=DMARC1; p=reject", '"v=DMARC1; p=reject"')]},
+    )
+    sets = {(s["fqdn"], s["type"]): s for s in out.rrsets}
+    assert sets[("example.test.", "TXT")]["rdata"] == [
+        '"site-verification=abc"',
+        f'"v=spf1 ip4:{IP4}" " mx -all"',
+    ]
+    assert sets[("news.example.test.", "TXT")]["rdata"] == [f'"v=spf1 ip4:{IP4} mx -all"']
+    assert sets[("bounce.example.test.", "TXT")]["rdata"] == [f'"v=spf1 ip4:{IP4} mx ~all"']
+    assert sets[("_dmarc.example.test.", "TXT")]["rdata"] == ['"v=DMARC1; p=reject"']
+    assert out.spf == {
+        "example.test": merged,
+        "news.example.test": f"v=spf1 ip4:{IP4} mx -all",
+        "bounce.example.test": f"v=spf1 ip4:{IP4} mx ~all",
+    }
+    assert {r["fqdn"] for r in out.groups["relay"]} == {"relay.example.test."}
+    assert len(out.records) == sum(len(s["rdata"]) for s in out.rrsets) - 1  # + the kept other TXT
+
+
+def test_plan_spf_existing_replaces_the_live_record_and_ptr_notes_cover_each_address():
+    out = plan(ipv6=IP6, spf_existing={"example.test.": "v=spf1 a -all"}, nameservers=["198.51.100.53"])
+    assert out.spf["example.test"] == f"v=spf1 ip4:{IP4} ip6:{IP6} a -all"
+    assert [p["ip"] for p in out.ptr_requests] == [IP4, IP6]
+    assert out.ptr_requests[0]["ptr_owner"] == "25.100.51.198.in-addr.arpa."
+    assert out.ptr_requests[1]["text"] == records.ptr_request("relay.example.test", IP6, ["198.51.100.53"])
+    assert "no DKIM public key for example.test" in out.warnings[0]
+
+
+def test_plan_rejects_bad_input_like_generate():
+    with pytest.raises(records.RecordError, match="must not point at the relay"):
+        plan(relay_mx="relay.example.test")
+
+
+def test_lookup_warnings_name_what_receivers_refuse():
+    record = "v=spf1 " + " ".join(f"a:h{i}.test" for i in range(11)) + " include:none.test -all"
+    warnings = spf.lookup_warnings(StaticResolver({}), "a.test", record)
+    assert "SPF of a.test needs 12 DNS lookups (limit 10)" in warnings[0]
+    assert "SPF of a.test has 12 void lookups (limit 2)" in warnings[1]
+    assert "has no SPF record" in warnings[2]
+    fine = StaticResolver({"b.test": [("TXT", "v=spf1 ip4:192.0.2.1 -all")]})
+    assert spf.lookup_warnings(fine, "a.test", "v=spf1 include:b.test -all") == []

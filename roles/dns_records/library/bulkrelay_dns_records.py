@@ -107,7 +107,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 try:
     from bulkrelay.dns import records as rec
     from bulkrelay.dns import spf
-    from bulkrelay.dns.resolver import NameserverError, make_resolver, relative, reverse_name
+    from bulkrelay.dns.resolver import NameserverError, make_resolver, relative
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 else:
@@ -171,27 +171,25 @@ def main() -> None:
     except (NameserverError, ValueError) as exc:
         module.fail_json(msg=f"bulkrelay_dns_records: {exc}")
     domains = [relative(d) for d in p["sending_domains"]]
-    bounce = relative(p["bounce_domain"]) if p["bounce_domain"] else ""
-    spf_names = [*domains, *([bounce] if bounce and bounce not in domains else [])]
-    overrides = {relative(k): v for k, v in p["spf_existing"].items()}
-    to_read = [n for n in spf_names if n not in overrides] if p["live"] else []
+    overridden = {relative(k) for k in p["spf_existing"]}
+    spf_names = rec.spf_names(domains, p["bounce_domain"])
+    to_read = [n for n in spf_names if n not in overridden] if p["live"] else []
     live_txt = read_live(module, resolver, to_read)
     live_dmarc_txt = read_live(module, resolver, [f"_dmarc.{d}" for d in domains]) if p["live"] else {}
-    live_spf = {n: spf.spf_records([t for t, _ in live_txt.get(n, [])]) for n in spf_names}
-    live_spf.update({n: [v] if isinstance(v, str) else list(v) for n, v in overrides.items()})
-    live_dmarc = {d: [t for t, _ in live_dmarc_txt.get(f"_dmarc.{d}", [])] for d in domains}
     try:
-        out = rec.generate(
+        out = rec.plan(
             relay_fqdn=p["relay_fqdn"],
             ipv4=p["ipv4"],
             ipv6=p["ipv6"],
             sending_domains=domains,
-            bounce_domain=bounce,
+            bounce_domain=p["bounce_domain"],
+            live_txt=live_txt,
+            live_dmarc_txt=live_dmarc_txt,
+            spf_existing=p["spf_existing"],
+            nameservers=p["nameservers"],
             bounce_mx=p["bounce_mx"],
             relay_mx=p["relay_mx"],
-            live_spf=live_spf,
             dkim=p["dkim_keys"],
-            live_dmarc=live_dmarc,
             dmarc_policy=p["dmarc_policy"],
             dmarc_rua=p["dmarc_rua"],
             ttl=p["ttl"],
@@ -200,53 +198,18 @@ def main() -> None:
         )
     except rec.RecordError as exc:
         module.fail_json(msg=f"cannot generate the DNS records: {exc}")
-    data = out.as_dict()
-    warnings = list(out.warnings)
-    rrsets = {}
-    for item in data["records"]:
-        key = (item["fqdn"], item["type"])
-        rrsets.setdefault(key, {"fqdn": item["fqdn"], "type": item["type"], "ttl": item["ttl"], "rdata": []})
-        rrsets[key]["rdata"].append(item["value"])
-        if (
-            item["type"] == "TXT"
-            and relative(item["fqdn"]) in spf_names
-            and item["txt"].lower().startswith("v=spf1")
-        ):
-            name = relative(item["fqdn"])
-            others = [
-                pres for text, pres in live_txt.get(name, []) if not spf.RE_SPF_START.match(text.strip())
-            ]
-            same = [pres for text, pres in live_txt.get(name, []) if text.strip() == item["txt"]]
-            rrsets[key]["rdata"] = [*others, *(same[:1] or [item["value"]])]
-            if p["live"]:
-                count = spf.count_lookups(resolver, name, item["txt"])
-                if count.lookups > spf.MAX_LOOKUPS:
-                    warnings.append(
-                        f"SPF of {name} needs {count.lookups} DNS lookups (limit 10): receivers permerror"
-                    )
-                if count.void_lookups > spf.MAX_VOID_LOOKUPS:
-                    warnings.append(
-                        f"SPF of {name} has {count.void_lookups} void lookups (limit 2): permerror"
-                    )
-                warnings += count.problems
-    ptr = []
-    for ip in (p["ipv4"], p["ipv6"]):
-        if ip:
-            ptr.append(
-                {
-                    "ip": ip,
-                    "ptr_owner": reverse_name(ip),
-                    "text": rec.ptr_request(p["relay_fqdn"], ip, p["nameservers"]),
-                }
-            )
+    warnings = out.warnings
+    if p["live"]:
+        for name, record in out.spf.items():
+            warnings += spf.lookup_warnings(resolver, name, record)
     for warning in warnings:
         module.warn(warning)
     module.exit_json(
         changed=False,
-        records=data["records"],
-        groups=data["groups"],
-        rrsets=list(rrsets.values()),
-        ptr_requests=ptr,
+        records=out.records,
+        groups=out.groups,
+        rrsets=out.rrsets,
+        ptr_requests=out.ptr_requests,
         warnings_found=warnings,
     )
 

@@ -1,8 +1,9 @@
 """Generate the DNS records a bulk relay needs, from the inventory and the live zone.
 
-Pure functions (no DNS): the caller reads the live SPF/DMARC records and passes them in, so
-the logic is unit-tested with plain strings. ``bulkrelay_dns_records`` (the role's module)
-does the live reads through :mod:`bulkrelay.dns.resolver` and calls :func:`generate`.
+Pure functions (no DNS): the caller reads the live TXT records and passes them in, so the
+logic is unit-tested with plain strings. ``bulkrelay_dns_records`` (the role's module) does the
+live reads through :mod:`bulkrelay.dns.resolver` and calls :func:`plan`, which runs
+:func:`generate` and shapes its records into RRsets and PTR request notes.
 
 Records produced, per relay and sending domain:
 
@@ -266,3 +267,82 @@ def ptr_request(relay_fqdn: str, ip: str, nameservers: list[str] | None = None) 
             "",
         ]
     )
+
+
+def spf_names(sending_domains: list[str], bounce_domain: str) -> list[str]:
+    """The names that get an SPF record: each sending domain, then the bounce domain."""
+    domains = [relative(d) for d in sending_domains]
+    bounce = relative(bounce_domain) if bounce_domain else ""
+    return [*domains, *([bounce] if bounce and bounce not in domains else [])]
+
+
+@dataclass
+class Plan:
+    """Everything ``bulkrelay_dns_records`` returns, and the SPF records to count lookups of."""
+
+    records: list[dict[str, Any]]
+    groups: dict[str, list[dict[str, Any]]]
+    rrsets: list[dict[str, Any]]
+    ptr_requests: list[dict[str, str]]
+    warnings: list[str]
+    spf: dict[str, str]  # name -> its generated SPF record
+
+
+def plan(
+    *,
+    relay_fqdn: str,
+    ipv4: str,
+    ipv6: str,
+    sending_domains: list[str],
+    bounce_domain: str,
+    live_txt: dict[str, list[tuple[str, str]]],
+    live_dmarc_txt: dict[str, list[tuple[str, str]]],
+    spf_existing: dict[str, str | list[str]] | None = None,
+    nameservers: list[str] | None = None,
+    **options: Any,
+) -> Plan:
+    """The records of :func:`generate` as complete RRsets, plus the PTR request notes.
+
+    ``live_txt`` maps each SPF name to its published TXT records as (text, zone-file
+    presentation) pairs, ``live_dmarc_txt`` does the same for ``_dmarc.<domain>``; a name left
+    out has none. ``spf_existing`` (name -> SPF record) replaces the live SPF of a name. An SPF
+    RRset keeps the name's other TXT records, and the published string split of the SPF record
+    when it is unchanged. ``options`` go to :func:`generate` (bounce_mx, relay_mx, dkim, ...).
+    """
+    domains = [relative(d) for d in sending_domains]
+    bounce = relative(bounce_domain) if bounce_domain else ""
+    names = spf_names(domains, bounce)
+    overrides = {relative(k): v for k, v in (spf_existing or {}).items()}
+    live_spf = {n: spf.spf_records([t for t, _ in live_txt.get(n, [])]) for n in names}
+    live_spf.update({n: [v] if isinstance(v, str) else list(v) for n, v in overrides.items()})
+    live_dmarc = {d: [t for t, _ in live_dmarc_txt.get(f"_dmarc.{d}", [])] for d in domains}
+    out = generate(
+        relay_fqdn=relay_fqdn,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        sending_domains=domains,
+        bounce_domain=bounce,
+        live_spf=live_spf,
+        live_dmarc=live_dmarc,
+        **options,
+    )
+    data = out.as_dict()
+    rrsets: dict[tuple[str, str], dict[str, Any]] = {}
+    spf_txt: dict[str, str] = {}
+    for item in data["records"]:
+        key = (item["fqdn"], item["type"])
+        rrsets.setdefault(key, {"fqdn": item["fqdn"], "type": item["type"], "ttl": item["ttl"], "rdata": []})
+        rrsets[key]["rdata"].append(item["value"])
+        name = relative(item["fqdn"])
+        if item["type"] == "TXT" and name in names and item["txt"].lower().startswith("v=spf1"):
+            published = live_txt.get(name, [])
+            others = [pres for text, pres in published if not spf.RE_SPF_START.match(text.strip())]
+            same = [pres for text, pres in published if text.strip() == item["txt"]]
+            rrsets[key]["rdata"] = [*others, *(same[:1] or [item["value"]])]
+            spf_txt[name] = item["txt"]
+    ptr = [
+        {"ip": ip, "ptr_owner": reverse_name(ip), "text": ptr_request(relay_fqdn, ip, nameservers)}
+        for ip in (ipv4, ipv6)
+        if ip
+    ]
+    return Plan(data["records"], data["groups"], list(rrsets.values()), ptr, list(out.warnings), spf_txt)

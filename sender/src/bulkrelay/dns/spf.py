@@ -263,6 +263,18 @@ def merge_spf(
     return SpfMerge(record, changed, added, warnings)
 
 
+def lookup_warnings(source: DnsSource, domain: str, record: str) -> list[str]:
+    """What a receiver would refuse in ``record`` (to be published at ``domain``), counted live:
+    too many DNS lookups or void lookups, and the include/redirect targets without SPF."""
+    count = count_lookups(source, domain, record)
+    warnings = []
+    if count.lookups > MAX_LOOKUPS:
+        warnings.append(f"SPF of {domain} needs {count.lookups} DNS lookups (limit 10): receivers permerror")
+    if count.void_lookups > MAX_VOID_LOOKUPS:
+        warnings.append(f"SPF of {domain} has {count.void_lookups} void lookups (limit 2): permerror")
+    return warnings + count.problems
+
+
 def check(
     source: DnsSource,
     domain: str,
