@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # support.py: the helpers the tests use too
+from support import free_port, write_sender_toml  # noqa: E402, F401 (free_port: c.free_port in the benchmarks)
+
 VENV_BIN = ROOT / ".venv" / "bin"
 BULKRELAY = str(VENV_BIN / "bulkrelay") if (VENV_BIN / "bulkrelay").exists() else "bulkrelay"
 WORK = Path(os.environ.get("BENCH_WORK") or Path(tempfile.gettempdir()) / "bulkrelay-bench")
@@ -47,12 +50,6 @@ def need(path: str, package: str) -> None:
         raise BenchError(
             f"{path} not found: install the Debian package {package} (apt-get install {package})"
         )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0, what: str = "server") -> None:
@@ -240,43 +237,21 @@ def postfix_queue_size(etc: Path) -> int:
 def sender_config(directory: Path, *, submit_port: int, connections: int = 1, batch_size: int = 1000,
                   interval: float = 0.001, per_domain: dict[str, int] | None = None,
                   intake: str = "", metrics: str = "") -> Path:  # fmt: skip
-    """Write a sender.toml for a benchmark run; returns its path."""
-    (directory / "mail.log").touch()
-    per = ""
-    if per_domain:
-        per = "per_domain = { " + ", ".join(f'"{d}" = {n}' for d, n in per_domain.items()) + " }\n"
-    intake_section = ""
-    if intake:
-        intake_section = f'[intake]\nlisten = ["{intake}"]\nallowed_networks = ["127.0.0.0/8"]\n'
-    text = f"""\
-[queue]
-path = "{directory / "queue.sqlite"}"
-
-[submit]
-host = "127.0.0.1"
-port = {submit_port}
-connections = {connections}
-timeout = 30
-helo = "relay.example.test"
-
-[policy]
-batch_size = {batch_size}
-interval = {interval}
-{per}
-[tracking]
-source = "file"
-path = "{directory / "mail.log"}"
-
-[dnsbl]
-state_file = "{directory / "dnsbl.json"}"
-
-[metrics]
-listen = "{metrics}"
-
-{intake_section}"""
-    path = directory / "sender.toml"
-    path.write_text(text)
-    return path
+    """Write a sender.toml for a benchmark run (no VERP); returns its path."""
+    return write_sender_toml(
+        directory,
+        submit_port,
+        queue_file="queue.sqlite",
+        connections=connections,
+        timeout=30,
+        helo="relay.example.test",
+        batch_size=batch_size,
+        interval=interval,
+        per_domain=per_domain,
+        bounce_domain="",
+        metrics=metrics,
+        intake=intake,
+    )
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

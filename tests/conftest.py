@@ -11,7 +11,6 @@ bounces, the RFC 7208 suite) are fetched from PyPI at test time, never copied in
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import smtplib
 import socket
@@ -23,17 +22,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
+from support import VERP_KEY, write_sender_toml
+from support import free_port as pick_free_port
 
 from bulkrelay.intake import QueueWorker, start_intake
 
+KEY = VERP_KEY  # the VERP key of every sender.toml written here
+RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
 
-def pick_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def sink_user() -> list[str]:
+    """smtp-sink refuses to run as root without -u."""
+    return ["-u", "nobody"] if os.geteuid() == 0 else []
 
 
 @pytest.fixture
@@ -93,6 +100,43 @@ def intake_server():
     yield start
     for server in started:
         server.close()
+
+
+class LoopbackDns:
+    """A real UDP DNS server on loopback answering from a table, to test the live Resolver."""
+
+    def __init__(self, table):
+        self.table = table
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            q = query.question[0]
+            self.seen.append(q.name.to_text())
+            action = self.table.get((q.name.to_text(), dns.rdatatype.to_text(q.rdtype)), "nxdomain")
+            if action == "drop":
+                continue
+            resp = dns.message.make_response(query)
+            if action == "nxdomain":
+                resp.set_rcode(dns.rcode.NXDOMAIN)
+            elif action == "servfail":
+                resp.set_rcode(dns.rcode.SERVFAIL)
+            elif action != "nodata":
+                resp.answer.append(dns.rrset.from_text(q.name, 300, "IN", q.rdtype, action))
+            self.sock.sendto(resp.to_wire(), peer)
+
+    def close(self):
+        self.sock.close()
 
 
 class RecordingHandler:
@@ -207,63 +251,39 @@ def smtp_receiver():
 @pytest.fixture
 def sender_config(tmp_path):
     """Factory: ``sender_config(submit_port, extra="")`` writes a sender.toml for `bulkrelay serve`
-    under tmp_path (loopback receiver, file log source, metrics off unless ``metrics_port``,
-    intake on ``intake_port`` for 127.0.0.0/8, hot folder at ``hotfolder``) and returns its
-    path. ``extra`` is TOML appended as is."""
+    under tmp_path (or ``directory``) and returns its path: loopback receiver, VERP with
+    ``KEY``, file log source, metrics off unless ``metrics_port``, intake on ``intake_port``
+    for 127.0.0.0/8, hot folder at ``hotfolder``. ``extra`` is TOML appended as is."""
 
     def write(
         submit_port: int,
         extra: str = "",
         *,
+        directory: Path | None = None,
         batch_size: int = 100,
         interval: float = 2.0,
+        connections: int = 2,
+        timeout: float = 10,
+        retry_base: float | None = None,
         metrics_port: int | None = None,
         intake_port: int | None = None,
         hotfolder: Path | None = None,
         from_domains: tuple[str, ...] = (),
     ) -> Path:
-        metrics = f"127.0.0.1:{metrics_port}" if metrics_port else ""
-        if intake_port:
-            extra += f'\n[intake]\nlisten = ["127.0.0.1:{intake_port}"]\nallowed_networks = ["127.0.0.0/8"]\n'
-            extra += f"from_domains = {json.dumps(list(from_domains))}\n"
-        if hotfolder:
-            extra += f'\n[hotfolder]\npath = "{hotfolder}"\n'
-
-        (tmp_path / "verp.key").write_bytes(b"k" * 32)
-        (tmp_path / "mail.log").touch()
-        path = tmp_path / "sender.toml"
-        path.write_text(
-            f"""
-[queue]
-path = "{tmp_path / "q.sqlite"}"
-
-[submit]
-host = "127.0.0.1"
-port = {submit_port}
-connections = 2
-timeout = 10
-
-[policy]
-batch_size = {batch_size}
-interval = {interval}
-
-[envelope]
-bounce_domain = "bounce.example.test"
-verp_key_file = "{tmp_path / "verp.key"}"
-
-[tracking]
-source = "file"
-path = "{tmp_path / "mail.log"}"
-
-[dnsbl]
-state_file = "{tmp_path / "dnsbl.json"}"
-
-[metrics]
-listen = "{metrics}"
-{extra}
-"""
+        return write_sender_toml(
+            directory or tmp_path,
+            submit_port,
+            connections=connections,
+            timeout=timeout,
+            retry_base=retry_base,
+            batch_size=batch_size,
+            interval=interval,
+            metrics=f"127.0.0.1:{metrics_port}" if metrics_port else "",
+            intake=f"127.0.0.1:{intake_port}" if intake_port else "",
+            from_domains=from_domains,
+            hotfolder=hotfolder,
+            extra=extra,
         )
-        return path
 
     return write
 

@@ -18,40 +18,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from test_delivery import KEY, free_port, sink_user
+from conftest import pick_free_port as free_port
+from conftest import sink_user
 
 from bulkrelay.queue import Queue
 
 MESSAGES = 1500
 CONNECTIONS = 2
 KILLS = 3
-
-
-def write_config(tmp_path, port):
-    (tmp_path / "verp.key").write_bytes(KEY)
-    path = tmp_path / "sender.toml"
-    path.write_text(f"""
-[queue]
-path = "{tmp_path / "q.sqlite"}"
-[submit]
-host = "127.0.0.1"
-port = {port}
-connections = {CONNECTIONS}
-timeout = 10
-retry_base = 1
-[policy]
-batch_size = 150
-interval = 0.3
-[envelope]
-bounce_domain = "bounce.example.test"
-verp_key_file = "{tmp_path / "verp.key"}"
-[tracking]
-source = "file"
-path = "{tmp_path / "mail.log"}"
-[metrics]
-listen = ""
-""")
-    return path
 
 
 def received(dump_dir):
@@ -72,7 +46,7 @@ def serve(config_path, log_path):
     return subprocess.Popen([bulkrelay, "serve", "--config", str(config_path)], stdout=log, stderr=log)
 
 
-def test_kill_9_during_drain_loses_nothing_and_duplicates_at_most_in_flight(tmp_path):
+def test_kill_9_during_drain_loses_nothing_and_duplicates_at_most_in_flight(tmp_path, sender_config):
     # smtp-sink drops to "nobody": its dump directory must be reachable for that user
     dump = Path(tempfile.mkdtemp(prefix="bulkrelay-crash-", dir="/tmp"))
     dump.chmod(0o777)
@@ -80,7 +54,7 @@ def test_kill_9_during_drain_loses_nothing_and_duplicates_at_most_in_flight(tmp_
     sink = subprocess.Popen(
         ["/usr/sbin/smtp-sink", *sink_user(), "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "64"]
     )
-    config_path = write_config(tmp_path, port)
+    config_path = sender_config(port, connections=CONNECTIONS, retry_base=1, batch_size=150, interval=0.3)
     queue = Queue(tmp_path / "q.sqlite")
     expected = [f"c{i}@customer.test" for i in range(MESSAGES)]
     for i, rcpt in enumerate(expected):

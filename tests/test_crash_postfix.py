@@ -21,7 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_delivery import KEY, free_port, sink_user
+from conftest import pick_free_port as free_port
+from conftest import sink_user
 
 from bulkrelay.queue import Queue
 
@@ -104,32 +105,6 @@ default_destination_concurrency_limit = 4
     raise AssertionError("throwaway Postfix did not listen: " + (base / "mail.log").read_text()[-2000:])
 
 
-def write_config(base: Path, port: int) -> Path:
-    (base / "verp.key").write_bytes(KEY)
-    path = base / "sender.toml"
-    path.write_text(f"""
-[queue]
-path = "{base / "q.sqlite"}"
-[submit]
-host = "127.0.0.1"
-port = {port}
-connections = 2
-timeout = 20
-[policy]
-batch_size = 200
-interval = 0.25
-[envelope]
-bounce_domain = "bounce.example.test"
-verp_key_file = "{base / "verp.key"}"
-[tracking]
-source = "file"
-path = "{base / "mail.log"}"
-[metrics]
-listen = ""
-""")
-    return path
-
-
 def serve(config: Path, log: Path) -> subprocess.Popen:
     bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
     out = open(log, "ab")  # noqa: SIM115
@@ -153,7 +128,7 @@ def received(dump: Path) -> list[str]:
     return out
 
 
-def test_kill_9_with_postfix_log_resolves_every_ambiguous_row():
+def test_kill_9_with_postfix_log_resolves_every_ambiguous_row(sender_config):
     base = Path(tempfile.mkdtemp(prefix="bulkrelay-pfcrash-", dir="/tmp"))
     base.chmod(0o755)
     dump = base / "dump"
@@ -166,7 +141,7 @@ def test_kill_9_with_postfix_log_resolves_every_ambiguous_row():
     etc = None
     try:
         etc = start_postfix(base, port, sink_port)
-        config = write_config(base, port)
+        config = sender_config(port, directory=base, timeout=20, batch_size=200, interval=0.25)
         queue = Queue(base / "q.sqlite")
         expected = [f"c{i}@customer.test" for i in range(MESSAGES)]
         for i, rcpt in enumerate(expected):

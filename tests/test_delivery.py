@@ -1,13 +1,13 @@
 """Submission into a real SMTP server on loopback (aiosmtpd): VERP, queue ids, 4xx/5xx, outages."""
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
 import time
 
 import pytest
+from conftest import KEY, RAW, sink_user
 from conftest import SmtpReceiver as Receiver
 from conftest import pick_free_port as free_port
 
@@ -16,14 +16,6 @@ from bulkrelay.config import Config, EnvelopeConfig, PolicyConfig, QueueConfig, 
 from bulkrelay.delivery import SmtpClient, Submitter, backoff, encode_data
 from bulkrelay.queue import Queue
 from bulkrelay.service import ReleaseLoop, resolve_ambiguous
-
-KEY = b"k" * 32
-RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
-
-
-def sink_user():
-    """smtp-sink refuses to run as root without -u."""
-    return ["-u", "nobody"] if os.geteuid() == 0 else []
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_dns_resolver import LoopbackDns
+from conftest import LoopbackDns
 
 from bulkrelay import cli
 from bulkrelay.dns import cli as dns_cli

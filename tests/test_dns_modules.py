@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_dns_resolver import LoopbackDns
+from conftest import LoopbackDns
 
 ROOT = Path(__file__).resolve().parent.parent
 REV = "25.100.51.198.in-addr.arpa."

@@ -1,12 +1,7 @@
 """bulkrelay.dns.resolver: nameserver parsing, absolute names, and the four answer states."""
 
-import socket
-import threading
-
-import dns.message
-import dns.rcode
-import dns.rrset
 import pytest
+from conftest import LoopbackDns
 
 from bulkrelay.dns import resolver as r
 
@@ -80,43 +75,6 @@ def test_static_resolver_states_and_cname():
     assert res.query("nx.test", "A").status == r.NXDOMAIN
     slow = res.query("slow.test", "TXT")
     assert slow.failed and not slow.absent
-
-
-class LoopbackDns:
-    """A real UDP DNS server on loopback answering from a table, to test the live Resolver."""
-
-    def __init__(self, table):
-        self.table = table
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.seen = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            query = dns.message.from_wire(data)
-            q = query.question[0]
-            self.seen.append(q.name.to_text())
-            action = self.table.get((q.name.to_text(), dns.rdatatype.to_text(q.rdtype)), "nxdomain")
-            if action == "drop":
-                continue
-            resp = dns.message.make_response(query)
-            if action == "nxdomain":
-                resp.set_rcode(dns.rcode.NXDOMAIN)
-            elif action == "servfail":
-                resp.set_rcode(dns.rcode.SERVFAIL)
-            elif action != "nodata":
-                resp.answer.append(dns.rrset.from_text(q.name, 300, "IN", q.rdtype, action))
-            self.sock.sendto(resp.to_wire(), peer)
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture

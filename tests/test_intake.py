@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 from conftest import IntakeServer as Intake
+from conftest import pick_free_port as free_port
 
 from bulkrelay import config as cfg
 from bulkrelay.intake import (
@@ -29,12 +30,6 @@ GOOD = (
     b"From: Billing <billing@example.test>\r\nTo: alice@customer.test\r\nSubject: Invoice 1\r\n"
     b"Message-ID: <inv-1@example.test>\r\n\r\nHello\r\n"
 )
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_conf(tmp_path, **intake):

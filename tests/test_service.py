@@ -16,7 +16,9 @@ import time
 import urllib.request
 
 import pytest
-from test_delivery import KEY, RAW, Receiver, free_port
+from conftest import KEY, RAW
+from conftest import SmtpReceiver as Receiver
+from conftest import pick_free_port as free_port
 
 from bulkrelay import verp
 from bulkrelay.queue import Queue

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from test_delivery import KEY, RAW, Receiver
+from conftest import KEY, RAW
+from conftest import SmtpReceiver as Receiver
 
 from bulkrelay import suppression, tracking, verp
 from bulkrelay.queue import Queue
@@ -160,25 +161,10 @@ print("\\n".join(lines[start:]))
     queue.close()
 
 
-def test_restart_resolves_submitting_rows_from_the_postfix_log_before_resending(tmp_path):
+def test_restart_resolves_submitting_rows_from_the_postfix_log_before_resending(tmp_path, sender_config):
     """A crash left two rows 'submitting'; the log shows Postfix took one: only the other is sent."""
     receiver = Receiver().start()
-    (tmp_path / "verp.key").write_bytes(KEY)
-    config = tmp_path / "sender.toml"
-    config.write_text(f"""
-[queue]
-path = "{tmp_path / "q.sqlite"}"
-[submit]
-port = {receiver.port}
-[envelope]
-bounce_domain = "bounce.example.test"
-verp_key_file = "{tmp_path / "verp.key"}"
-[tracking]
-source = "file"
-path = "{tmp_path / "mail.log"}"
-[metrics]
-listen = ""
-""")
+    config = sender_config(receiver.port)
     queue = Queue(tmp_path / "q.sqlite")
     queue.enqueue(RAW, "billing@example.test", ["taken@customer.test"], source="t")
     queue.enqueue(RAW, "billing@example.test", ["lost@customer.test"], source="t")
