@@ -381,7 +381,7 @@ async def serve_intake(config: Any, queue: Any = None) -> None:
     """
     if not config.intake.listen:
         return
-    from bulkrelay.queue import Queue  # noqa: PLC0415 (D1's module; imported where it is needed)
+    from bulkrelay.queue import Queue  # noqa: PLC0415 (the queue module; imported where it is needed)
 
     worker = QueueWorker(lambda: Queue(config.queue.path))
     servers = await start_intake(config, worker.enqueue, executor=worker.executor)
