@@ -25,6 +25,7 @@ from typing import Any
 from bulkrelay.dns import dkim, spf
 from bulkrelay.dns.resolver import relative
 from bulkrelay.dns.tags import TagSyntaxError
+from bulkrelay.names import is_domain
 
 TXT_STRING_MAX = 255
 SPF_UDP_SAFE = 450  # RFC 7208 3.4: keep the answer small enough for one UDP packet
@@ -184,8 +185,8 @@ class RecordSet:
 
 def _check_name(value: str, variable: str) -> str:
     name = relative(value or "")
-    labels = name.split(".")
-    if len(labels) < 2 or not all(labels) or any(len(lb) > 63 for lb in labels):
+    # DNS owner names, not host names: any octets per label (underscores included), no length cap
+    if not is_domain(name, min_labels=2, ldh=False, max_length=None):
         raise RecordError(f"{variable} must be a full domain name like relay.example.com, got {value!r}")
     return name
 
