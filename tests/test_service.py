@@ -156,7 +156,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
 
 
 def test_intake_and_hot_folder_feed_the_release_loop(tmp_path, receiver, sender_config):
-    """D2's intake and hot folder run inside `bulkrelay serve` and their mail reaches Postfix."""
+    """The SMTP intake and the hot folder run inside `bulkrelay serve` and their mail reaches Postfix."""
     intake_port = free_port()
     hot = tmp_path / "hot"
     config_path = sender_config(

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-
-def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    """The network a CIDR string names (host bits tolerated), or None when it is not one."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        return ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        return None
-
-
-def relay_firewall_bad_cidrs(values: list) -> list:
-    """The entries of `values` that are not an IPv4/IPv6 address or CIDR network."""
-    return [v for v in values if _network(v) is None]
+# The CIDR rule lives in the bulkrelay package (installed in the controller's venv, as the
+# library/ modules that import it need too): relay_firewall_bad_cidrs is bulkrelay.names.bad_cidrs.
+from bulkrelay.names import bad_cidrs as relay_firewall_bad_cidrs
+from bulkrelay.names import network as _network
 
 
 def relay_firewall_networks(values: list, family: int) -> list[str]:

@@ -5,33 +5,12 @@ from __future__ import annotations
 import ipaddress
 import re
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_TLD = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+# The FQDN and CIDR rules live in the bulkrelay package (installed in the controller's venv, as
+# the library/ modules that import it need too), shared with the sender and the DNS records.
+from bulkrelay.names import bad_cidrs as relay_postfix_bad_cidrs
+from bulkrelay.names import is_fqdn as relay_postfix_is_fqdn
+
 _DURATION = re.compile(r"^\d+[smhdw]?$")
-
-
-def relay_postfix_is_fqdn(name: object) -> bool:
-    """True for a lower-case fully qualified host name: two labels or more, no trailing dot."""
-    if not isinstance(name, str) or len(name) > 253 or name != name.strip():
-        return False
-    labels = name.split(".")
-    if len(labels) < 2:
-        return False
-    return all(_LABEL.match(label) for label in labels[:-1]) and bool(_TLD.match(labels[-1]))
-
-
-def relay_postfix_bad_cidrs(values: list) -> list:
-    """Entries that are not an IPv4/IPv6 address or network (host bits are tolerated)."""
-    bad = []
-    for value in values:
-        try:
-            ipaddress.ip_network(str(value).strip(), strict=False)
-        except ValueError:
-            bad.append(value)
-        else:
-            if not isinstance(value, str) or not value.strip():
-                bad.append(value)
-    return bad
 
 
 def relay_postfix_cidr(value: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bulkrelay.cli import UsageError
+from bulkrelay.names import is_domain
 
 DEFAULT_PATH = "/etc/bulkrelay/sender.toml"
 
@@ -171,9 +172,11 @@ SECTIONS: dict[str, type] = {
 }
 
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
-_DOMAIN = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-)
+
+
+def _is_config_domain(value: str) -> bool:
+    """A domain in sender.toml: any case, a single label allowed (e.g. a lab's "test")."""
+    return is_domain(value.lower(), min_labels=1)
 
 
 def _fail(key: str, problem: str, fix: str) -> ConfigError:
@@ -228,7 +231,7 @@ def _str_list(key: str, name: str, value: Any) -> tuple[str, ...]:
             _check_listen(key, v)
     if name == "from_domains":
         for v in values:
-            if not _DOMAIN.match(v.lower()):
+            if not _is_config_domain(v):
                 raise _fail(key, f"{v!r} is not a domain name", 'write from_domains = ["example.com"]')
         values = tuple(v.lower() for v in values)
     if name == "allowed_networks":
@@ -248,7 +251,7 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
             raise _fail(key, f"expected a table, got {value!r}", 'write per_domain = { "gmail.com" = 20 }')
         out = {}
         for domain, limit in value.items():
-            if not _DOMAIN.match(domain.lower()):
+            if not _is_config_domain(domain):
                 raise _fail(
                     f"{key}.{domain}", "not a domain name", "use the recipient domain, e.g. gmail.com"
                 )
@@ -352,7 +355,7 @@ def _cross_check(config: Config) -> None:
         raise _fail(
             "intake.auth_file", "AUTH is offered over TLS only", "set intake.tls_cert and intake.tls_key"
         )
-    if config.envelope.bounce_domain and not _DOMAIN.match(config.envelope.bounce_domain.lower()):
+    if config.envelope.bounce_domain and not _is_config_domain(config.envelope.bounce_domain):
         raise _fail("envelope.bounce_domain", "not a domain name", "write e.g. bounce.example.com")
     if config.envelope.bounce_domain and not config.envelope.verp_key_file:
         raise _fail(

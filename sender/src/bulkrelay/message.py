@@ -19,6 +19,8 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
+from bulkrelay.names import is_label
+
 # RFC 5322 2.2: a field name is printable US-ASCII except colon.
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+$")
 # RFC 5322 3.2.3 atext, for dot-atom local parts.
@@ -26,7 +28,6 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_ATOM = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*$")
 # RFC 5321 4.1.2 Quoted-string: printable ASCII, with backslash escapes.
 _QUOTED = re.compile(r'^"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
-_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _LINE_LIMIT = 998  # RFC 5322 2.1.1, without CRLF
 
 
@@ -79,7 +80,7 @@ def _domain_problem(domain: str) -> str | None:
     problem = None
     if len(labels) < 2:
         problem = "that is not fully qualified; use a domain like example.com"
-    elif not all(_LABEL.match(label) for label in labels):
+    elif not all(is_label(label.lower()) for label in labels):
         problem = "that is not a valid host name"
     elif labels[-1].isdigit():
         problem = "that looks like an IP address; use a host name"

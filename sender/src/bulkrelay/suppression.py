@@ -20,6 +20,8 @@ import re
 import sqlite3
 from collections.abc import Iterable
 
+from bulkrelay.names import is_domain
+
 log = logging.getLogger("bulkrelay.suppression")
 
 SCHEMA = """
@@ -34,9 +36,6 @@ CREATE TABLE IF NOT EXISTS suppression (
 
 CSV_FIELDS = ("address", "reason", "source", "created_at", "expires_at")
 _LOCAL = re.compile(r"^[^\s@<>()\[\],;:\\\"]{1,64}$|^\"[^\"\r\n]{1,62}\"$")
-_DOMAIN = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-)
 
 
 class BadAddress(ValueError):
@@ -50,7 +49,7 @@ def normalize(address: str) -> str:
         addr = addr[1:-1].strip()
     local, at, domain = addr.rpartition("@")
     domain = domain.lower().rstrip(".")
-    if not at or not _LOCAL.match(local) or not _DOMAIN.match(domain):
+    if not at or not _LOCAL.match(local) or not is_domain(domain, min_labels=2):
         raise BadAddress(f"{address!r} is not an e-mail address; write it as local@domain.example")
     return f"{local}@{domain}"
 

@@ -27,6 +27,7 @@ from bulkrelay.dns import dkim, spf
 from bulkrelay.dns.rdata import RecordError, quote_txt, split_txt
 from bulkrelay.dns.resolver import relative, reverse_name
 from bulkrelay.dns.tags import TagSyntaxError
+from bulkrelay.names import is_domain
 
 DMARC_DEFAULTS = {"p": "none", "adkim": "r", "aspf": "r"}
 
@@ -85,8 +86,8 @@ class RecordSet:
 
 def _check_name(value: str, variable: str) -> str:
     name = relative(value or "")
-    labels = name.split(".")
-    if len(labels) < 2 or not all(labels) or any(len(lb) > 63 for lb in labels):
+    # DNS owner names, not host names: any octets per label (underscores included), no length cap
+    if not is_domain(name, min_labels=2, ldh=False, max_length=None):
         raise RecordError(f"{variable} must be a full domain name like relay.example.com, got {value!r}")
     return name
 
