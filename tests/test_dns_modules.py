@@ -86,7 +86,15 @@ def test_module(ns, module, args, failure, check_mode):
         assert result["status"] == "fail"
 
 
-def test_bad_nameserver_is_a_clear_message():
-    result = run("bulkrelay_mx", {"name": "example.test", "nameservers": ["ns1.example.test"]})
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("bulkrelay_mx", {"name": "example.test"}),
+        ("bulkrelay_posture", {"fqdn": "relay.example.test", "raw": {}, "now": 0}),
+    ],
+)
+def test_bad_nameserver_is_a_clear_message(module, args):
+    result = run(module, {**args, "nameservers": ["ns1.example.test"]})
     assert result["failed"] is True
-    assert "not an IP address" in result["msg"] and "Traceback" not in result["msg"]
+    assert "not an IP address" in result["msg"] and "Traceback" not in result["msg"], result
+    assert "Traceback" not in result.get("module_stderr", ""), result
