@@ -1,0 +1,61 @@
+"""The durable queue: one SQLite database (WAL) holding messages, recipients and release history.
+
+A message body is stored once; each recipient has its own row and state machine::
+
+    queued -> submitting -> submitted (Postfix queue id) -> delivered | deferred | bounced
+                        \\-> failed (5xx at submission)        queued -> suppressed
+
+``submitting`` is written durably before a recipient's DATA is sent. A row still in that state
+after a crash is ambiguous (did Postfix take it?) and is resolved from the Postfix log before
+anything is resent (see ``bulkrelay.service``).
+
+Built for 1M+ recipients: picking the next batch walks a partial index of ready rows in
+(next_attempt, id) order, and per-state counts live in a table kept current by triggers, so
+neither ``take`` nor ``status`` scans the recipients table.
+
+The queue is one ``Queue`` object built from one part per concern, each in its own module with
+its own SQL statements:
+
+- ``storage``: schema, migrations, connection, transactions (BEGIN IMMEDIATE .. COMMIT);
+- ``enqueue``: storing a message (adding Message-ID and Date when missing);
+- ``release``: ``take``, ``next_ready_at``, the submission marks and the release ledger;
+- ``reconcile``: results from the Postfix log and from DSNs, settling 'submitting' rows;
+- ``commands``: what the operator lists, shows, retries, drops, counts and pauses.
+"""
+
+from bulkrelay.queue.commands import Commands
+from bulkrelay.queue.enqueue import Enqueue, ensure_ids
+from bulkrelay.queue.reconcile import Reconciliation
+from bulkrelay.queue.release import Release, queue_id_from_reply
+from bulkrelay.queue.storage import (
+    BUSY_TIMEOUT,
+    ERRORS_KEPT,
+    FINAL_STATES,
+    SCHEMA,
+    STATES,
+    QueueUnavailable,
+    Storage,
+    domain_of,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT",
+    "ERRORS_KEPT",
+    "FINAL_STATES",
+    "SCHEMA",
+    "STATES",
+    "Queue",
+    "QueueUnavailable",
+    "Storage",
+    "domain_of",
+    "ensure_ids",
+    "queue_id_from_reply",
+]
+
+
+class Queue(Enqueue, Release, Reconciliation, Commands):
+    """The sender's SQLite queue. Safe to share between threads (calls are serialised).
+
+    One connection (``Storage``) shared by the parts; ``Queue(path, clock=..., busy_timeout=...)``
+    opens it as before.
+    """

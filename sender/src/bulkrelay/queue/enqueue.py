@@ -1,0 +1,87 @@
+"""Enqueue: store one message for its recipients, adding Message-ID and Date when missing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import re
+
+from bulkrelay.queue.storage import Storage, domain_of
+
+log = logging.getLogger("bulkrelay.queue")
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _header_block(raw: bytes) -> bytes:
+    match = _HEADER_END.search(raw)
+    return raw[: match.start()] if match else raw
+
+
+def _has_header(headers: bytes, name: bytes) -> bytes | None:
+    pattern = re.compile(rb"^" + re.escape(name) + rb"[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+    match = pattern.search(headers)
+    return match.group(1).strip() if match else None
+
+
+_TRACE = re.compile(rb"(?:(?:Received|Return-Path)[ \t]*:.*\r?\n(?:[ \t].*\r?\n)*)*", re.I)
+
+
+def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
+    """Add Message-ID and Date when missing, below the trace headers (Received:, Return-Path:)
+    at the top, as RFC 5322 3.6.7 wants them first; return (raw, message_id)."""
+    headers = _header_block(raw)
+    newline = b"\r\n" if b"\r\n" in headers or not headers else b"\n"
+    added = b""
+    found = _has_header(headers, b"Message-ID")
+    if found:
+        message_id = found.decode("ascii", "replace")
+    else:
+        domain = domain_of(mail_from) or "bulkrelay.invalid"
+        message_id = email.utils.make_msgid(domain=domain)
+        added += b"Message-ID: " + message_id.encode("ascii") + newline
+    if _has_header(headers, b"Date") is None:
+        date = email.utils.format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
+        added += b"Date: " + date.encode("ascii") + newline
+    at = _TRACE.match(raw).end() if added else 0
+    return raw[:at] + added + raw[at:], message_id
+
+
+class Enqueue(Storage):
+    """Intake's side of the queue: one transaction per message."""
+
+    def enqueue(self, raw: bytes, mail_from: str, recipients: list[str], *, source: str) -> int:
+        """Store one message for its recipients; returns the message id after COMMIT.
+
+        Adds Message-ID and Date when missing. Duplicate recipients (same address) are stored
+        once. Raises ValueError for an empty recipient list and QueueUnavailable when the
+        database cannot commit.
+        """
+        unique = list(dict.fromkeys(r.strip() for r in recipients if r.strip()))
+        if not unique:
+            raise ValueError("a message needs at least one recipient")
+        now = self.clock()
+        body, message_id = ensure_ids(raw, mail_from, now=now)
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO messages(mail_from, message_id, source, size, created_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (mail_from, message_id, source, len(body), now, body),
+            )
+            msg = cur.lastrowid
+            conn.executemany(
+                "INSERT INTO recipients(message, address, domain, next_attempt, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(msg, r, domain_of(r), now, now, now) for r in unique],
+            )
+        log.info(
+            "event=enqueued message=%s recipients=%d size=%d source=%s message_id=%s",
+            msg,
+            len(unique),
+            len(body),
+            source,
+            message_id,
+        )
+        assert msg is not None
+        return msg

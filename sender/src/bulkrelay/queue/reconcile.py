@@ -1,0 +1,148 @@
+"""Reconciliation: bring recipient rows in line with what Postfix logged and what DSNs said.
+
+Results are matched to rows by Postfix queue id. A result seen before its row knows the queue id
+(a 'submitting' row left by a crash) is kept in ``postfix_seen`` and applied when the row is
+resolved from the log (``resolve_submitting``) or marked submitted (``Release.mark_submitted``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from bulkrelay.queue.storage import FINAL_STATES, Storage
+
+
+def apply_pending(
+    conn: sqlite3.Connection, recipient_id: int, qid: str, clock: Callable[[], float]
+) -> dict | None:
+    """Apply a result the log showed for ``qid`` before this row knew its queue id."""
+    seen = conn.execute(
+        "SELECT result_state, result_dsn, result_reply FROM postfix_seen "
+        "WHERE qid = ? AND result_state IS NOT NULL",
+        (qid,),
+    ).fetchone()
+    if seen is None:
+        return None
+    conn.execute(
+        "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+        (seen["result_state"], seen["result_dsn"], seen["result_reply"], clock(), recipient_id),
+    )
+    return {"state": seen["result_state"], "dsn": seen["result_dsn"], "reply": seen["result_reply"]}
+
+
+class Reconciliation(Storage):
+    """The Postfix-log tracker's and the bounce poller's side of the queue."""
+
+    def record_result(self, qid: str, address: str, *, state: str, dsn: str, reply: str) -> dict | None:
+        """Apply a Postfix log result (delivered/deferred/bounced) to the row with that queue id.
+
+        Returns the updated row, or None when the queue id is not ours. A final state is never
+        overwritten by 'deferred' (log lines can be read twice after a restart).
+        """
+        if state not in ("delivered", "deferred", "bounced"):
+            raise ValueError(f"unknown result state {state!r}")
+        with self.transaction(durable=False) as conn:
+            rows = conn.execute(
+                "SELECT id, message, address, state FROM recipients WHERE postfix_qid = ?", (qid,)
+            ).fetchall()
+            match = [r for r in rows if r["address"].lower() == address.lower()] or rows
+            if not match:
+                # Not (yet) one of our rows: keep it for a row that learns this queue id later
+                # (a 'submitting' row resolved from the log after a crash).
+                conn.execute(
+                    "INSERT INTO postfix_seen"
+                    "(qid, at, result_address, result_state, result_dsn, result_reply) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(qid) DO UPDATE SET "
+                    "result_address = excluded.result_address, result_state = excluded.result_state, "
+                    "result_dsn = excluded.result_dsn, result_reply = excluded.result_reply "
+                    "WHERE coalesce(result_state, 'deferred') = 'deferred'",
+                    (qid, self.clock(), address, state, dsn, reply),
+                )
+                return None
+            row = dict(match[0])
+            if state == "deferred" and row["state"] in FINAL_STATES:
+                return row
+            conn.execute(
+                "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                (state, dsn, reply, self.clock(), row["id"]),
+            )
+            if state in ("bounced", "deferred"):
+                self._error(conn, row["id"], f"{state} dsn={dsn}: {reply}")
+            row["state"] = state
+            return row
+
+    def record_bounce(self, recipient_id: int, *, status: str, diagnostic: str, kind: str) -> None:
+        """Apply a DSN or complaint read from the bounce mailbox (bulkrelay.bounces).
+
+        kind "hard" -> 'bounced'; "soft" -> 'deferred' unless the row is already final;
+        "complaint" keeps the delivery state and records the complaint as the last reply.
+        """
+        if kind not in ("hard", "soft", "complaint"):
+            raise ValueError(f"kind must be hard, soft or complaint, not {kind!r}")
+        now = self.clock()
+        with self.transaction() as conn:
+            row = conn.execute("SELECT state FROM recipients WHERE id = ?", (recipient_id,)).fetchone()
+            if row is None:
+                return
+            state = row["state"]
+            if kind == "hard":
+                state = "bounced"
+            elif kind == "soft" and state not in FINAL_STATES:
+                state = "deferred"
+            reply = diagnostic if kind != "complaint" else f"complaint: {diagnostic}"
+            conn.execute(
+                "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, updated_at = ? WHERE id = ?",
+                (state, status, reply, now, recipient_id),
+            )
+            self._error(conn, recipient_id, f"{kind} bounce {status}: {diagnostic}")
+
+    def note_postfix(
+        self, qid: str, *, message_id: str | None = None, envelope_from: str | None = None
+    ) -> None:
+        """Remember a queue id seen in the Postfix log (cleanup: message-id, qmgr: from)."""
+        with self.transaction(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO postfix_seen(qid, message_id, envelope_from, at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(qid) DO UPDATE SET message_id = coalesce(excluded.message_id, message_id), "
+                "envelope_from = coalesce(excluded.envelope_from, envelope_from)",
+                (qid, message_id, envelope_from, self.clock()),
+            )
+
+    def postfix_qids(self, *, envelope_from: str | None = None, message_id: str | None = None) -> list[str]:
+        if envelope_from is not None:
+            rows = self._query("SELECT qid FROM postfix_seen WHERE envelope_from = ?", (envelope_from,))
+        else:
+            rows = self._query("SELECT qid FROM postfix_seen WHERE message_id = ?", (message_id,))
+        return [r[0] for r in rows]
+
+    def submitting(self) -> list[dict]:
+        rows = self._query(
+            "SELECT r.*, m.message_id AS message_id_header FROM recipients r JOIN messages m "
+            "ON m.id = r.message WHERE r.state = 'submitting' ORDER BY r.id"
+        )
+        return [dict(r) for r in rows]
+
+    def resolve_submitting(self, recipient_id: int, qid: str | None) -> dict | None:
+        """Settle an ambiguous 'submitting' row: Postfix has it (qid) or it goes back to 'queued'.
+
+        Returns the result already logged for that queue id (applied to the row), if any.
+        """
+        now = self.clock()
+        with self.transaction() as conn:
+            if qid:
+                changed = conn.execute(
+                    "UPDATE recipients SET state = 'submitted', postfix_qid = ?, attempts = attempts + 1, "
+                    "last_reply = 'resolved from the Postfix log after a restart', updated_at = ? "
+                    "WHERE id = ? AND state = 'submitting'",
+                    (qid, now, recipient_id),
+                ).rowcount
+                return apply_pending(conn, recipient_id, qid, self.clock) if changed else None
+            else:
+                conn.execute(
+                    "UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?, "
+                    "last_reply = 'resent: not found in the Postfix log after a restart' "
+                    "WHERE id = ? AND state = 'submitting'",
+                    (now, now, recipient_id),
+                )
+        return None

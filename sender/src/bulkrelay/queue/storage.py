@@ -1,0 +1,214 @@
+"""Storage: the schema and its migrations, the connection, transactions and the shared errors log.
+
+Every other part of the queue (``enqueue``, ``release``, ``reconcile``, ``commands``) is a class
+built on ``Storage``: it reaches the database only through ``transaction()`` (writes, BEGIN
+IMMEDIATE .. COMMIT) and ``_query()`` (reads), and holds the SQL statements of its own concern.
+The schema lives here because it is the contract they all share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "submitting", "submitted", "delivered", "deferred", "bounced", "failed", "suppressed")
+# States in which a recipient is finished from the sender's point of view (no further action).
+FINAL_STATES = ("delivered", "bounced", "failed", "suppressed")
+
+BUSY_TIMEOUT = 5.0  # seconds a write waits for another writer before QueueUnavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    mail_from TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    envelope_from TEXT,
+    postfix_qid TEXT,
+    dsn TEXT,
+    last_reply TEXT
+);
+CREATE INDEX IF NOT EXISTS recipients_ready ON recipients(next_attempt, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS recipients_state ON recipients(state, id);
+CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message);
+CREATE INDEX IF NOT EXISTS recipients_qid ON recipients(postfix_qid) WHERE postfix_qid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS recipients_count_ins AFTER INSERT ON recipients BEGIN
+    INSERT INTO state_counts(state, n) VALUES (NEW.state, 1)
+        ON CONFLICT(state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS recipients_count_del AFTER DELETE ON recipients BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS recipients_count_upd AFTER UPDATE OF state ON recipients
+    WHEN OLD.state <> NEW.state BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+    INSERT INTO state_counts(state, n) VALUES (NEW.state, 1)
+        ON CONFLICT(state) DO UPDATE SET n = n + 1;
+END;
+-- One row per recipient released to Postfix: the release policy's persistent memory.
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY,
+    recipient INTEGER NOT NULL,
+    at REAL NOT NULL,
+    domain TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_at ON releases(at);
+CREATE INDEX IF NOT EXISTS releases_domain ON releases(domain, at);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    recipient INTEGER,
+    message INTEGER,
+    address TEXT,
+    reason TEXT NOT NULL
+);
+-- Queue ids seen in the Postfix log with their Message-ID and envelope sender, so rows left in
+-- 'submitting' by a crash can be matched to what Postfix really accepted.
+CREATE TABLE IF NOT EXISTS postfix_seen (
+    qid TEXT PRIMARY KEY,
+    message_id TEXT,
+    envelope_from TEXT,
+    at REAL NOT NULL,
+    -- a result logged before the row knew its queue id (applied when it learns it)
+    result_address TEXT,
+    result_state TEXT,
+    result_dsn TEXT,
+    result_reply TEXT
+);
+CREATE INDEX IF NOT EXISTS postfix_seen_from ON postfix_seen(envelope_from);
+CREATE INDEX IF NOT EXISTS postfix_seen_mid ON postfix_seen(message_id);
+"""
+
+ERRORS_KEPT = 200
+
+
+class QueueUnavailable(Exception):
+    """The queue could not commit (disk full, database locked past the busy timeout, read-only)."""
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class Storage:
+    """The queue's SQLite connection. Safe to share between threads (calls are serialised)."""
+
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = BUSY_TIMEOUT
+    ):
+        """Open (and create) the queue. ``busy_timeout``: seconds to wait for another writer."""
+        self.path = str(path)
+        self.clock = clock
+        self._lock = threading.RLock()
+        created = self.path != ":memory:" and not os.path.exists(self.path)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.connection = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self.connection.row_factory = sqlite3.Row
+            self.connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self.connection.execute("PRAGMA journal_mode = WAL")
+            # FULL: a COMMIT survives power loss too, which is what "250 after commit" promises.
+            self.connection.execute("PRAGMA synchronous = FULL")
+            self._durable = True
+            self.connection.execute("PRAGMA foreign_keys = ON")
+            with self._lock:
+                self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+                self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
+        if created:
+            self._give_to_directory_owner()
+
+    def _give_to_directory_owner(self) -> None:
+        """A database root creates in the service's state directory belongs to the service user.
+
+        (``bulkrelay pause`` run by root before the first start would otherwise leave a root-owned
+        queue the unprivileged service cannot write.)
+        """
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(Path(self.path).parent)
+        if owner.st_uid == 0:
+            return
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(self.path + suffix, owner.st_uid, owner.st_gid)
+
+    def _migrate(self) -> None:
+        """Columns added after the first release of the schema."""
+        have = {r[1] for r in self.connection.execute("PRAGMA table_info(postfix_seen)")}
+        for column in ("result_address", "result_state", "result_dsn", "result_reply"):
+            if column not in have:
+                self.connection.execute(f"ALTER TABLE postfix_seen ADD COLUMN {column} TEXT")
+
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE .. COMMIT; any sqlite error becomes QueueUnavailable after ROLLBACK.
+
+        ``durable=False`` skips the fsync at COMMIT (WAL, synchronous=NORMAL): the change
+        survives a killed process but not a power loss until the next durable commit syncs
+        the log. Used for the per-recipient results after submission, where a lost update only
+        sends the row back to 'submitting' (resolved from the Postfix log).
+        """
+        with self._lock:
+            conn = self.connection
+            if durable != self._durable:
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise QueueUnavailable(f"queue {self.path}: cannot begin a transaction: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
+                raise
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self.connection.execute(sql, tuple(params)).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self.connection.close()
+
+    def _error(self, conn: sqlite3.Connection, recipient_id: int, reason: str) -> None:
+        conn.execute(
+            "INSERT INTO errors(at, recipient, message, address, reason) "
+            "SELECT ?, id, message, address, ? FROM recipients WHERE id = ?",
+            (self.clock(), reason, recipient_id),
+        )
