@@ -53,7 +53,7 @@ step() {
 echo "make lab: full output in $log_file"
 
 step "build the lab and run site.yml against the relay (molecule converge -s lab)" molecule converge -s lab
-recap=$(grep -E "^[ │]*$relay +: ok=" <<<"$STEP_OUTPUT" | tail -n 1 | sed 's/^[ │]*//; s/  */ /g')
+recap=$(grep -E "$relay +: ok=" <<<"$STEP_OUTPUT" | tail -n 1 | sed "s/.*\($relay\)/\1/; s/  */ /g" || true)
 tasks=$(grep -c 'TASK \[' <<<"$STEP_OUTPUT" || true)
 echo "ok   lab built and site.yml converged in ${STEP_SECONDS}s ($tasks tasks on all hosts; $recap)"
 
@@ -66,7 +66,8 @@ on_relay status --watch 1
 on_relay status | tee -a "$log_file"
 
 # The audit exits non-zero when it finds a problem: that is its report, not a failed step.
-inventory=$(ls -d "$HOME"/.ansible/tmp/molecule.*.lab/inventory | head -n 1)/ansible_inventory.yml
+# the scenario just converged is the newest of the lab ephemeral folders (one per checkout)
+inventory=$(ls -td "$HOME"/.ansible/tmp/molecule.*.lab/inventory | head -n 1)/ansible_inventory.yml
 started=$SECONDS
 printf '\n===== audit\n' >>"$log_file"
 if ansible-playbook -i "$inventory" playbooks/audit.yml -e audit__report_dir="$PWD/reports/lab" >>"$log_file" 2>&1; then
