@@ -88,6 +88,18 @@ def test_config_is_checked_and_private(relay):
     assert key.mode == 0o640 and key.group == "bulkrelay-queue" and key.size > 40
 
 
+def test_contracts_between_roles_reach_the_daemons(relay):
+    # The DNSBL state file comes from dnsbl_monitor's published local fact, not a second copy of
+    # the path: an unread fact would silently turn the DNSBL pause off ("" in sender.toml).
+    fact = json.loads(relay.file("/etc/ansible/facts.d/bulkrelay_dnsbl.fact").content_string)
+    conf = relay.check_output("sed -n '/^\\[dnsbl\\]/,/^\\[/p' /etc/bulkrelay/sender.toml")
+    assert fact["state_file"] == "/var/lib/bulkrelay/dnsbl/state.json"
+    assert f"state_file = {json.dumps(fact['state_file'])}" in conf
+    # Postfix talks to the port OpenDKIM listens on (relay_dkim__postfix_milter).
+    assert relay.check_output("postconf -h smtpd_milters").strip() == "inet:127.0.0.1:8891"
+    assert relay.socket("tcp://127.0.0.1:8891").is_listening
+
+
 def test_systemd_hardening_score(relay):
     out = relay.check_output("systemd-analyze security --no-pager bulkrelay-sender.service | tail -1")
     print(out)  # the report quotes this line
