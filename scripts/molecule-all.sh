@@ -4,6 +4,10 @@
 # with the failing tests and their assertion lines, so that the last lines of a CI log (often
 # all a reader gets) name what failed rather than molecule's clean-up.
 set -uo pipefail
+if (($# == 0)); then
+    echo "molecule-all: no scenario named (SCENARIOS is empty): that is a failure, not a pass" >&2
+    exit 1
+fi
 logs=reports/ci
 mkdir -p "$logs"
 timings=()
