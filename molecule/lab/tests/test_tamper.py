@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from labhosts import BIND, PROJECT, RELAY, RELAY_IP, ansible, run_audit, set_relay_listed, sh
 
-TSIG = dns.tsigkeyring.from_text({"bulkrelay-lab": "0wVmlbKLxUDjX0hRGi0o2vBj9tjnAfs3bnyzDPj6QHg="})
+TSIG_SECRET = "0wVmlbKLxUDjX0hRGi0o2vBj9tjnAfs3bnyzDPj6QHg="  # the lab fixture's (group_vars/all.yml)
+TSIG = dns.tsigkeyring.from_text({"bulkrelay-lab": TSIG_SECRET})
 QUEUE_MAX_AGE = 5  # seconds: the threshold the queue fault and the final audit use
 
 STATE = {"before": None, "rows": [], "timings": []}
@@ -229,7 +230,7 @@ def test_each_fault_is_caught(tmp_path, batch):
 # (the poller fault changed the file, so the check wants to write it back), the TSIG secret,
 # any private key, and a DQS key given for this run only (the DNSBL settings file would change).
 DQS_CANARY = "dqs-canary-5f1c0a9e"
-SECRETS = [DQS_CANARY, "lab-bounce-imap-secret", "0wVmlbKLxUDjX0hRGi0o2vBj9tjnAfs3bnyzDPj6QHg", "PRIVATE KEY"]
+SECRETS = [DQS_CANARY, "lab-bounce-imap-secret", TSIG_SECRET.rstrip("="), "PRIVATE KEY"]
 
 
 def test_site_yml_check_diff_reports_what_it_would_fix_and_prints_no_secret():
