@@ -21,18 +21,18 @@ step() {
         sleep 1
     done
     wait "$pid" || rc=$?
-    sed 's/\x1b\[[0-9;]*m//g' "$output" >>"$log_file"
+    sed -i 's/\x1b\[[0-9;]*m//g' "$output"  # colour codes out, once, for the log and the caller
+    cat "$output" >>"$log_file"
     [[ -t 1 ]] && printf '\r\033[K'
     if ((rc != 0)); then
         printf 'FAILED %s after %ds (exit %d); its output from the first error (full log: %s):\n' \
             "$what" $((SECONDS - started)) "$rc" "$log_file"
-        sed 's/\x1b\[[0-9;]*m//g' "$output" |
-            awk 'found || /fatal:|FAILED!|ERROR|Traceback|[Ee]rror:/ {found=1} found' >"$output.err"
+        awk 'found || /fatal:|FAILED!|ERROR|Traceback|[Ee]rror:/ {found=1} found' "$output" >"$output.err"
         if [[ -s $output.err ]]; then cat "$output.err"; else cat "$output"; fi
         rm -f "$output" "$output.err"
         exit "$rc"
     fi
     STEP_SECONDS=$((SECONDS - started))
-    STEP_OUTPUT=$(sed 's/\x1b\[[0-9;]*m//g' "$output")
+    STEP_OUTPUT=$(<"$output")
     rm -f "$output"
 }
