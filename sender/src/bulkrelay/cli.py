@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "dnsbl": "bulkrelay.dnsbl.cli",
     "dns": "bulkrelay.dns.cli",
     "report": "bulkrelay.report",
+    "webhooks": "bulkrelay.webhooks.cli",
 }
 
 

@@ -20,7 +20,8 @@ its own SQL statements:
 - ``enqueue``: storing a message (adding Message-ID and Date when missing);
 - ``release``: ``take``, ``next_ready_at``, the submission marks and the release ledger;
 - ``reconcile``: results from the Postfix log and from DSNs, settling 'submitting' rows;
-- ``commands``: what the operator lists, shows, retries, drops, counts and pauses.
+- ``commands``: what the operator lists, shows, retries, drops, counts and pauses;
+- ``webhooks``: each webhook's outbox cursor, retry state and parked events.
 """
 
 from bulkrelay.queue.commands import Commands
@@ -37,6 +38,7 @@ from bulkrelay.queue.storage import (
     Storage,
     domain_of,
 )
+from bulkrelay.queue.webhooks import WebhookLedger
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 
-class Queue(Enqueue, Release, Reconciliation, Commands):
+class Queue(Enqueue, Release, Reconciliation, Commands, WebhookLedger):
     """The sender's SQLite queue. Safe to share between threads (calls are serialised).
 
     One connection (``Storage``) shared by the parts; ``Queue(path, clock=..., busy_timeout=...)``

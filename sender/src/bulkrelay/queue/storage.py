@@ -77,6 +77,31 @@ CREATE TABLE IF NOT EXISTS releases (
 CREATE INDEX IF NOT EXISTS releases_at ON releases(at);
 CREATE INDEX IF NOT EXISTS releases_domain ON releases(domain, at);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Webhook delivery (`bulkrelay webhooks`, queue/webhooks.py): per webhook, the outbox cursor of
+-- the last event handled (moved only after the receiver's 2xx, so a crash resends, never loses)
+-- and the retry state of the batch at its head.
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    webhook TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated_at REAL NOT NULL
+);
+-- Events a webhook gave up on: rejected by the receiver (a 4xx other than 408/429) or 'dead'
+-- (still failing after [delivery] dead_after). Reported by status and the audit.
+CREATE TABLE IF NOT EXISTS webhook_parked (
+    id INTEGER PRIMARY KEY,
+    webhook TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status INTEGER,
+    reply TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_parked_webhook ON webhook_parked(webhook, id);
 CREATE TABLE IF NOT EXISTS errors (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
