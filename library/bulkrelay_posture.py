@@ -54,6 +54,10 @@ options:
     description: Seconds a deferred message may wait before the audit fails.
     type: int
     default: 3600
+  webhook_max_age:
+    description: Seconds an event may wait for a webhook (bulkrelay webhooks status) before the audit fails.
+    type: int
+    default: 3600
   probes:
     description: The probes of library/bulkrelay_tcp_probe (address, port, state, detail).
     type: list
@@ -120,6 +124,7 @@ def main():
             "units": {"type": "dict", "default": {}},
             "dnsbl_max_age": {"type": "int", "default": 0},
             "queue_max_age": {"type": "int", "default": 3600},
+            "webhook_max_age": {"type": "int", "default": 3600},
             "probes": {"type": "list", "elements": "dict", "default": []},
             "dkim": {"type": "list", "elements": "dict", "default": []},
             "nameservers": {"type": "list", "elements": "str", "default": []},

@@ -200,7 +200,8 @@ def test_outage_backs_off_exponentially_then_delivers_in_order(queue, clock, cap
                 clock.now = state["next_attempt"]
         assert waits == [5, 10, 20, 30, 30]
         assert queue.webhook_state("erp") | {"next_attempt": 0} == {
-            "cursor": 0, "failures": 5, "failing_since": T0, "next_attempt": 0, "last_error": "HTTP 503",
+            "cursor": 0, "failures": 5, "failures_total": 5, "failing_since": T0, "next_attempt": 0,
+            "last_error": "HTTP 503",
         }  # fmt: skip
         assert "webhook=erp status=503" in caplog.text and SECRET not in caplog.text
         assert '"events"' not in caplog.text  # never the body

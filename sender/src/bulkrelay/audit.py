@@ -359,6 +359,61 @@ def judge_queue(raw: Mapping[str, Any], now: float, max_age: int) -> CheckResult
     return CheckResult("queue", "deferred", PASS, f"{total} deferred message(s), none older than {max_age} s")
 
 
+def judge_webhooks(raw: Mapping[str, Any], now: float, max_age: int) -> CheckResult:
+    """No event waits longer than max_age seconds for a webhook, none parked.
+
+    Judges `bulkrelay webhooks status --json`. Without /etc/bulkrelay/webhooks.toml the relay
+    has no webhooks (the command says configured=false): PASS, nothing to deliver.
+    """
+    rc, out, _ = _cmd(raw)
+    subject = "event delivery"
+    if rc != 0:
+        return _unread("webhooks", subject, "bulkrelay webhooks status --json", raw)
+    try:
+        data = json.loads(out)
+        rows = [
+            (r["name"], r["oldest_pending_timestamp"], int(r["pending"]), int(r["parked"]), r["last_error"])
+            for r in data["webhooks"]
+        ]
+        configured = bool(data["configured"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return CheckResult(
+            "webhooks", subject, ERROR, f"could not tell: bulkrelay webhooks status output unreadable ({exc})"
+        )
+    if not configured:
+        return CheckResult(
+            "webhooks", subject, PASS, "no webhooks configured (no webhooks.toml on the relay)"
+        )
+    problems, fixes = [], []
+    for name, oldest, pending, parked, error in rows:
+        age = None if oldest is None else int(now - float(oldest))
+        if age is not None and age > max_age:
+            problems.append(
+                f"webhook {name}: {pending} event(s) undelivered, the oldest {age} s old "
+                f"(limit {max_age} s; last error: {error or 'none'})"
+            )
+            fixes.append(
+                f"make {name}'s receiver answer 2xx (see `bulkrelay webhooks status` and "
+                "journalctl -u bulkrelay-webhooks), check that bulkrelay-webhooks.service runs"
+            )
+        if parked:
+            problems.append(f"webhook {name}: {parked} event(s) parked (rejected by the receiver or dead)")
+            fixes.append(
+                f"read the parked events of {name} in `bulkrelay webhooks status --json` (last_parked: "
+                "status and reply) and fix the receiver; the application must learn their outcome "
+                "another way (`bulkrelay events --since`)"
+            )
+    if problems:
+        return CheckResult("webhooks", subject, FAIL, "; ".join(problems), "; ".join(dict.fromkeys(fixes)))
+    pending = sum(r[2] for r in rows)
+    return CheckResult(
+        "webhooks",
+        subject,
+        PASS,
+        f"{len(rows)} webhook(s), {pending} event(s) pending, none older than {max_age} s, none parked",
+    )
+
+
 def judge_probe(  # noqa: PLR0917 - one probe's facts
     address: str, port: int, state: str, detail: str, firewall: CheckResult, what: str
 ) -> CheckResult:
@@ -476,6 +531,7 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
     if params.get("dnsbl_max_age"):
         results.append(judge_dnsbl_cron(raw.get("dnsbl_state"), now, int(params["dnsbl_max_age"])))
     results.append(judge_queue(raw.get("queue"), now, int(params["queue_max_age"])))
+    results.append(judge_webhooks(raw.get("webhooks"), now, int(params["webhook_max_age"])))
     for probe in params.get("probes") or []:
         results.append(
             judge_probe(

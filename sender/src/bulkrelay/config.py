@@ -252,9 +252,7 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
         out = {}
         for domain, limit in value.items():
             if not _is_config_domain(domain):
-                raise fail(
-                    f"{key}.{domain}", "not a domain name", "use the recipient domain, e.g. gmail.com"
-                )
+                raise fail(f"{key}.{domain}", "not a domain name", "use the recipient domain, e.g. gmail.com")
             out[domain.lower()] = want_int(f"{key}.{domain}", limit, minimum=1)
         return out
     if (section, name) == ("policy", "warmup_start"):
@@ -346,9 +344,7 @@ def parse(data: dict[str, Any], *, source_path: str = "") -> Config:
 
 def _cross_check(config: Config) -> None:
     if config.policy.warmup and config.policy.warmup_start is None:
-        raise fail(
-            "policy.warmup", "a warm-up schedule needs its start day", "add warmup_start = YYYY-MM-DD"
-        )
+        raise fail("policy.warmup", "a warm-up schedule needs its start day", "add warmup_start = YYYY-MM-DD")
     if bool(config.intake.tls_cert) != bool(config.intake.tls_key):
         raise fail("intake.tls_cert", "tls_cert and tls_key go together", "set both or neither")
     if config.intake.auth_file and not config.intake.tls_cert:

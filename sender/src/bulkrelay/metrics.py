@@ -15,6 +15,8 @@ from typing import Any
 
 from bulkrelay.failures import component_failures
 from bulkrelay.queue import Queue
+from bulkrelay.webhooks import settings as webhook_settings
+from bulkrelay.webhooks.status import configured_status
 
 log = logging.getLogger("bulkrelay.metrics")
 
@@ -26,7 +28,14 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     return f"{name} {value:g}"
 
 
-def render(queue: Queue, *, loop: Any = None, tracker: Any = None, now: float | None = None) -> str:
+def render(
+    queue: Queue,
+    *,
+    loop: Any = None,
+    tracker: Any = None,
+    now: float | None = None,
+    webhooks_file: str = webhook_settings.DEFAULT_PATH,
+) -> str:
     """The metrics text. ``loop`` is the service's ReleaseLoop, ``tracker`` its Tracker."""
     now = time.time() if now is None else now
     out = [
@@ -68,7 +77,37 @@ def render(queue: Queue, *, loop: Any = None, tracker: Any = None, now: float | 
         out += ["# HELP bulkrelay_log_results_total Postfix log results applied since start.",
                 "# TYPE bulkrelay_log_results_total counter"]  # fmt: skip
         out += [_line("bulkrelay_log_results_total", n, {"result": k}) for k, n in tracker.stats.items()]
+    out += _webhook_lines(configured_status(queue, webhooks_file, now=now))
     return "\n".join(out) + "\n"
+
+
+_WEBHOOK_METRICS = (
+    ("bulkrelay_webhook_pending", "gauge", "pending", "Outbox events the webhook has not handled yet."),
+    (
+        "bulkrelay_webhook_oldest_pending_seconds",
+        "gauge",
+        "oldest_pending_age",
+        "Age of the oldest event not yet delivered to the webhook (0: none).",
+    ),
+    ("bulkrelay_webhook_failures", "gauge", "failures", "Failed requests in a row (0: delivering)."),
+    ("bulkrelay_webhook_failures_total", "counter", "failures_total", "Failed requests to the webhook."),
+    ("bulkrelay_webhook_parked", "gauge", "parked", "Events the webhook gave up on (rejected or dead)."),
+)
+
+
+def _webhook_lines(status: dict[str, Any]) -> list[str]:
+    """Per webhook; with webhooks.toml present but unreadable, bulkrelay_webhooks_settings_error 1."""
+    out = []
+    if status["configured"] or status["error"]:
+        out += [
+            "# HELP bulkrelay_webhooks_settings_error 1 when webhooks.toml cannot be read or is invalid.",
+            "# TYPE bulkrelay_webhooks_settings_error gauge",
+            _line("bulkrelay_webhooks_settings_error", 1 if status["error"] else 0),
+        ]
+    for name, kind, key, text in _WEBHOOK_METRICS if status["webhooks"] else ():
+        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        out += [_line(name, row[key] or 0, {"webhook": row["name"]}) for row in status["webhooks"]]
+    return out
 
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, make_body) -> None:

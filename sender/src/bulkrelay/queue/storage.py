@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS webhook_cursors (
     webhook TEXT PRIMARY KEY,
     cursor INTEGER NOT NULL,
     failures INTEGER NOT NULL DEFAULT 0,
+    failures_total INTEGER NOT NULL DEFAULT 0,
     failing_since REAL,
     next_attempt REAL NOT NULL DEFAULT 0,
     last_error TEXT,

@@ -16,9 +16,13 @@ REPLY_KEPT = 200  # characters of a receiver's reply kept with a parked event
 
 class WebhookLedger(Storage):
     def webhook_state(self, name: str) -> dict[str, Any]:
-        """cursor, failures, failing_since, next_attempt, last_error (cursor 0 for a new webhook)."""
+        """cursor, failures (in a row), failures_total, failing_since, next_attempt, last_error.
+
+        A webhook without a row yet is at cursor 0.
+        """
         rows = self._query(
-            "SELECT cursor, failures, failing_since, next_attempt, last_error FROM webhook_cursors "
+            "SELECT cursor, failures, failures_total, failing_since, next_attempt, last_error "
+            "FROM webhook_cursors "
             "WHERE webhook = ?",
             (name,),
         )
@@ -67,9 +71,10 @@ class WebhookLedger(Storage):
         """Count one more failed attempt at the head; returns the new state."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT INTO webhook_cursors(webhook, cursor, failures, failing_since, next_attempt, "
-                "last_error, updated_at) VALUES (?, 0, 1, ?, ?, ?, ?) "
+                "INSERT INTO webhook_cursors(webhook, cursor, failures, failures_total, failing_since, "
+                "next_attempt, last_error, updated_at) VALUES (?, 0, 1, 1, ?, ?, ?, ?) "
                 "ON CONFLICT(webhook) DO UPDATE SET failures = failures + 1, "
+                "failures_total = failures_total + 1, "
                 "failing_since = COALESCE(failing_since, excluded.failing_since), "
                 "next_attempt = excluded.next_attempt, last_error = excluded.last_error, "
                 "updated_at = excluded.updated_at",

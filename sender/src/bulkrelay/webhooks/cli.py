@@ -8,13 +8,14 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from bulkrelay import config as configmod
 from bulkrelay.ops import open_queue
 from bulkrelay.queue import Queue
 from bulkrelay.webhooks import settings as settingsmod
 from bulkrelay.webhooks.delivery import Deliverer, run, run_once, urllib_transport
-from bulkrelay.webhooks.status import configured_status, format_rows
+from bulkrelay.webhooks.status import NONE_CONFIGURED, configured_status, format_rows
 
 log = logging.getLogger("bulkrelay.webhooks")
 
@@ -61,11 +62,14 @@ def cmd_once(args) -> int:
 
 
 def cmd_status(args) -> int:
-    _config, queue = open_queue(args)
-    try:
-        data = configured_status(queue, args.webhooks, now=time.time())
-    finally:
-        queue.close()
+    if Path(args.webhooks).exists():
+        _config, queue = open_queue(args)
+        try:
+            data = configured_status(queue, args.webhooks, now=time.time())
+        finally:
+            queue.close()
+    else:  # no webhooks (the audit passes this): the queue is not even opened
+        data = NONE_CONFIGURED
     if data["error"]:
         raise configmod.ConfigError(data["error"])
     if args.json:

@@ -40,6 +40,7 @@ def webhook_status(queue: Queue, settings: settingsmod.Settings, *, now: float) 
                 "oldest_pending_at": _iso(oldest),
                 "oldest_pending_age": None if oldest is None else max(0.0, round(now - oldest, 1)),
                 "failures": state["failures"],
+                "failures_total": state["failures_total"],
                 "last_error": state["last_error"],
                 "next_attempt": _iso(state["next_attempt"]) if state["failures"] else None,
                 "parked": parked,
@@ -49,12 +50,15 @@ def webhook_status(queue: Queue, settings: settingsmod.Settings, *, now: float) 
     return rows
 
 
+NONE_CONFIGURED = {"configured": False, "webhooks": [], "error": None}
+
+
 def configured_status(
     queue: Queue, path: str | Path = settingsmod.DEFAULT_PATH, *, now: float
 ) -> dict[str, Any]:
     """{"configured", "webhooks", "error"} for the settings at ``path``: no file, no webhooks."""
     if not Path(path).exists():
-        return {"configured": False, "webhooks": [], "error": None}
+        return dict(NONE_CONFIGURED)
     try:
         settings = settingsmod.load(path)
     except ConfigError as exc:
