@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 import logging
 import ssl
+import threading
 import tomllib
 import uuid
 
@@ -18,7 +19,7 @@ import pytest
 from support import WebhookReceiver
 
 from bulkrelay.config import ConfigError
-from bulkrelay.queue import Queue
+from bulkrelay.queue import Queue, QueueUnavailable
 from bulkrelay.webhooks import settings as settingsmod
 from bulkrelay.webhooks.delivery import (
     FAILED,
@@ -28,6 +29,7 @@ from bulkrelay.webhooks.delivery import (
     Deliverer,
     Response,
     TransportError,
+    run,
     run_once,
     urllib_transport,
 )
@@ -384,6 +386,7 @@ HOOK = f'[[webhook]]\nname = "erp"\nurl = "https://a.example.test/e"\nsecret = "
         (HOOK.replace("https://a.", "https://u:pw@a."), "credentials in the URL"),
         (HOOK.replace(SECRET, "short-secret"), "secret: shorter than 16 characters"),
         (HOOK + 'events = ["delivered", "opened"]\n', "'opened' is not an event type"),
+        (HOOK + "events = []\n", "an empty filter sends nothing"),
         (HOOK + 'ca_file = "/nonexistent/ca.pem"\n', "/nonexistent/ca.pem is not a file"),
         (HOOK + 'token = "x"\n', "webhook[0].token: unknown key"),
         (HOOK.replace(f'secret = "{SECRET}"\n', ""), "webhook[0].secret: missing"),
@@ -488,3 +491,24 @@ def test_https_with_a_private_ca_and_refused_without_it(tmp_path, queue, clock):
         assert receiver.ids == [events[0]["id"]]
     finally:
         receiver.close()
+
+
+def test_run_survives_a_busy_queue_and_stops_when_asked(queue, receiver, clock, caplog):
+    events = [event(1)]
+    calls = []
+
+    def fetch(cursor, limit):
+        calls.append(cursor)
+        if len(calls) == 1:
+            raise QueueUnavailable("queue q.sqlite: database is locked")
+        if len(calls) >= 3:
+            stop.set()
+        return [e for e in events if e["cursor"] > cursor][:limit]
+
+    stop = threading.Event()
+    d = Deliverer(Webhook(name="erp", url=receiver.url, secret=SECRET), Delivery(), queue, fetch,
+                  transport=urllib_transport(), clock=clock)  # fmt: skip
+    with caplog.at_level(logging.ERROR, logger="bulkrelay.webhooks"):
+        run([d], stop, idle=0.01)
+    assert "event=webhooks_queue_unavailable" in caplog.text
+    assert receiver.ids == [events[0]["id"]]

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bulkrelay import __version__
+from bulkrelay.queue.storage import QueueUnavailable
 from bulkrelay.queue.webhooks import REPLY_KEPT, WebhookLedger
 from bulkrelay.webhooks.settings import Delivery, Webhook
 from bulkrelay.webhooks.signing import HEADER, sign
@@ -153,7 +154,7 @@ class Deliverer:
             return SENT
         if isinstance(outcome, Response) and _kind(outcome.status) == "reject":
             return self._one_by_one(wanted, end, outcome)
-        return self._failed(state["failures"], wanted, end, outcome)
+        return self._failed(wanted, end, outcome)
 
     def _post(self, events: Sequence[dict[str, Any]]) -> Response | TransportError:
         body = json.dumps({"events": list(events)}, separators=(",", ":")).encode()
@@ -181,7 +182,7 @@ class Deliverer:
             outcome = first if len(events) == 1 else self._post([event])
             kind = _kind(outcome.status) if isinstance(outcome, Response) else "retry"
             if kind == "retry":
-                return self._failed(0, events[i:], end, outcome)
+                return self._failed(events[i:], end, outcome)
             parked = []
             if kind == "reject":
                 assert isinstance(outcome, Response)
@@ -199,10 +200,10 @@ class Deliverer:
         self.ledger.webhook_advance(self.webhook.name, end, now=self.clock())
         return SENT
 
-    def _failed(self, failures: int, events: list[dict[str, Any]], end: int, outcome: Any) -> str:
+    def _failed(self, events: list[dict[str, Any]], end: int, outcome: Any) -> str:
         """A retryable failure of the head batch: back off, or park it as dead after dead_after."""
         now = self.clock()
-        failures += 1
+        failures = self.ledger.webhook_state(self.webhook.name)["failures"] + 1
         delay = min(self.delivery.retry_base * 2 ** (failures - 1), self.delivery.retry_max)
         if isinstance(outcome, Response):
             status, error = str(outcome.status), f"HTTP {outcome.status}"
@@ -248,9 +249,13 @@ def run(deliverers: Sequence[Deliverer], stop: threading.Event, *, idle: float =
     """The long-running loop; returns after the current request once ``stop`` is set."""
     while not stop.is_set():
         progress = False
-        for d in deliverers:
-            if stop.is_set():
-                return
-            progress = d.step() == SENT or progress
+        try:
+            for d in deliverers:
+                if stop.is_set():
+                    return
+                progress = d.step() == SENT or progress
+        except QueueUnavailable as exc:
+            # a long write by another process, a full disk: try again later, do not die
+            log.error("event=webhooks_queue_unavailable error=%r", str(exc))
         if not progress:
             stop.wait(idle)

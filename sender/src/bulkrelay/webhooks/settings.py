@@ -98,6 +98,28 @@ def _check_url(key: str, url: str) -> None:
             raise fail(key, "plain http leaves the relay unencrypted", "use https (http only to 127.0.0.1)")
 
 
+def _secret(key: str, value: Any) -> str:
+    # the value is never part of a message
+    if not isinstance(value, str):
+        raise fail(key, "expected a string", 'quote it: secret = "..."')
+    if len(value) < MIN_SECRET:
+        raise fail(
+            key, f"shorter than {MIN_SECRET} characters", "use a random string: `openssl rand -hex 32`"
+        )
+    return value
+
+
+def _events(key: str, value: Any) -> tuple[str, ...]:
+    """The filter; () = every type."""
+    events = want_str_list(key, value)
+    if not events:
+        raise fail(key, "an empty filter sends nothing", "remove the key to send every type")
+    for e in events:
+        if e not in EVENT_TYPES:
+            raise fail(key, f"{e!r} is not an event type", f"use some of: {', '.join(EVENT_TYPES)}")
+    return () if set(events) == set(EVENT_TYPES) else events
+
+
 def _webhook(i: int, body: Any) -> Webhook:
     where = f"webhook[{i}]"
     if not isinstance(body, dict):
@@ -119,21 +141,8 @@ def _webhook(i: int, body: Any) -> Webhook:
     where = f"webhook {name}"
     url = want_str(f"{where}.url", body["url"])
     _check_url(f"{where}.url", url)
-    secret = body["secret"]
-    if not isinstance(secret, str):
-        raise fail(f"{where}.secret", "expected a string", 'quote it: secret = "..."')
-    if len(secret) < MIN_SECRET:
-        raise fail(
-            f"{where}.secret",
-            f"shorter than {MIN_SECRET} characters",
-            "use a random string, e.g. `openssl rand -hex 32`",
-        )
-    events = want_str_list(f"{where}.events", body.get("events", []))
-    for e in events:
-        if e not in EVENT_TYPES:
-            raise fail(
-                f"{where}.events", f"{e!r} is not an event type", f"use some of: {', '.join(EVENT_TYPES)}"
-            )
+    secret = _secret(f"{where}.secret", body["secret"])
+    events = _events(f"{where}.events", body.get("events", list(EVENT_TYPES)))
     ca_file = want_str(f"{where}.ca_file", body.get("ca_file", ""))
     if ca_file and urllib.parse.urlsplit(url).scheme != "https":
         raise fail(f"{where}.ca_file", "a CA file is for https", "remove ca_file or use an https URL")
