@@ -16,8 +16,9 @@ import tomllib
 import uuid
 
 import pytest
-from support import WebhookReceiver
+from support import WebhookReceiver, write_sender_toml
 
+from bulkrelay import cli
 from bulkrelay.config import ConfigError
 from bulkrelay.queue import Queue, QueueUnavailable
 from bulkrelay.webhooks import settings as settingsmod
@@ -512,3 +513,14 @@ def test_run_survives_a_busy_queue_and_stops_when_asked(queue, receiver, clock, 
         run([d], stop, idle=0.01)
     assert "event=webhooks_queue_unavailable" in caplog.text
     assert receiver.ids == [events[0]["id"]]
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, False)])
+def test_settings_readable_by_everyone_are_warned_about(tmp_path, caplog, mode, warned):
+    config = write_sender_toml(tmp_path, 25)
+    hooks = tmp_path / "webhooks.toml"
+    hooks.write_text("[delivery]\nbatch = 10\n")  # no webhook: nothing to do
+    hooks.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="bulkrelay.webhooks"):
+        assert cli.main(["webhooks", "once", "--config", str(config), "--webhooks", str(hooks)]) == 0
+    assert ("event=webhooks_settings_readable" in caplog.text) == warned

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import stat
 import sys
 import threading
 import time
@@ -32,6 +33,14 @@ def deliverers(queue: Queue, settings: settingsmod.Settings, **kwargs) -> list[D
 
 def _setup(args) -> tuple[Queue, list[Deliverer]]:
     settings = settingsmod.load(args.webhooks)
+    if Path(args.webhooks).stat().st_mode & stat.S_IROTH:
+        log.warning(
+            "event=webhooks_settings_readable path=%s fix='chmod 640 %s; chown root:bulkrelay %s' "
+            "(it holds the secrets)",
+            args.webhooks,
+            args.webhooks,
+            args.webhooks,
+        )
     _config, queue = open_queue(args)
     return queue, deliverers(queue, settings)
 
