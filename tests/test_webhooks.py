@@ -524,3 +524,16 @@ def test_settings_readable_by_everyone_are_warned_about(tmp_path, caplog, mode, 
     with caplog.at_level(logging.WARNING, logger="bulkrelay.webhooks"):
         assert cli.main(["webhooks", "once", "--config", str(config), "--webhooks", str(hooks)]) == 0
     assert ("event=webhooks_settings_readable" in caplog.text) == warned
+
+
+def test_a_gap_in_the_cursors_is_reported(queue, receiver, clock, caplog):
+    first, later = event(1), [event(5), event(6)]
+    assert run_once([deliverer(queue, receiver, [first], clock)]) is True
+    with caplog.at_level(logging.ERROR, logger="bulkrelay.webhooks"):
+        assert run_once([deliverer(queue, receiver, [first, *later], clock)]) is True
+    assert "event=webhook_gap webhook=erp after=1 next=5" in caplog.text
+    assert receiver.ids == [first["id"], later[0]["id"], later[1]["id"]]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="bulkrelay.webhooks"):
+        run_once([deliverer(queue, receiver, [event(7)], clock)])
+    assert "webhook_gap" not in caplog.text

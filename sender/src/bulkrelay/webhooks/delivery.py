@@ -143,6 +143,15 @@ class Deliverer:
         events = self.fetch(state["cursor"], self.delivery.batch)
         if not events:
             return IDLE
+        if state["cursor"] and events[0]["cursor"] > state["cursor"] + 1:
+            # ids are never reused, so a gap is events pruned ([events] keep_days) before delivery
+            log.error(
+                "event=webhook_gap webhook=%s after=%d next=%d fix='raise [events] keep_days above the "
+                "longest outage; the application can page the outbox with bulkrelay events --since'",
+                name,
+                state["cursor"],
+                events[0]["cursor"],
+            )
         end = events[-1]["cursor"]
         wanted = [e for e in events if self.webhook.wants(e)]
         if not wanted:

@@ -81,4 +81,9 @@ def format_rows(rows: list[dict[str, Any]]) -> list[str]:
         if r["last_error"] and r["failures"]:
             line += f"; last error: {r['last_error']} (next try {r['next_attempt']})"
         lines.append(line)
+        lines.extend(
+            f"  parked {p['at']}: event {p['event_id']} (cursor {p['cursor']}) {p['reason']}, "
+            f"status {p['status'] or '-'}: {p['reply'] or '-'}"
+            for p in r["last_parked"]
+        )
     return lines
