@@ -13,7 +13,10 @@ BUILD = ROOT / "roles/relay_sender/files/build_wheel.py"
 
 def build(out: Path) -> Path:
     proc = subprocess.run(
-        [sys.executable, str(BUILD), str(ROOT / "sender"), str(out)], capture_output=True, text=True, check=True
+        [sys.executable, str(BUILD), str(ROOT / "sender"), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return Path(proc.stdout.strip())
 
