@@ -176,12 +176,22 @@ def test_config_check(conf, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[intake]\nlisten = ["0.0.0.0:2525"]\n')
     result = run("config", "check", "--config", str(bad))
-    assert result.returncode == 2 and b"allowed_networks is empty" in result.stderr
+    assert result.returncode == 2 and b"allows no network" in result.stderr
+    bad.write_text('[intake]\nlisten = ["0.0.0.0:25"]\nallowed_networks = ["203.0.113.0/24"]\n')
+    result = run("config", "check", "--config", str(bad))
+    assert result.returncode == 2 and b"intake.listen: port 25" in result.stderr
+    bad.write_text('[hotfolder]\npath = "spool/in"\n')
+    result = run("config", "check", "--config", str(bad))
+    assert result.returncode == 2 and b"hotfolder.path: 'spool/in' is not an absolute path" in result.stderr
     bad.write_text('[intake]\ntls_cert = "/nonexistent/c.pem"\ntls_key = "/nonexistent/k.pem"\n')
     result = run("config", "check", "--config", str(bad))
     assert result.returncode == 2 and b"intake.tls_cert" in result.stderr
+    # --settings-only judges the settings without the files (the relay's, checked from the controller)
+    assert run("config", "check", "--settings-only", "--config", str(bad)).returncode == 0
     bad.write_text("[intake]\nlistn = []\n")
     result = run("config", "check", "--config", str(bad))
+    assert result.returncode == 2 and b"intake.listn: unknown key" in result.stderr
+    result = run("config", "check", "--settings-only", "--config", str(bad))
     assert result.returncode == 2 and b"intake.listn: unknown key" in result.stderr
 
 

@@ -345,6 +345,22 @@ def parse(data: dict[str, Any], *, source_path: str = "") -> Config:
 
 
 def _cross_check(config: Config) -> None:
+    if config.intake.listen and not config.intake.allowed_networks:
+        raise _fail(
+            "intake.allowed_networks",
+            "the intake listens but allows no network, so every client would get 554",
+            "list the application networks (bulkrelay_app_networks)",
+        )
+    if any(address.rpartition(":")[2] == "25" for address in config.intake.listen):
+        raise _fail(
+            "intake.listen",
+            "port 25 is the relay's closed inbound SMTP port",
+            'listen on 2525, e.g. "203.0.113.10:2525"',
+        )
+    if config.hotfolder.path and not os.path.isabs(config.hotfolder.path):
+        raise _fail(
+            "hotfolder.path", f"{config.hotfolder.path!r} is not an absolute path", "write e.g. /srv/invoices"
+        )
     if config.policy.warmup and config.policy.warmup_start is None:
         raise _fail(
             "policy.warmup", "a warm-up schedule needs its start day", "add warmup_start = YYYY-MM-DD"
