@@ -32,8 +32,9 @@ CREATE TABLE IF NOT EXISTS messages (
     source TEXT NOT NULL,
     size INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    body BLOB NOT NULL,
-    ref TEXT
+    -- before body: reading a column stored after a large body walks its overflow pages
+    ref TEXT,
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS recipients (
     id INTEGER PRIMARY KEY,
