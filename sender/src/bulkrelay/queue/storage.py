@@ -1,8 +1,9 @@
 """Storage: the schema and its migrations, the connection, transactions and the shared errors log.
 
-Every other part of the queue (``enqueue``, ``release``, ``reconcile``, ``commands``) is a class
-built on ``Storage``: it reaches the database only through ``transaction()`` (writes, BEGIN
-IMMEDIATE .. COMMIT) and ``_query()`` (reads), and holds the SQL statements of its own concern.
+Every other part of the queue (``enqueue``, ``release``, ``reconcile``, ``commands``, ``events``)
+is a class built on ``Storage``: it reaches the database only through ``transaction()`` (writes,
+BEGIN IMMEDIATE .. COMMIT) and ``_query()`` (reads), and holds the SQL statements of its own
+concern.
 The schema lives here because it is the contract they all share.
 """
 
