@@ -82,6 +82,7 @@ def test_enqueue_bad_files_reported_good_ones_queued(conf, tmp_path):
         "eightbit.eml": GOOD.replace(b"Subject: Invoice 9", "Subject: Grüße".encode("latin-1")),
         "big.eml": GOOD + (b"x" * 900 + b"\r\n") * 6,
         "garbage.eml": b"\x89PNG\r\n\x1a\n",
+        "longref.eml": GOOD.replace(b"Subject:", b"X-Bulkrelay-Ref: " + b"9" * 200 + b"\r\nSubject:"),
     }
     for name, raw in files.items():
         (tmp_path / name).write_bytes(raw)
@@ -94,7 +95,8 @@ def test_enqueue_bad_files_reported_good_ones_queued(conf, tmp_path):
     assert "big.eml: not queued: message is" in err
     assert "garbage.eml: not queued:" in err
     assert "missing.eml: not queued: cannot read" in err
-    assert "1 queued, 5 rejected" in err
+    assert "longref.eml: not queued: X-Bulkrelay-Ref: header has 200 characters; shorten it" in err
+    assert "1 queued, 6 rejected" in err
     assert "Traceback" not in err
     assert len(rows(conf)) == 1
 

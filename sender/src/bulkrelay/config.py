@@ -133,6 +133,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    # days the delivery events stay in the outbox (`bulkrelay events`, webhooks) before pruning
+    keep_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -144,6 +150,7 @@ class Config:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     source_path: str = ""
 
     def verp_key(self) -> bytes:
@@ -292,7 +299,16 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
     if isinstance(default, int):
         minimum = (
             1
-            if name in {"port", "connections", "batch_size", "imap_port", "soft_limit", "max_message_size"}
+            if name
+            in {
+                "port",
+                "connections",
+                "batch_size",
+                "imap_port",
+                "soft_limit",
+                "max_message_size",
+                "keep_days",
+            }
             else 0
         )
         result = _want_int(key, value, minimum=minimum)
