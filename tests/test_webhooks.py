@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import logging
+import signal
 import ssl
+import subprocess
+import sys
 import threading
+import time
 import tomllib
 import uuid
+from pathlib import Path
 
 import pytest
 from support import WebhookReceiver, write_sender_toml
 
-from bulkrelay import cli
+from bulkrelay import audit, cli, metrics
 from bulkrelay.config import ConfigError
 from bulkrelay.queue import Queue, QueueUnavailable
 from bulkrelay.webhooks import settings as settingsmod
@@ -537,3 +543,169 @@ def test_a_gap_in_the_cursors_is_reported(queue, receiver, clock, caplog):
     with caplog.at_level(logging.ERROR, logger="bulkrelay.webhooks"):
         run_once([deliverer(queue, receiver, [event(7)], clock)])
     assert "webhook_gap" not in caplog.text
+
+
+# --- end to end: the real outbox, the CLI ------------------------------------------------------
+
+INVOICE = (
+    b"From: billing@example.test\r\nTo: {to}\r\nX-Bulkrelay-Ref: {ref}\r\nSubject: Invoice\r\n\r\nHello\r\n"
+)
+
+
+def enqueue(queue, ref, *recipients):
+    raw = INVOICE.replace(b"{to}", recipients[0].encode()).replace(b"{ref}", ref.encode())
+    queue.enqueue(raw, "billing@example.test", list(recipients), source="cli")
+
+
+def write_webhooks(tmp_path, *receivers, extra=""):
+    text = "[delivery]\nretry_base = 1\nretry_max = 2\n" + extra
+    for i, r in enumerate(receivers):
+        text += f'\n[[webhook]]\nname = "app{i}"\nurl = "{r.url}"\nsecret = "{SECRET}"\n'
+    path = tmp_path / "webhooks.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def relay(tmp_path):
+    """sender.toml and its queue (real clock: the CLI runs as on a relay)."""
+    config = write_sender_toml(tmp_path, 25)
+    q = Queue(tmp_path / "q.sqlite")
+    yield config, q
+    q.close()
+
+
+def test_end_to_end_events_from_the_real_queue(tmp_path, relay):
+    config, q = relay
+    receiver = WebhookReceiver(SECRET)
+    try:
+        enqueue(q, "INV-10042", "bob@example.test", "carol@example.test")
+        enqueue(q, "INV-10043", "dave@example.test")
+        hooks = write_webhooks(tmp_path, receiver)
+        assert cli.main(["webhooks", "once", "--config", str(config), "--webhooks", str(hooks)]) == 0
+        got = [e for r in receiver.requests for e in r]
+        assert [(e["type"], e["ref"], e["recipient"]) for e in got] == [
+            ("accepted", "INV-10042", "bob@example.test"),
+            ("accepted", "INV-10042", "carol@example.test"),
+            ("accepted", "INV-10043", "dave@example.test"),
+        ]
+        assert [e["cursor"] for e in got] == sorted(e["cursor"] for e in got)
+        assert q.webhook_state("app0")["cursor"] == q.last_event_cursor()
+        # nothing new: nothing sent again
+        assert cli.main(["webhooks", "once", "--config", str(config), "--webhooks", str(hooks)]) == 0
+        assert len(receiver.ids) == 3
+    finally:
+        receiver.close()
+
+
+def test_status_once_and_audit_on_a_real_queue(tmp_path, relay, capsys):
+    config, q = relay
+    up = {"on": False}
+    receiver = WebhookReceiver(SECRET, answer=lambda events: 200 if up["on"] else 503)
+    try:
+        hooks = write_webhooks(tmp_path, receiver)
+        args = ["--config", str(config), "--webhooks", str(hooks)]
+        enqueue(q, "INV-1", "bob@example.test")
+        assert cli.main(["webhooks", "once", *args]) == 1  # receiver down: left undelivered
+        capsys.readouterr()
+        assert cli.main(["webhooks", "status", "--json", *args]) == 0
+        raw = {"rc": 0, "stdout": capsys.readouterr().out, "stderr": ""}
+        row = json.loads(raw["stdout"])["webhooks"][0]
+        assert (row["name"], row["pending"], row["failures"], row["last_error"]) == ("app0", 1, 1, "HTTP 503")
+        assert SECRET not in raw["stdout"]
+        later = row["oldest_pending_timestamp"] + 7200
+        assert audit.judge_webhooks(raw, later, 3600).status == "fail"
+        assert audit.judge_webhooks(raw, row["oldest_pending_timestamp"] + 60, 3600).status == "pass"
+        # bulkrelay status and the metrics show the same
+        assert cli.main(["status", *args]) == 0
+        assert "webhook app0: cursor 0, 1 pending" in capsys.readouterr().out
+        metrics_text = metrics.render(q, webhooks_file=str(hooks))
+        assert 'bulkrelay_webhook_pending{webhook="app0"} 1' in metrics_text
+        assert 'bulkrelay_webhook_failures_total{webhook="app0"} 1' in metrics_text
+        up["on"] = True
+        time.sleep(1.1)  # the backoff (retry_base = 1)
+        assert cli.main(["webhooks", "once", *args]) == 0
+        capsys.readouterr()
+        assert cli.main(["webhooks", "status", "--json", *args]) == 0
+        raw = {"rc": 0, "stdout": capsys.readouterr().out, "stderr": ""}
+        assert audit.judge_webhooks(raw, time.time() + 7200, 3600).status == "pass"
+        assert 'bulkrelay_webhook_pending{webhook="app0"} 0' in metrics.render(q, webhooks_file=str(hooks))
+    finally:
+        receiver.close()
+
+
+def test_status_without_a_settings_file_says_none(tmp_path, relay, capsys):
+    config, _q = relay
+    args = ["--config", str(config), "--webhooks", str(tmp_path / "absent.toml")]
+    assert cli.main(["webhooks", "status", "--json", *args]) == 0
+    raw = {"rc": 0, "stdout": capsys.readouterr().out, "stderr": ""}
+    verdict = audit.judge_webhooks(raw, time.time(), 3600)
+    assert (verdict.status, verdict.message) == (
+        "pass",
+        "no webhooks configured (no webhooks.toml on the relay)",
+    )
+    assert cli.main(["webhooks", "once", *args]) == 2  # run/once need the file
+    assert "absent.toml: no such file; create it or pass --webhooks FILE" in capsys.readouterr().err
+
+
+def test_bad_settings_file_is_one_line_without_the_secret(tmp_path, relay, capsys):
+    config, _q = relay
+    hooks = tmp_path / "webhooks.toml"
+    hooks.write_text(f'[[webhook]]\nname = "erp"\nurl = "http://app.example.test/"\nsecret = "{SECRET}"\n')
+    for action in ("once", "status"):
+        assert cli.main(["webhooks", action, "--config", str(config), "--webhooks", str(hooks)]) == 2
+        err = capsys.readouterr().err
+        assert "webhook erp.url: plain http" in err and SECRET not in err and err.count("\n") == 1
+
+
+def test_run_stops_on_sigterm_after_the_current_request(tmp_path, relay):
+    config, q = relay
+    started = threading.Event()
+
+    def slow(events):
+        started.set()
+        time.sleep(1.5)
+        return 200
+
+    receiver = WebhookReceiver(SECRET, answer=slow)
+    try:
+        enqueue(q, "INV-1", "bob@example.test")
+        hooks = write_webhooks(tmp_path, receiver)
+        bulkrelay = str(Path(sys.executable).parent / "bulkrelay")
+        proc = subprocess.Popen(
+            [bulkrelay, "webhooks", "run", "--config", str(config), "--webhooks", str(hooks)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert started.wait(15)
+        proc.send_signal(signal.SIGTERM)  # mid-request
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert "event=webhooks_stopped" in err
+        assert len(receiver.ids) == 1
+        assert q.webhook_state("app0")["cursor"] == q.last_event_cursor()  # committed before leaving
+    finally:
+        receiver.close()
+
+
+def test_a_rejected_event_on_a_real_queue_is_parked_shown_and_fails_the_audit(tmp_path, relay, capsys):
+    config, q = relay
+    receiver = WebhookReceiver(
+        SECRET, answer=lambda events: 422 if any(e["ref"] == "BAD" for e in events) else 200
+    )
+    try:
+        enqueue(q, "INV-1", "bob@example.test")
+        enqueue(q, "BAD", "carol@example.test")
+        enqueue(q, "INV-3", "dave@example.test")
+        args = ["--config", str(config), "--webhooks", str(write_webhooks(tmp_path, receiver))]
+        assert cli.main(["webhooks", "once", *args]) == 0  # nothing left: delivered or parked
+        assert [[e["ref"] for e in r] for r in receiver.requests] == [["INV-1"], ["INV-3"]]  # one by one
+        capsys.readouterr()
+        assert cli.main(["webhooks", "status", *args]) == 0
+        text = capsys.readouterr().out
+        assert "1 parked" in text and "rejected, status 422: status 422" in text
+        assert cli.main(["webhooks", "status", "--json", *args]) == 0
+        verdict = audit.judge_webhooks({"rc": 0, "stdout": capsys.readouterr().out}, time.time(), 3600)
+        assert verdict.status == "fail" and "webhook app0: 1 event(s) parked" in verdict.message
+    finally:
+        receiver.close()

@@ -14,19 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from bulkrelay.config import ConfigError, fail, read_toml, want_int, want_number, want_str, want_str_list
+from bulkrelay.queue import EVENT_TYPES
 
 DEFAULT_PATH = "/etc/bulkrelay/webhooks.toml"
-EVENT_TYPES = (
-    "accepted",
-    "released",
-    "submitted",
-    "delivered",
-    "deferred",
-    "bounced",
-    "complained",
-    "suppressed",
-    "expired",
-)
 MIN_SECRET = 16
 _NAME = re.compile(r"^[a-z0-9_-]+$")
 
