@@ -2,10 +2,17 @@
 per list while a self-test is cached, the cache's age, damaged files, cached failures, and the
 UDP socket pool against a real DNS server on loopback."""
 
+import contextlib
 import json
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rrset
 import pytest
 from conftest import FakeDns, LoopbackDns
 
@@ -248,3 +255,53 @@ def test_a_closed_port_is_a_network_error_at_once():
     (error,) = result.errors
     assert "network error" in error.error and "refused" in error.error.lower()
     assert result.elapsed < 1.0
+
+
+def test_a_truncated_answer_is_asked_again_over_tcp():
+    """The pool's UDP answer with TC set: the whole answer comes over TCP from the same server."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", port))
+    tcp.listen()
+    asked_over_tcp = []
+
+    def answer(query):
+        response = dns.message.make_response(query)
+        name = query.question[0].name
+        if name.to_text() in (f"{RELAY_REV}.bl.test.", "2.0.0.127.bl.test."):
+            response.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "127.0.0.2"))
+        else:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        return response
+
+    def serve_udp():
+        with contextlib.suppress(OSError):
+            while True:
+                data, peer = udp.recvfrom(4096)
+                response = dns.message.make_response(dns.message.from_wire(data))
+                response.flags |= dns.flags.TC
+                udp.sendto(response.to_wire(), peer)
+
+    def serve_tcp():
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _peer = tcp.accept()
+                with conn:
+                    query, _when = dns.query.receive_tcp(conn)
+                    asked_over_tcp.append(query.question[0].name.to_text())
+                    dns.query.send_tcp(conn, answer(query))
+
+    for serve in (serve_udp, serve_tcp):
+        threading.Thread(target=serve, daemon=True).start()
+    try:
+        settings = Settings.from_mapping(
+            {"lists": [{"zone": "bl.test"}], "nameservers": [f"127.0.0.1:{port}"], "timeout": 2}
+        )
+        result = Checker(settings).run([RELAY])
+    finally:
+        udp.close()
+        tcp.close()
+    assert [(r.zone, r.codes) for r in result.listings] == [("bl.test", ("127.0.0.2",))]
+    assert f"{RELAY_REV}.bl.test." in asked_over_tcp and len(asked_over_tcp) == 4  # A x3 + TXT
