@@ -111,6 +111,7 @@ class LoopbackDns:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.seen = []
+        self.peers = set()  # the (address, port) questions came from
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -123,6 +124,7 @@ class LoopbackDns:
             query = dns.message.from_wire(data)
             q = query.question[0]
             self.seen.append(q.name.to_text())
+            self.peers.add(peer)
             action = self.table.get((q.name.to_text(), dns.rdatatype.to_text(q.rdtype)), "nxdomain")
             if action == "drop":
                 continue
@@ -137,6 +139,35 @@ class LoopbackDns:
 
     def close(self):
         self.sock.close()
+
+
+class FakeDns:
+    """A DNSBL checker's transport (bulkrelay.dnsbl.lookup.Transport) answering from a table:
+    answers: name -> {"A": [...], "TXT": [...]} | "NXDOMAIN" | "SERVFAIL" | "REFUSED" | "TIMEOUT".
+    Names absent from the table are NXDOMAIN. `asked` records every question."""
+
+    def __init__(self, answers):
+        self.answers = {k.lower(): v for k, v in answers.items()}
+        self.asked = []
+
+    async def __call__(self, query, server, timeout):
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.asked.append((name, rdtype, str(server)))
+        entry = self.answers.get(name, "NXDOMAIN")
+        response = dns.message.make_response(query)
+        if entry == "TIMEOUT":
+            await asyncio.sleep(3600)
+        if isinstance(entry, str):
+            response.set_rcode(dns.rcode.from_text(entry))
+            return response
+        values = entry.get(rdtype, [])
+        if values:
+            if rdtype == "TXT":
+                values = ['"' + v + '"' for v in values]
+            response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", rdtype, values))
+        return response
 
 
 class RecordingHandler:

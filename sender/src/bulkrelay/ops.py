@@ -20,7 +20,7 @@ from bulkrelay.cli import UsageError
 from bulkrelay.failures import component_failures
 from bulkrelay.policy import Policy, pause, resume
 from bulkrelay.queue import STATES, Queue, QueueUnavailable
-from bulkrelay.service import service_state
+from bulkrelay.servicelock import service_state
 from bulkrelay.webhooks import settings as webhook_settings
 from bulkrelay.webhooks.status import configured_status, format_rows
 
