@@ -1,8 +1,9 @@
 """Prometheus metrics of the sender, served as text on ``[metrics] listen`` (localhost only).
 
 ``GET /metrics`` returns the exposition format 0.0.4; anything else gets 404. The numbers come
-from the queue database (counts by state, releases in the current interval and today) and the
-running service (submissions, retries, failures, log results since start).
+from the queue database (counts by state, deliveries by TLS level, releases in the current
+interval and today) and the running service (submissions, retries, failures, log results since
+start).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def render(
         "# TYPE bulkrelay_recipients gauge",
     ]
     out += [_line("bulkrelay_recipients", n, {"state": s}) for s, n in queue.counts().items()]
+    out += [
+        "# HELP bulkrelay_deliveries_total Deliveries by TLS level (none .. verified, from the Postfix log).",
+        "# TYPE bulkrelay_deliveries_total counter",
+    ]
+    out += [_line("bulkrelay_deliveries_total", n, {"tls": t}) for t, n in queue.tls_counts().items()]
     out += [
         "# HELP bulkrelay_component_failures_total Service components that failed (kept across restarts).",
         "# TYPE bulkrelay_component_failures_total counter",

@@ -74,6 +74,7 @@ def status_data(
         "last_failure": last_failure and {**last_failure, "at": _iso(last_failure["at"])},
         "per_domain": per_domain,
         "counts": counts,
+        "deliveries_by_tls": queue.tls_counts(),
         "pending": counts["queued"] + counts["submitting"],
         "paused": decision.paused,
         "policy": decision.reason,
@@ -118,6 +119,8 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append(f"  last: {last['at']} {last['component']}: {last['error']} (traceback in the log)")
     counts = "  ".join(f"{s}={n}" for s, n in data["counts"].items())
     lines.append(f"recipients: {counts}")
+    tls = "  ".join(f"{level}={n}" for level, n in data["deliveries_by_tls"].items())
+    lines.append(f"deliveries by TLS: {tls}")
     state = "PAUSED" if data["paused"] else "running"
     lines.append(f"release: {state} ({data['policy']}); allowed now {data['release_allowed_now']}")
     lines.append(f"next release: {data['next_release'] or '-'}")
