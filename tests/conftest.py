@@ -103,7 +103,9 @@ def intake_server():
 
 
 class LoopbackDns:
-    """A real UDP DNS server on loopback answering from a table, to test the live Resolver."""
+    """A real UDP DNS server on loopback answering from a table, to test the live Resolver:
+    (name., TYPE) -> a record in zone-file form, a list of them, "nxdomain" (also every name not
+    in the table), "nodata", "servfail" or "drop" (no answer: the query times out)."""
 
     def __init__(self, table):
         self.table = table
@@ -133,8 +135,9 @@ class LoopbackDns:
                 resp.set_rcode(dns.rcode.NXDOMAIN)
             elif action == "servfail":
                 resp.set_rcode(dns.rcode.SERVFAIL)
-            elif action != "nodata":
-                resp.answer.append(dns.rrset.from_text(q.name, 300, "IN", q.rdtype, action))
+            elif action != "nodata":  # one record, or a list of records of the RRset
+                records = action if isinstance(action, list) else [action]
+                resp.answer.append(dns.rrset.from_text(q.name, 300, "IN", q.rdtype, *records))
             self.sock.sendto(resp.to_wire(), peer)
 
     def close(self):
