@@ -93,6 +93,13 @@ def test_the_role_writes_the_table_and_reloads():
     assert tables["notify"] == "relay_postfix reload"  # texthash is read when a process starts
 
 
+def test_the_audit_reads_the_table_the_role_writes():
+    audit = yaml.safe_load((ROOT / "playbooks" / "audit.yml").read_text())
+    read = next(t for t in audit[0]["tasks"] if "bulkrelay_read_state" in t)["bulkrelay_read_state"]
+    assert read["commands"]["tls_policy"] == ["postmap", "-s", tlspolicy.TABLE]
+    assert "smtp_tls_policy_maps" in read["commands"]["postconf"]
+
+
 @needs_postfix
 def test_postfix_reads_the_rendered_tables(tmp_path):
     overrides = {"partner.example": "encrypt", "broken.example": "may", "dane.example": "dane-only"}
