@@ -51,6 +51,12 @@ def render(template: str, **overrides) -> str:
         ({"Partner.Example": "encrypt", "ok.example": "may"}, ["Partner.Example: encrypt"]),
         ({"localhost": "may", "a..example": "may"}, ["localhost: may", "a..example: may"]),
         ({"partner.example": None}, ["partner.example: None"]),
+        # next hops a transport entry names ([host] or [host]:port) are keys too
+        ({"[192.0.2.10]:25": "encrypt", "[mx.partner.example]": "secure", "[2001:db8::25]:25": "may"}, []),
+        (
+            {"[192.0.2.10]:99999": "may", "[]": "may", "[bad_host]": "may"},
+            ["[192.0.2.10]:99999: may", "[]: may", "[bad_host]: may"],
+        ),
         (["partner.example"], ["['partner.example'] (not a mapping of domain to level)"]),
     ],
 )
@@ -102,7 +108,12 @@ def test_the_audit_reads_the_table_the_role_writes():
 
 @needs_postfix
 def test_postfix_reads_the_rendered_tables(tmp_path):
-    overrides = {"partner.example": "encrypt", "broken.example": "may", "dane.example": "dane-only"}
+    overrides = {
+        "partner.example": "encrypt",
+        "broken.example": "may",
+        "dane.example": "dane-only",
+        "[198.51.100.22]:25": "encrypt",
+    }
     (tmp_path / "main.cf").write_text(
         render("etc/postfix/main.cf.j2", relay_postfix__tls_policy_overrides=overrides)
     )

@@ -6,6 +6,8 @@ role's filter validates the inventory's overrides with it, and the audit judges 
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 
 from bulkrelay.names import is_domain
@@ -23,15 +25,37 @@ OVERRIDE_LEVELS = tuple(level for level in LEVELS if level != "fingerprint")
 CLEAR_TEXT = ("none", "may")
 
 
+_NEXTHOP = re.compile(r"^\[(?P<host>[^\[\]]+)\](?::(?P<port>\d{1,5}))?$")
+
+
+def is_destination(key: object) -> bool:
+    """A key Postfix looks the policy up by (the next-hop destination): a lower-case recipient
+    domain (partner.example), or the verbatim next hop a transport entry names ([192.0.2.10]:25,
+    [mx.partner.example]) for domains routed there."""
+    if not isinstance(key, str):
+        return False
+    nexthop = _NEXTHOP.match(key)
+    if nexthop is None:
+        return is_domain(key, min_labels=2)
+    host, port = nexthop.group("host"), nexthop.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        return False
+    try:
+        ipaddress.ip_address(host.removeprefix("ipv6:"))
+    except ValueError:
+        return is_domain(host, min_labels=2)
+    return True
+
+
 def bad_overrides(overrides: object) -> list[str]:
-    """Entries of ``{domain: level}`` that are wrong, each as "domain: level" (empty when all
-    are right): a lower-case recipient domain such as partner.example, a level of OVERRIDE_LEVELS."""
+    """Entries of ``{destination: level}`` that are wrong, each as "destination: level" (empty
+    when all are right): a destination of ``is_destination``, a level of OVERRIDE_LEVELS."""
     if not isinstance(overrides, Mapping):
         return [f"{overrides!r} (not a mapping of domain to level)"]
     return [
-        f"{domain}: {level}"
-        for domain, level in overrides.items()
-        if not is_domain(domain, min_labels=2) or level not in OVERRIDE_LEVELS
+        f"{key}: {level}"
+        for key, level in overrides.items()
+        if not is_destination(key) or level not in OVERRIDE_LEVELS
     ]
 
 
