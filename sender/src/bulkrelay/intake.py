@@ -7,26 +7,28 @@ COMMIT. When the queue cannot commit (``QueueUnavailable``: disk full, database 
 than its busy timeout) or anything unexpected fails, the reply is ``451`` so the client keeps the
 message and retries - never ``250`` for a message that is not on disk.
 
-Queue writes run in one worker thread with its own database connection, so a locked database
-never stalls the event loop that also runs the release loop.
+Queue writes run in one thread with its own database connection (:class:`GroupCommitter`), so a
+locked database never stalls the event loop that also runs the release loop. The messages that
+arrive while one COMMIT is syncing are committed together in the next transaction: concurrent
+sessions share one fsync, and each session still answers only after its own COMMIT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import email.utils
 import hashlib
 import hmac
 import ipaddress
 import logging
 import os
+import queue
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from bulkrelay.message import BadMessage, address_problem
 from bulkrelay.normalise import accept
-from bulkrelay.queue import Queue
+from bulkrelay.queue import Queue, Submission
 
 log = logging.getLogger("bulkrelay.intake")
 
@@ -43,7 +45,7 @@ MAX_RECIPIENTS = 1000
 IDENT = "bulkrelay intake"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-EnqueueFn = Callable[[bytes, str, list[str], str], int]
+EnqueueFn = Callable[[bytes, str, list[str], str], Awaitable[int]]
 
 
 def _kv(event: str, **fields: Any) -> str:
@@ -277,7 +279,7 @@ class IntakeStats:
 
 
 class IntakeHandler:
-    """aiosmtpd handler: validates, then enqueues through ``enqueue`` in ``executor``."""
+    """aiosmtpd handler: validates, then awaits ``enqueue`` (the COMMIT) before its reply."""
 
     def __init__(
         self,
@@ -286,7 +288,6 @@ class IntakeHandler:
         networks: Sequence[Network],
         max_size: int,
         hostname: str = "localhost",
-        executor: concurrent.futures.Executor | None = None,
         clock: Callable[[], float] = time.time,
         from_domains: Sequence[str] = (),
     ) -> None:
@@ -295,7 +296,6 @@ class IntakeHandler:
         self.networks = list(networks)
         self.max_size = max_size
         self.hostname = hostname
-        self.executor = executor
         self.clock = clock
         self.stats = IntakeStats()
 
@@ -344,12 +344,8 @@ class IntakeHandler:
             self.stats.rejected += 1
             log.warning(_kv("intake.rejected", peer=peer, mail_from=mail_from, reason=exc.reason))
             return exc.smtp_reply()
-        stored = accepted.raw
-        loop = asyncio.get_running_loop()
         try:
-            message_id = await loop.run_in_executor(
-                self.executor, self.enqueue, stored, mail_from, rcpts, f"smtp:{peer}"
-            )
+            message_id = await self.enqueue(accepted.raw, mail_from, rcpts, f"smtp:{peer}")
         except Exception as exc:  # QueueUnavailable and anything unexpected: never 250
             self.stats.deferred += 1
             log.error(
@@ -381,38 +377,73 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-class QueueWorker:
-    """One thread that owns its own queue connection and runs every enqueue in order."""
+class GroupCommitter:
+    """One thread with its own queue connection that commits the intake's messages in groups.
 
-    def __init__(self, open_queue: Callable[[], Any]) -> None:
+    ``enqueue`` hands a message to the thread and waits for the COMMIT of the transaction that
+    stored it. The thread takes everything that is waiting (up to ``max_group``) into one
+    transaction (``Queue.enqueue_group``): the sessions that sent while the previous COMMIT
+    was syncing share the next one's fsync. A failed COMMIT fails every message of its group
+    (each session answers 451) and stores none of them.
+    """
+
+    def __init__(self, open_queue: Callable[[], Any], *, max_group: int = 64) -> None:
         self._open_queue = open_queue
-        self._local = threading.local()
-        self._queues: list[Any] = []
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="intake-queue"
-        )
+        self._max_group = max_group
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="intake-commit", daemon=True)
+        self._thread.start()
 
-    def enqueue(self, raw: bytes, mail_from: str, recipients: list[str], source: str) -> int:
-        queue = getattr(self._local, "queue", None)
-        if queue is None:
-            queue = self._local.queue = self._open_queue()
-            self._queues.append(queue)
-        return queue.enqueue(raw, mail_from, recipients, source=source)
+    async def enqueue(self, raw: bytes, mail_from: str, recipients: list[str], source: str) -> int:
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+        self._waiting.put((Submission(raw, mail_from, recipients, source), loop, committed))
+        return await committed
 
-    def _close_all(self) -> None:
-        for queue in self._queues:
-            queue.close()
+    def _run(self) -> None:
+        store = None
+        while True:
+            group = [self._waiting.get()]
+            while group[-1] is not None and len(group) < self._max_group:
+                try:
+                    group.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            stop = group[-1] is None
+            group = [item for item in group if item is not None]
+            if group:
+                try:
+                    if store is None:
+                        store = self._open_queue()
+                    results: list[Any] = store.enqueue_group([submission for submission, _, _ in group])
+                except Exception as exc:  # QueueUnavailable and anything unexpected: all of them
+                    results = [exc] * len(group)
+                for (_, loop, committed), result in zip(group, results, strict=True):
+                    loop.call_soon_threadsafe(_settle, committed, result)
+            if stop:
+                break
+        if store is not None:
+            store.close()
 
     def close(self) -> None:
-        self.executor.submit(self._close_all).result()
-        self.executor.shutdown(wait=True)
+        """Commit what is waiting, then close the connection and end the thread."""
+        self._waiting.put(None)
+        self._thread.join()
+
+
+def _settle(committed: asyncio.Future, result: Any) -> None:
+    if committed.done():  # the session is gone (connection lost); its message is stored anyway
+        return
+    if isinstance(result, BaseException):
+        committed.set_exception(result)
+    else:
+        committed.set_result(result)
 
 
 async def start_intake(
     config: Any,
     enqueue: EnqueueFn,
     *,
-    executor: concurrent.futures.Executor | None = None,
     hostname: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> list[asyncio.AbstractServer]:
@@ -423,7 +454,6 @@ async def start_intake(
         networks=parse_networks(intake.allowed_networks),
         max_size=intake.max_message_size,
         hostname=hostname or _hostname(),
-        executor=executor,
         clock=clock,
         from_domains=intake.from_domains,
     )
@@ -467,13 +497,13 @@ def _hostname() -> str:
 async def serve_intake(config: Any, queue: Any = None) -> None:
     """Run the SMTP intake until cancelled (called by ``bulkrelay serve``).
 
-    Writes go through a dedicated thread with its own ``Queue(config.queue.path)`` connection;
-    ``queue`` (the service's own Queue) is not used from another thread.
+    Writes go through a :class:`GroupCommitter` with its own ``Queue(config.queue.path)``
+    connection; ``queue`` (the service's own Queue) is not used from another thread.
     """
     if not config.intake.listen:
         return
-    worker = QueueWorker(lambda: Queue(config.queue.path))
-    servers = await start_intake(config, worker.enqueue, executor=worker.executor)
+    committer = GroupCommitter(lambda: Queue(config.queue.path))
+    servers = await start_intake(config, committer.enqueue)
     try:
         await asyncio.Event().wait()
     finally:
@@ -481,4 +511,4 @@ async def serve_intake(config: Any, queue: Any = None) -> None:
             server.close()
         for server in servers:
             await server.wait_closed()
-        await asyncio.get_running_loop().run_in_executor(None, worker.close)
+        await asyncio.get_running_loop().run_in_executor(None, committer.close)
