@@ -35,7 +35,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from bulkrelay.message import BadMessage, address_problem
+from bulkrelay.message import BadMessage, address_problem, line_over
 from bulkrelay.normalise import accept
 from bulkrelay.queue import Queue, Submission
 
@@ -264,7 +264,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
         return "552 Error: Too much mail data"
     data = b"".join(pieces)[:-3]  # without the final "." CRLF
     pieces.clear()
-    if max(map(len, data.split(b"\r\n"))) + 2 > line_limit:
+    if line_over(data, line_limit - 2):  # the limit counts the CRLF
         return "500 Line too long (see RFC5321 4.5.3.1.6)"
     if data.startswith(b".") or b"\r\n." in data:
         data = (b"\r\n" + data).replace(b"\r\n.", b"\r\n")[2:]
