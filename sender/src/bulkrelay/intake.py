@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import hashlib
 import hmac
@@ -419,7 +420,8 @@ class GroupCommitter:
                 except Exception as exc:  # QueueUnavailable and anything unexpected: all of them
                     results = [exc] * len(group)
                 for (_, loop, committed), result in zip(group, results, strict=True):
-                    loop.call_soon_threadsafe(_settle, committed, result)
+                    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                        loop.call_soon_threadsafe(_settle, committed, result)
             if stop:
                 break
         if store is not None:
@@ -503,8 +505,9 @@ async def serve_intake(config: Any, queue: Any = None) -> None:
     if not config.intake.listen:
         return
     committer = GroupCommitter(lambda: Queue(config.queue.path))
-    servers = await start_intake(config, committer.enqueue)
+    servers: list[asyncio.AbstractServer] = []
     try:
+        servers = await start_intake(config, committer.enqueue)
         await asyncio.Event().wait()
     finally:
         for server in servers:
