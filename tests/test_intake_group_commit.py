@@ -127,25 +127,33 @@ def test_one_session_answers_after_its_commit(gated):
     assert stored(server) == {"messages": 1, "recipients": ["a@customer.test"], "events": 1}
 
 
-def test_two_sessions_waiting_share_one_commit(gated):
-    server, log, gate = gated()
+def one_then_two(server, log, gate):
+    """Session a alone in the first group; b and c send while its COMMIT is held at the gate,
+    so they wait together for the next one. Returns the three sessions after their replies."""
     first = Session(server, "a@customer.test", log)
     first.start()
     wait_for(lambda: ("before-commit", None) in log, "the first COMMIT")
-    # two more sessions send while the first COMMIT is syncing: they go in the next one together
     second, third = Session(server, "b@customer.test", log), Session(server, "c@customer.test", log)
     second.start()
     third.start()
     threading.Event().wait(0.5)
-    assert second.reply is None and third.reply is None
+    assert first.reply is None and second.reply is None and third.reply is None
     gate.set()
     for session in (first, second, third):
         session.join(10)
-        assert session.reply[0] == 250, session.reply
-    groups = [entry[1] for entry in log if entry[0] == "group"]
-    assert groups == [["a@customer.test"], ["b@customer.test", "c@customer.test"]]
+    assert [entry[1] for entry in log if entry[0] == "group"] == [
+        ["a@customer.test"],
+        ["b@customer.test", "c@customer.test"],
+    ]
+    return first, second, third
+
+
+def test_two_sessions_waiting_share_one_commit(gated):
+    server, log, gate = gated()
+    sessions = one_then_two(server, log, gate)
+    assert [session.reply[0] for session in sessions] == [250, 250, 250]
     # every 250 comes after the COMMIT of the group holding that message
-    for session in (first, second, third):
+    for session in sessions:
         reply_at = log.index(("reply", session.rcpt, 250))
         group_at = next(i for i, entry in enumerate(log) if entry[0] == "group" and session.rcpt in entry[1])
         committed_at = next(i for i, entry in enumerate(log) if entry[0] == "committed" and i > group_at)
@@ -156,21 +164,8 @@ def test_two_sessions_waiting_share_one_commit(gated):
 
 def test_failed_group_commit_answers_451_to_every_session_and_stores_nothing(gated):
     server, log, gate = gated(fail_commit=True)
-    first = Session(server, "a@customer.test", log)
-    first.start()
-    wait_for(lambda: ("before-commit", None) in log, "the first COMMIT")
-    second, third = Session(server, "b@customer.test", log), Session(server, "c@customer.test", log)
-    second.start()
-    third.start()
-    threading.Event().wait(0.5)
-    gate.set()
-    for session in (first, second, third):
-        session.join(10)
-        assert session.reply[0] == 451, session.reply
-    assert [entry[1] for entry in log if entry[0] == "group"] == [
-        ["a@customer.test"],
-        ["b@customer.test", "c@customer.test"],
-    ]
+    sessions = one_then_two(server, log, gate)
+    assert [session.reply[0] for session in sessions] == [451, 451, 451]
     assert not any(entry[0] == "committed" for entry in log)
     assert stored(server) == {"messages": 0, "recipients": [], "events": 0}
 
