@@ -84,6 +84,8 @@ def test_over_the_size_limit_is_read_to_the_end_then_refused():
     wire = b"a" * 50 + b"\r\n" + b"b" * 50 + b"\r\n.\r\nQUIT\r\n"
     assert read([wire], size_limit=100) == ("552 Error: Too much mail data", b"QUIT\r\n")
     assert read([wire], size_limit=104)[0] == wire[:104]  # exactly the limit: taken
+    assert read([wire], size_limit=0)[0] == wire[:104]  # 0 or None: no limit (aiosmtpd's rule)
+    assert read([wire], size_limit=None)[0] == wire[:104]
 
 
 def test_a_line_over_the_line_limit_is_refused():

@@ -230,6 +230,15 @@ def _partial_end(tail: bytes) -> int:
     return 0
 
 
+def _drop_last(pieces: list[bytes], count: int) -> None:
+    """Remove the last ``count`` bytes of ``pieces`` (before joining: the body is copied once)."""
+    while count:
+        last = pieces.pop()
+        if len(last) > count:
+            pieces.append(last[:-count])
+        count = max(count - len(last), 0)
+
+
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_limit: int) -> bytes | str:
     """The content of DATA up to CRLF "." CRLF, dot-unstuffed; or the refusal (552, 500) when
     it is over ``size_limit`` bytes or has a line over ``line_limit`` (read to its end anyway).
@@ -254,7 +263,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
                 piece = await reader.readexactly(exc.consumed)
                 done = False
         received += len(piece)
-        if size_limit is None or received <= size_limit + len(END_OF_DATA):
+        if not size_limit or received <= size_limit + len(END_OF_DATA):
             pieces.append(piece)
         elif pieces:
             pieces.clear()  # over the limit: keep reading, keep nothing
@@ -263,7 +272,8 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
             break
     if size_limit and received - 3 > size_limit:
         return "552 Error: Too much mail data"
-    data = b"".join(pieces)[:-3]  # without the final "." CRLF
+    _drop_last(pieces, 3)  # the final "." CRLF
+    data = b"".join(pieces)
     pieces.clear()
     if line_over(data, line_limit - 2):  # the limit counts the CRLF
         return "500 Line too long (see RFC5321 4.5.3.1.6)"
