@@ -98,7 +98,7 @@ def stored(server):
 
 
 def wait_for(predicate, what):
-    for _ in range(300):
+    for _ in range(1000):
         if predicate():
             return
         threading.Event().wait(0.02)
@@ -136,7 +136,8 @@ def one_then_two(server, log, gate):
     second, third = Session(server, "b@customer.test", log), Session(server, "c@customer.test", log)
     second.start()
     third.start()
-    threading.Event().wait(0.5)
+    wait_for(lambda: server.committer.waiting == 2, "b and c waiting for the next transaction")
+    threading.Event().wait(0.2)
     assert first.reply is None and second.reply is None and third.reply is None
     gate.set()
     for session in (first, second, third):

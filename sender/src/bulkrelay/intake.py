@@ -405,6 +405,11 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="intake-commit", daemon=True)
         self._thread.start()
 
+    @property
+    def waiting(self) -> int:
+        """Messages handed over and not yet taken into a transaction."""
+        return self._waiting.qsize()
+
     async def enqueue(self, raw: bytes, mail_from: str, recipients: list[str], source: str) -> int:
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
