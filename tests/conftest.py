@@ -32,7 +32,7 @@ from aiosmtpd.smtp import SMTP
 from support import VERP_KEY, write_sender_toml
 from support import free_port as pick_free_port
 
-from bulkrelay.intake import QueueWorker, start_intake
+from bulkrelay.intake import GroupCommitter, start_intake
 
 KEY = VERP_KEY  # the VERP key of every sender.toml written here
 RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
@@ -54,14 +54,12 @@ class IntakeServer:
 
     def __init__(self, conf, open_queue):
         self.conf = conf
-        self.worker = QueueWorker(open_queue)
+        self.committer = GroupCommitter(open_queue)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.servers = asyncio.run_coroutine_threadsafe(
-            start_intake(
-                conf, self.worker.enqueue, executor=self.worker.executor, hostname="relay.example.test"
-            ),
+            start_intake(conf, self.committer.enqueue, hostname="relay.example.test"),
             self.loop,
         ).result(10)
         self.port = int(conf.intake.listen[0].rpartition(":")[2])
@@ -78,7 +76,7 @@ class IntakeServer:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-        self.worker.close()
+        self.committer.close()
 
     def client(self):
         return smtplib.SMTP("127.0.0.1", self.port, timeout=30)

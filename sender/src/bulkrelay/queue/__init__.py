@@ -32,7 +32,7 @@ its own SQL statements:
 """
 
 from bulkrelay.queue.commands import Commands
-from bulkrelay.queue.enqueue import Enqueue, ensure_ids
+from bulkrelay.queue.enqueue import Enqueue, Submission, ensure_ids
 from bulkrelay.queue.events import EVENT_TYPES, Events
 from bulkrelay.queue.reconcile import Reconciliation
 from bulkrelay.queue.release import Release, queue_id_from_reply
@@ -60,6 +60,7 @@ __all__ = [
     "Queue",
     "QueueUnavailable",
     "Storage",
+    "Submission",
     "domain_of",
     "ensure_ids",
     "queue_id_from_reply",
