@@ -1,7 +1,8 @@
 """Release: hand ready recipients to Postfix and record what happened at submission.
 
 ``take`` marks a batch 'submitting' and writes the release ledger in one transaction; the
-``mark_*`` calls record the SMTP reply per recipient; the ledger queries feed bulkrelay.policy.
+``mark_*`` calls record the SMTP reply per recipient, ``record_submissions`` several of them in
+one transaction; the ledger queries feed bulkrelay.policy.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Release(Events):
                 ).fetchall()
                 if not rows:
                     break
+                released: list[dict] = []  # written together (executemany), in this order
                 for row in rows:
                     last = (row["next_attempt"], row["id"])
                     rec = dict(row)
@@ -98,6 +100,8 @@ class Release(Events):
                         continue
                     reason = skip(rec["address"]) if skip else None
                     if reason:
+                        self._released(conn, released, now)  # events keep the order of the rows
+                        released = []
                         conn.execute(
                             "UPDATE recipients SET state = 'suppressed', last_reply = ?, updated_at = ? "
                             "WHERE id = ?",
@@ -117,20 +121,27 @@ class Release(Events):
                         if remaining[domain] <= 0:
                             blocked.add(domain)
                     rec["envelope_from"] = envelope(rec) if envelope else rec["mail_from"]
-                    conn.execute(
-                        "UPDATE recipients SET state = 'submitting', envelope_from = ?, updated_at = ? "
-                        "WHERE id = ?",
-                        (rec["envelope_from"], now, rec["id"]),
-                    )
-                    conn.execute(
-                        "INSERT INTO releases(recipient, at, domain) VALUES (?, ?, ?)",
-                        (rec["id"], now, domain),
-                    )
-                    self._event(conn, "released", rec["id"])
+                    released.append(rec)
                     taken.append(rec)
                     if len(taken) >= limit:
                         break
+                self._released(conn, released, now)
         return taken
+
+    def _released(self, conn: sqlite3.Connection, rows: list[dict], now: float) -> None:
+        """Mark ``rows`` 'submitting' with their envelope sender, record their releases and write
+        their ``released`` events, a statement for all of them each."""
+        if not rows:
+            return
+        conn.executemany(
+            "UPDATE recipients SET state = 'submitting', envelope_from = ?, updated_at = ? WHERE id = ?",
+            [(r["envelope_from"], now, r["id"]) for r in rows],
+        )
+        conn.executemany(
+            "INSERT INTO releases(recipient, at, domain) VALUES (?, ?, ?)",
+            [(r["id"], now, r["domain"]) for r in rows],
+        )
+        self._events(conn, "released", [r["id"] for r in rows])
 
     def give_back(self, recipient_ids: list[int], *, reason: str) -> None:
         """Return never-sent 'submitting' rows to 'queued' and forget their releases."""
