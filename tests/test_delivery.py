@@ -392,7 +392,7 @@ class DotWatch:
 
     def write(self, data):
         self.envelopes += re.findall(rb"RCPT TO:<([^>]+)>", data)
-        if data.startswith(b".\r\n"):
+        if data.startswith(b".\r\n") or b"\r\n.\r\n" in data:  # a final "." (bodies are dot-stuffed)
             with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as conn:
                 for address in self.finished:
                     (state,) = conn.execute(
@@ -408,8 +408,9 @@ class DotWatch:
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("body_lines", [0, 600])  # 600 lines: over SPLIT_BODY, written apart
 def test_each_result_is_committed_before_the_next_final_dot_on_its_connection(
-    tmp_path, smtp_receiver, pipelining
+    tmp_path, smtp_receiver, pipelining, body_lines
 ):
     """The crash bound: when a connection sends a final ".", the results of its earlier messages
     are committed, so a kill leaves at most one ambiguous row per connection."""
@@ -417,8 +418,9 @@ def test_each_result_is_committed_before_the_next_final_dot_on_its_connection(
     config = make_config(tmp_path, receiver.port)
     queue = Queue(config.queue.path)
     addresses = [f"r{i}@c.test" for i in range(8)]
+    raw = RAW + b"an invoice line of a large message, long enough to fill a body quickly\r\n" * body_lines
     for address in addresses:
-        queue.enqueue(RAW, "b@example.test", [address], source="t")
+        queue.enqueue(raw, "b@example.test", [address], source="t")
     uncommitted, watched = [], []
 
     async def connect():
@@ -438,6 +440,8 @@ def test_each_result_is_committed_before_the_next_final_dot_on_its_connection(
         a.encode() for a in addresses
     ]
     assert uncommitted == []
+    body = raw.partition(b"\r\n\r\n")[2]
+    assert len(receiver.messages) == 8 and all(m["content"].endswith(body) for m in receiver.messages)
     queue.close()
 
 

@@ -6,10 +6,10 @@ offers PIPELINING (Postfix does), MAIL, RCPT and DATA go in one write, and each 
 "." goes out together with the next message's MAIL/RCPT/DATA: one round trip per message.
 Per message on such a connection (``Submitter._stream``), in this order:
 
-1. the body (encoded once per message, without its final ".") goes out after the 354;
+1. a large body (encoded once per message, without its final ".") goes out after the 354;
 2. the results read so far, from every connection, are committed in one transaction, while
-   the server reads the body;
-3. the final "." goes out with the next message's MAIL/RCPT/DATA;
+   the server reads that body;
+3. the final "." goes out with the next message's MAIL/RCPT/DATA (a small body with them);
 4. the next body is read from the queue and encoded while the server answers.
 
 So a connection never has more than one message whose "." was sent before its result was
@@ -47,6 +47,7 @@ WRITE_BUFFER_HIGH = 64 * 1024  # wait for the socket only when this much is stil
 READ_CHUNK = 64 * 1024
 REPLY_LIMIT = 64 * 1024  # an unfinished reply line longer than this is not SMTP
 DOT = b".\r\n"
+SPLIT_BODY = 32 * 1024  # a smaller body goes out with its "." in one write (one segment)
 
 
 class SmtpConnectionError(Exception):
@@ -456,9 +457,12 @@ class Submitter:
                     in_hand.append(nxt)
                     client.write(client.envelope(nxt["envelope_from"], nxt["address"]))
                 continue
-            client.write(self._body(row["message"]))
+            body = self._body(row["message"])
+            if len(body) >= SPLIT_BODY:
+                client.write(body)  # the server reads it while the results are committed
+                body = b""
             self._commit()
-            tail = DOT
+            tail = body + DOT
             nxt = self._next(pending, stop)
             if nxt is not None:
                 in_hand.append(nxt)
