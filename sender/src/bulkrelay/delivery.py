@@ -8,7 +8,7 @@ Per message on such a connection (``Submitter._stream``), in this order:
 
 1. a large body (encoded once per message, without its final ".") goes out after the 354;
 2. the results read so far, from every connection, are committed in one transaction, while
-   the server reads that body;
+   the server reads that body (or earlier, while the server's next replies are on their way);
 3. the final "." goes out with the next message's MAIL/RCPT/DATA (a small body with them);
 4. the next body is read from the queue and encoded while the server answers.
 
@@ -165,6 +165,10 @@ class SmtpClient:
         except SmtpConnectionError:
             self.closed = True
             raise
+
+    def has_lines(self, count: int) -> bool:
+        """Whether ``count`` reply lines are already received (so reading them will not wait)."""
+        return self._received.count(b"\n") >= count
 
     def write(self, data: bytes) -> None:
         """Hand bytes to the transport without waiting: the reply awaited next covers their
@@ -473,6 +477,8 @@ class Submitter:
             final = await client.read_reply("dot", after_data=True)
             in_hand.pop(0)
             self._record(row, final, result)
+            if not client.has_lines(3):
+                self._commit()  # the next replies are still on their way: commit while waiting
 
     def _connection_lost(
         self, exc: SmtpConnectionError, in_hand: list[dict], pending: asyncio.Queue[dict], result: BatchResult
