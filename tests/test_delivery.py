@@ -1,8 +1,11 @@
 """Submission into a real SMTP server on loopback (aiosmtpd): VERP, queue ids, 4xx/5xx, outages."""
 
 import asyncio
+import contextlib
+import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 
@@ -13,7 +16,7 @@ from conftest import pick_free_port as free_port
 
 from bulkrelay import suppression, verp
 from bulkrelay.config import Config, EnvelopeConfig, PolicyConfig, QueueConfig, SubmitConfig, TrackingConfig
-from bulkrelay.delivery import SmtpClient, Submitter, backoff, encode_data
+from bulkrelay.delivery import SmtpClient, SmtpConnectionError, Submitter, backoff, encode_data
 from bulkrelay.queue import Queue
 from bulkrelay.service import ReleaseLoop, resolve_ambiguous
 
@@ -260,11 +263,13 @@ def test_idle_connections_are_closed_between_batches(tmp_path, receiver):
 class PipeliningServer:
     """A raw SMTP server that offers PIPELINING, reads commands as they stream in, answers
     450/550 for "tempfail"/"reject" recipients, 554 to DATA without a recipient, and can drop
-    the connection right after receiving the N-th message (before answering it)."""
+    the connection right after receiving the N-th message (before answering it), or once while
+    reading the N-th message's body."""
 
-    def __init__(self, drop_after=None):
+    def __init__(self, drop_after=None, *, drop_in_body=None):
         self.port = free_port()
         self.drop_after = drop_after
+        self.drop_in_body = drop_in_body  # close while reading this message's body (1-based)
         self.messages = []  # (mail_from, rcpt, body)
 
     async def handle(self, reader, writer):
@@ -296,6 +301,10 @@ class PipeliningServer:
                 body = b""
                 while (chunk := await reader.readline()) != b".\r\n":
                     body += chunk
+                    if self.drop_in_body == len(self.messages) + 1:
+                        self.drop_in_body = None  # once
+                        writer.close()
+                        return
                 self.messages.append((mail, rcpt, body))
                 if self.drop_after and len(self.messages) == self.drop_after:
                     writer.close()
@@ -369,4 +378,236 @@ def test_connection_lost_mid_stream_leaves_one_ambiguous_and_returns_the_rest(tm
     assert queue.counts()["submitted"] == 5 and result.returned == 0
     arrived = [m[1] for m in server.messages]
     assert sorted(arrived) == [f"r{i}@c.test" for i in range(6)]  # each exactly once
+    queue.close()
+
+
+class DotWatch:
+    """Wraps a connection's StreamWriter: when a final "." is written, notes which of the
+    messages this connection finished before are still 'submitting' in the database (read
+    from another connection, so it sees committed results only)."""
+
+    def __init__(self, writer, db, uncommitted):
+        self.writer, self.db, self.uncommitted = writer, db, uncommitted
+        self.envelopes, self.finished = [], []
+
+    def write(self, data):
+        self.envelopes += re.findall(rb"RCPT TO:<([^>]+)>", data)
+        if data.startswith(b".\r\n") or b"\r\n.\r\n" in data:  # a final "." (bodies are dot-stuffed)
+            with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as conn:
+                for address in self.finished:
+                    (state,) = conn.execute(
+                        "SELECT state FROM recipients WHERE address = ?", (address.decode(),)
+                    ).fetchone()
+                    if state == "submitting":
+                        self.uncommitted.append(address)
+            self.finished.append(self.envelopes.pop(0))
+        self.writer.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.writer, name)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("body_lines", [0, 600])  # 600 lines: over SPLIT_BODY, written apart
+def test_each_result_is_committed_before_the_next_final_dot_on_its_connection(
+    tmp_path, smtp_receiver, pipelining, body_lines
+):
+    """The crash bound: when a connection sends a final ".", the results of its earlier messages
+    are committed, so a kill leaves at most one ambiguous row per connection."""
+    receiver = smtp_receiver(pipelining=pipelining)
+    config = make_config(tmp_path, receiver.port)
+    queue = Queue(config.queue.path)
+    addresses = [f"r{i}@c.test" for i in range(8)]
+    raw = RAW + b"an invoice line of a large message, long enough to fill a body quickly\r\n" * body_lines
+    for address in addresses:
+        queue.enqueue(raw, "b@example.test", [address], source="t")
+    uncommitted, watched = [], []
+
+    async def connect():
+        client = await SmtpClient.connect("127.0.0.1", receiver.port, timeout=5)
+        client.writer = DotWatch(client.writer, config.queue.path, uncommitted)
+        watched.append(client.writer)
+        return client
+
+    async def go():
+        submitter = Submitter(queue, config.submit, connector=connect)
+        result = await submitter.submit(queue.take(8, now=time.time()))
+        await submitter.close()
+        return result
+
+    assert run(go()).submitted == 8
+    assert len(watched) == 2 and sorted(a for w in watched for a in w.finished) == [
+        a.encode() for a in addresses
+    ]
+    assert uncommitted == []
+    body = raw.partition(b"\r\n\r\n")[2]
+    assert len(receiver.messages) == 8 and all(m["content"].endswith(body) for m in receiver.messages)
+    queue.close()
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_submit_zero_one_two_with_and_without_pipelining(tmp_path, smtp_receiver, pipelining, count):
+    receiver = smtp_receiver(pipelining=pipelining)
+    config = make_config(tmp_path, receiver.port)
+    queue = Queue(config.queue.path)
+    for i in range(count):
+        queue.enqueue(
+            RAW.replace(b"Invoice", f"Invoice {i}".encode()), "b@example.test", [f"r{i}@c.test"], source="t"
+        )
+
+    async def go():
+        submitter = Submitter(queue, config.submit)
+        rows = queue.take(10, now=time.time(), envelope=lambda r: f"bounces+{r['id']}@b.test")
+        result = await submitter.submit(rows)
+        await submitter.close()
+        return result
+
+    result = run(go())
+    assert (result.submitted, result.retried, result.failed, result.returned) == (count, 0, 0, 0)
+    assert sorted(m["rcpt_tos"][0] for m in receiver.messages) == [f"r{i}@c.test" for i in range(count)]
+    for i, message in enumerate(sorted(receiver.messages, key=lambda m: m["rcpt_tos"])):
+        assert f"Invoice {i}".encode() in message["content"]
+        assert b"\r\n..leading dot\r\n" not in message["content"]  # aiosmtpd undid the stuffing
+        assert b"\r\n.leading dot\r\n" in message["content"]
+    states = {r["address"]: (r["state"], r["postfix_qid"]) for r in queue.list_recipients()}
+    assert states == {m["rcpt_tos"][0]: ("submitted", m["qid"]) for m in receiver.messages}
+    submitted = [e for e in queue.events_since(0) if e["type"] == "submitted"]
+    assert sorted(e["recipient"] for e in submitted) == sorted(states)
+    queue.close()
+
+
+def test_connection_dropped_mid_body_loses_nothing_and_sends_nothing_twice(tmp_path):
+    """The body of message 2 is cut off before its final ".": Postfix would discard it. The row
+    is held back as ambiguous (the "." may have been on its way), the log does not know it, so it
+    is sent again - once; the rows behind it go back unsent."""
+    server = PipeliningServer(drop_in_body=2)
+    addresses = [f"r{i}@c.test" for i in range(4)]
+    queue, result = _submit_to(server, tmp_path, addresses)
+    assert result.ambiguous == [2]
+    assert sorted(m[1] for m in server.messages) == ["r0@c.test", "r2@c.test", "r3@c.test"]
+    assert resolve_ambiguous(queue) == (0, 1)
+
+    async def again():
+        srv = await asyncio.start_server(server.handle, "127.0.0.1", server.port)
+        submitter = Submitter(queue, SubmitConfig(port=server.port, connections=1))
+        result = await submitter.submit(queue.take(10, now=time.time() + 1, envelope=lambda r: "b@b.test"))
+        await submitter.close()
+        srv.close()
+        return result
+
+    assert run(again()).submitted == 1
+    assert sorted(m[1] for m in server.messages) == sorted(addresses)  # each exactly once
+    assert queue.counts()["submitted"] == 4
+    queue.close()
+
+
+class ReplyServer:
+    """Answers a fixed script of reply bytes, each write after the client's line that asks for
+    it, cut into pieces of ``chunk`` bytes with a pause between them."""
+
+    def __init__(self, greeting: bytes, script: list[bytes], chunk: int):
+        self.port = free_port()
+        self.greeting, self.script, self.chunk = greeting, script, chunk
+
+    async def send(self, writer, data):
+        for i in range(0, len(data), self.chunk):
+            writer.write(data[i : i + self.chunk])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+
+    async def handle(self, reader, writer):
+        await self.send(writer, self.greeting)
+        for reply in self.script:
+            if not await reader.readline():
+                return
+            await self.send(writer, reply)
+        await reader.read()
+        writer.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_replies_parse_whatever_pieces_they_arrive_in(chunk):
+    script = [
+        b"250-relay\r\n250-PIPELINING\r\n250 8BITMIME\r\n",  # EHLO
+        b"250 2.1.0 Ok\r\n",  # RSET
+        b"451-4.3.0 first line\r\n451 4.3.0 second line\r\n",  # NOOP
+        b"2x0 garbage\r\n",
+    ]
+    server = ReplyServer(b"220 relay ESMTP\r\n", script, chunk)
+
+    async def go():
+        srv = await asyncio.start_server(server.handle, "127.0.0.1", server.port)
+        client = await SmtpClient.connect("127.0.0.1", server.port, timeout=5, helo="relay.test")
+        await client.reset()
+        multi = await client.command("NOOP", "noop")
+        with pytest.raises(SmtpConnectionError, match="garbled reply at noop"):
+            await client.command("NOOP", "noop")
+        closed = client.closed
+        await client.close()
+        srv.close()
+        return client.pipelining, multi, closed
+
+    pipelining, multi, closed = run(go())
+    assert pipelining
+    assert (multi.code, multi.text) == (451, "4.3.0 first line\n4.3.0 second line")
+    assert closed
+
+
+def test_record_submissions_writes_what_the_marks_write_one_by_one(tmp_path):
+    outcomes = [
+        ("submitted", "250 2.0.0 Ok: queued as SUB001", 0.0),
+        ("retry", "451 4.3.0 try again later", 60.0),
+        ("failed", "550 5.1.1 <x@customer.test>: Recipient address rejected: User unknown", 0.0),
+    ]
+
+    def state(path, batched):
+        clock = iter(float(t) for t in range(1000, 2000))
+        queue = Queue(path, clock=lambda: next(clock))
+        for i in range(3):
+            queue.enqueue(RAW, "b@example.test", [f"r{i}@customer.test"], source="t")
+        rows = queue.take(3, now=5000.0)
+        if batched:
+            queue.record_submissions([])  # nothing: no error, no event
+            queue.record_submissions([(r["id"], *o) for r, o in zip(rows, outcomes, strict=True)])
+        else:
+            queue.mark_submitted(rows[0]["id"], outcomes[0][1])
+            queue.mark_retry(rows[1]["id"], outcomes[1][1], delay=60.0)
+            queue.mark_failed(rows[2]["id"], outcomes[2][1])
+        recipients = [
+            {k: r[k] for k in ("address", "state", "postfix_qid", "last_reply", "attempts")}
+            for r in queue.list_recipients()
+        ]
+        events = [
+            {k: v for k, v in e.items() if k not in ("id", "at", "timestamp", "ref", "message_id")}
+            for e in queue.events_since(0)
+        ]
+        queue.close()
+        return recipients, events
+
+    one_by_one, batched = state(tmp_path / "a.sqlite", False), state(tmp_path / "b.sqlite", True)
+    assert batched == one_by_one
+    recipients, events = batched
+    assert [r["state"] for r in recipients] == ["submitted", "queued", "failed"]
+    assert [e["type"] for e in events if e["type"] not in ("accepted", "released")] == [
+        "submitted",
+        "deferred",
+        "bounced",
+    ]
+
+
+def test_record_submissions_is_one_transaction(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    for i in range(2):
+        queue.enqueue(RAW, "b@example.test", [f"r{i}@customer.test"], source="t")
+    rows = queue.take(2, now=time.time())
+    with pytest.raises(ValueError, match="unknown submission outcome"):
+        queue.record_submissions(
+            [
+                (rows[0]["id"], "submitted", "250 2.0.0 Ok: queued as A1", 0.0),
+                (rows[1]["id"], "sent", "250", 0.0),
+            ]
+        )
+    assert queue.counts()["submitting"] == 2  # the first was rolled back with the second
+    assert [e["type"] for e in queue.events_since(0)].count("submitted") == 0
     queue.close()

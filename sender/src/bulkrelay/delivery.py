@@ -3,8 +3,18 @@
 One SMTP transaction per recipient, because each recipient gets its own VERP envelope sender.
 Connections are reused across transactions and batches (QUIT after 30 s idle). When the server
 offers PIPELINING (Postfix does), MAIL, RCPT and DATA go in one write, and each message's final
-"." goes out together with the next message's MAIL/RCPT/DATA: one round trip per message, and
-still at most one message per connection whose "." was sent without its reply recorded.
+"." goes out together with the next message's MAIL/RCPT/DATA: one round trip per message.
+Per message on such a connection (``Submitter._stream``), in this order:
+
+1. a large body (encoded once per message, without its final ".") goes out after the 354;
+2. the results read so far, from every connection, are committed in one transaction, while
+   the server reads that body (or earlier, while the server's next replies are on their way);
+3. the final "." goes out with the next message's MAIL/RCPT/DATA (a small body with them);
+4. the next body is read from the queue and encoded while the server answers.
+
+So a connection never has more than one message whose "." was sent before its result was
+committed: a crash leaves at most one ambiguous row per connection (see bulkrelay.service).
+Replies are parsed from one receive buffer, so replies that arrive together cost one wait.
 
 Outcomes per recipient:
 - 2xx after the final "." -> 'submitted' with the Postfix queue id from "queued as ...";
@@ -28,12 +38,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bulkrelay.config import SubmitConfig
-from bulkrelay.queue import Queue
+from bulkrelay.queue import Queue, queue_id_from_reply
 
 log = logging.getLogger("bulkrelay.delivery")
 
 
 WRITE_BUFFER_HIGH = 64 * 1024  # wait for the socket only when this much is still unsent
+READ_CHUNK = 64 * 1024
+REPLY_LIMIT = 64 * 1024  # an unfinished reply line longer than this is not SMTP
+DOT = b".\r\n"
+SPLIT_BODY = 32 * 1024  # a smaller body goes out with its "." in one write (one segment)
 
 
 class SmtpConnectionError(Exception):
@@ -60,17 +74,27 @@ def local_name() -> str:
     return socket.getfqdn()
 
 
-def encode_data(raw: bytes) -> bytes:
-    """CRLF line endings, dot-stuffing, and the terminating "." line (bytes methods, C speed)."""
+def encode_body(raw: bytes) -> bytes:
+    """The DATA content without its final ".": CRLF line ends, dot-stuffed, ending in CRLF.
+
+    Bytes methods only (C speed); a body without any CR, checked at memchr speed, needs a
+    single replace for its line ends."""
     data = raw
-    if data.count(b"\n") != data.count(b"\r\n"):  # some bare LF: normalise every line end
+    if b"\r" not in data:
+        data = data.replace(b"\n", b"\r\n")
+    elif data.count(b"\n") != data.count(b"\r\n"):  # some bare LF: normalise every line end
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     data = data.replace(b"\r\n.", b"\r\n..")
     if data.startswith(b"."):
         data = b"." + data
-    return data + b".\r\n"
+    return data
+
+
+def encode_data(raw: bytes) -> bytes:
+    """CRLF line endings, dot-stuffing, and the terminating "." line."""
+    return encode_body(raw) + DOT
 
 
 class SmtpClient:
@@ -83,6 +107,7 @@ class SmtpClient:
         self.pipelining = False
         self.last_used = time.monotonic()
         self.closed = False
+        self._received = bytearray()  # read from the server, not yet parsed into replies
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float, helo: str = "") -> SmtpClient:
@@ -102,23 +127,36 @@ class SmtpClient:
         client.pipelining = any(line.upper() == "PIPELINING" for line in ehlo.text.split("\n"))
         return client
 
-    async def read_reply(self, stage: str, *, after_data: bool = False) -> Reply:
+    def _next_reply(self, stage: str, after_data: bool) -> Reply | None:
+        """The first complete reply in the receive buffer (taken out of it), or None."""
+        buf = self._received
         lines = []
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            text = buf[start:end].decode("utf-8", "replace").rstrip("\r")
+            start = end + 1
+            if len(text) < 3 or not text[:3].isdigit():
+                raise SmtpConnectionError(f"garbled reply at {stage}: {text!r}", after_data=after_data)
+            lines.append(text[4:])
+            if text[3:4] != "-":
+                del buf[:start]
+                return Reply(int(text[:3]), "\n".join(lines), stage)
+        if len(buf) > REPLY_LIMIT:
+            raise SmtpConnectionError(f"garbled reply at {stage}: no line end", after_data=after_data)
+        return None
+
+    async def read_reply(self, stage: str, *, after_data: bool = False) -> Reply:
         try:
-            while True:
-                # asyncio.timeout, not wait_for: no extra task per line (this is the hot path)
+            while (reply := self._next_reply(stage, after_data)) is None:
+                # A timeout only around a real wait: replies that came together cost no await.
                 async with asyncio.timeout(self.timeout):
-                    line = await self.reader.readline()
-                if not line:
+                    data = await self.reader.read(READ_CHUNK)
+                if not data:
                     raise SmtpConnectionError(
                         f"connection closed by server at {stage}", after_data=after_data
                     )
-                text = line.decode("utf-8", "replace").rstrip("\r\n")
-                if len(text) < 3 or not text[:3].isdigit():
-                    raise SmtpConnectionError(f"garbled reply at {stage}: {text!r}", after_data=after_data)
-                lines.append(text[4:])
-                if text[3:4] != "-":
-                    return Reply(int(text[:3]), "\n".join(lines), stage)
+                self._received += data
+            return reply
         except (OSError, TimeoutError) as exc:
             self.closed = True
             raise SmtpConnectionError(
@@ -127,6 +165,15 @@ class SmtpClient:
         except SmtpConnectionError:
             self.closed = True
             raise
+
+    def has_lines(self, count: int) -> bool:
+        """Whether ``count`` reply lines are already received (so reading them will not wait)."""
+        return self._received.count(b"\n") >= count
+
+    def write(self, data: bytes) -> None:
+        """Hand bytes to the transport without waiting: the reply awaited next covers their
+        delivery, and a connection lost meanwhile shows there."""
+        self.writer.write(data)
 
     async def _write(self, data: bytes, stage: str, *, after_data: bool = False) -> None:
         try:
@@ -146,7 +193,7 @@ class SmtpClient:
 
     async def send(self, mail_from: str, rcpt: str, raw: bytes) -> Reply:
         """One transaction; returns the deciding reply (first failure or the final one)."""
-        return await self.send_encoded(mail_from, rcpt, encode_data(raw))
+        return await self.send_encoded(mail_from, rcpt, encode_body(raw))
 
     @staticmethod
     def envelope(mail_from: str, rcpt: str) -> bytes:
@@ -170,8 +217,8 @@ class SmtpClient:
                 return reply
         return None
 
-    async def send_encoded(self, mail_from: str, rcpt: str, data: bytes) -> Reply:
-        """Like ``send`` with the body already passed through ``encode_data``."""
+    async def send_encoded(self, mail_from: str, rcpt: str, body: bytes) -> Reply:
+        """Like ``send`` with the body already passed through ``encode_body``."""
         self.last_used = time.monotonic()
         mail = f"MAIL FROM:<{mail_from}>"
         rcpt_cmd = f"RCPT TO:<{rcpt}>"
@@ -188,7 +235,8 @@ class SmtpClient:
         failed = await self._check(replies)
         if failed is not None:
             return failed
-        await self._write(data, "dot", after_data=True)
+        self.write(body)
+        await self._write(DOT, "dot", after_data=True)
         final = await self.read_reply("dot", after_data=True)
         self.last_used = time.monotonic()
         return final
@@ -197,6 +245,11 @@ class SmtpClient:
         reply = await self.command("RSET", "rset")
         if reply.code != 250:
             raise SmtpConnectionError(f"RSET refused: {reply}")
+
+    def abort(self) -> None:
+        """Drop the connection without QUIT (mid-transaction, a QUIT would be message text)."""
+        self.closed = True
+        self.writer.transport.abort()
 
     async def close(self) -> None:
         if not self.closed:
@@ -225,6 +278,23 @@ class BatchResult:
     connection_error: str = ""
 
 
+_STAT = {"submitted": "submitted", "retry": "retried", "failed": "failed"}
+
+
+def _log_result(row: dict, reply: Reply, outcome: str, delay: float) -> None:
+    text = str(reply)
+    ident = f"message={row['message']} recipient={row['id']} address={row['address']}"
+    if outcome == "submitted":
+        qid = queue_id_from_reply(text)
+        log.info("event=submitted %s qid=%s envelope_from=%s", ident, qid or "-", row["envelope_from"])
+    elif outcome == "retry":
+        log.warning(
+            "event=submit_deferred %s stage=%s retry_in=%.0f reply=%r", ident, reply.stage, delay, text
+        )
+    else:
+        log.error("event=submit_failed %s stage=%s reply=%r", ident, reply.stage, text)
+
+
 def backoff(attempts: int, *, base: float, maximum: float) -> float:
     """Delay before retry number ``attempts`` (1 = first retry)."""
     return min(base * 2 ** max(attempts - 1, 0), maximum)
@@ -234,7 +304,8 @@ class Submitter:
     """Submits released recipients over a pool of reused connections."""
 
     IDLE_CLOSE = 30.0
-    BODY_CACHE = 32
+    BODY_CACHE = 32  # encoded bodies kept: every recipient of a message shares one
+    BODY_CACHE_BYTES = 16 * 1024 * 1024
 
     def __init__(self, queue: Queue, config: SubmitConfig, *, connector: Connector | None = None):
         self.queue = queue
@@ -242,6 +313,9 @@ class Submitter:
         self.connector = connector or self._connect
         self.pool: list[SmtpClient] = []
         self._bodies: OrderedDict[int, bytes] = OrderedDict()
+        self._body_bytes = 0
+        # Replies read and judged, not yet committed: (row, reply, outcome, retry delay).
+        self._results: list[tuple[dict, Reply, str, float]] = []
         self.stats = {"submitted": 0, "retried": 0, "failed": 0, "connection_errors": 0}
 
     async def _connect(self) -> SmtpClient:
@@ -274,13 +348,17 @@ class Submitter:
         return True
 
     def _body(self, message_id: int) -> bytes:
-        """The message's DATA bytes (CRLF, dot-stuffed), cached: every recipient shares them."""
+        """The message's DATA bytes without the final "." (``encode_body``), cached: every
+        recipient shares them. The cache is bounded in bytes too (messages can be large)."""
         body = self._bodies.get(message_id)
         if body is None:
-            body = encode_data(self.queue.body(message_id))
+            body = encode_body(self.queue.body(message_id))
             self._bodies[message_id] = body
-            if len(self._bodies) > self.BODY_CACHE:
-                self._bodies.popitem(last=False)
+            self._body_bytes += len(body)
+            while len(self._bodies) > 2 and (
+                len(self._bodies) > self.BODY_CACHE or self._body_bytes > self.BODY_CACHE_BYTES
+            ):
+                self._body_bytes -= len(self._bodies.popitem(last=False)[1])
         else:
             self._bodies.move_to_end(message_id)
         return body
@@ -293,7 +371,10 @@ class Submitter:
             pending.put_nowait(row)
         stop = stop or asyncio.Event()
         workers = max(1, min(self.config.connections, len(rows)))
-        await asyncio.gather(*(self._worker(pending, result, stop) for _ in range(workers)))
+        try:
+            await asyncio.gather(*(self._worker(pending, result, stop) for _ in range(workers)))
+        finally:
+            self._commit()
         # Anything left (every connection died, or the service is stopping) was never sent: it
         # goes back to 'queued' and its release is forgotten.
         leftover = []
@@ -317,19 +398,19 @@ class Submitter:
                         self.stats["connection_errors"] += 1
                         result.connection_error = str(exc)
                         log.warning("event=submit_connect_failed error=%r", str(exc))
-                        return
+                        break
                 # Look again after the await: while this worker was connecting, the other
                 # workers may have taken every row (or the service began to stop).
                 row = self._next(pending, stop)
                 if row is None:
-                    return
+                    break
                 # Rows taken from `pending` and not finished; the first may have its DATA sent.
                 in_hand = [row]
                 try:
                     if client.pipelining:
                         await self._stream(client, in_hand, pending, stop, result)
                     else:
-                        row = in_hand[0]
+                        self._commit()  # this connection's previous result, before its next "."
                         reply = await client.send_encoded(
                             row["envelope_from"], row["address"], self._body(row["message"])
                         )
@@ -341,10 +422,15 @@ class Submitter:
                     client = None
                     reconnects += 1
                     if reconnects > 3:
-                        return
-        finally:
-            if client is not None and not client.closed:
-                self.pool.append(client)
+                        break
+        except BaseException:
+            # Left in the middle of a transaction (the queue failed, or cancelled): no QUIT,
+            # which the server would read as message text, and no reuse.
+            if client is not None:
+                client.abort()
+            raise
+        if client is not None and not client.closed:
+            self.pool.append(client)
 
     @staticmethod
     def _next(pending: asyncio.Queue[dict], stop: asyncio.Event) -> dict | None:
@@ -359,9 +445,10 @@ class Submitter:
         result: BatchResult,
     ) -> None:
         """Transactions back to back on one connection, each message's final "." pipelined with
-        the next message's MAIL/RCPT/DATA (RFC 2920): one round trip per message."""
+        the next message's MAIL/RCPT/DATA (RFC 2920): one round trip per message. The order of
+        the steps is the module docstring's."""
         row = in_hand[0]
-        await client._write(client.envelope(row["envelope_from"], row["address"]), "mail")
+        client.write(client.envelope(row["envelope_from"], row["address"]))
         while in_hand:
             row = in_hand[0]
             client.last_used = time.monotonic()
@@ -372,17 +459,26 @@ class Submitter:
                 nxt = self._next(pending, stop)
                 if nxt is not None:
                     in_hand.append(nxt)
-                    await client._write(client.envelope(nxt["envelope_from"], nxt["address"]), "mail")
+                    client.write(client.envelope(nxt["envelope_from"], nxt["address"]))
                 continue
+            body = self._body(row["message"])
+            if len(body) >= SPLIT_BODY:
+                client.write(body)  # the server reads it while the results are committed
+                body = b""
+            self._commit()
+            tail = body + DOT
             nxt = self._next(pending, stop)
-            payload = self._body(row["message"])
             if nxt is not None:
                 in_hand.append(nxt)
-                payload += client.envelope(nxt["envelope_from"], nxt["address"])
-            await client._write(payload, "dot", after_data=True)
+                tail += client.envelope(nxt["envelope_from"], nxt["address"])
+            client.write(tail)
+            if nxt is not None:
+                self._body(nxt["message"])
             final = await client.read_reply("dot", after_data=True)
             in_hand.pop(0)
             self._record(row, final, result)
+            if not client.has_lines(3):
+                self._commit()  # the next replies are still on their way: commit while waiting
 
     def _connection_lost(
         self, exc: SmtpConnectionError, in_hand: list[dict], pending: asyncio.Queue[dict], result: BatchResult
@@ -405,26 +501,35 @@ class Submitter:
         in_hand.clear()
 
     def _record(self, row: dict, reply: Reply, result: BatchResult) -> None:
-        text = str(reply)
-        ident = f"message={row['message']} recipient={row['id']} address={row['address']}"
+        """Judge a reply; it is committed with the others by the next ``_commit``."""
+        delay = 0.0
         if 200 <= reply.code < 300 and reply.stage == "dot":
-            qid = self.queue.mark_submitted(row["id"], text)
+            outcome = "submitted"
             result.submitted += 1
-            self.stats["submitted"] += 1
-            log.info("event=submitted %s qid=%s envelope_from=%s", ident, qid or "-", row["envelope_from"])
         elif 400 <= reply.code < 500 or reply.code < 200:
+            outcome = "retry"
             delay = backoff(row["attempts"] + 1, base=self.config.retry_base, maximum=self.config.retry_max)
-            self.queue.mark_retry(row["id"], text, delay=delay)
             result.retried += 1
-            self.stats["retried"] += 1
-            log.warning(
-                "event=submit_deferred %s stage=%s retry_in=%.0f reply=%r", ident, reply.stage, delay, text
-            )
         else:
-            self.queue.mark_failed(row["id"], text)
+            outcome = "failed"
             result.failed += 1
-            self.stats["failed"] += 1
-            log.error("event=submit_failed %s stage=%s reply=%r", ident, reply.stage, text)
+        self.stats[_STAT[outcome]] += 1
+        self._results.append((row, reply, outcome, delay))
+
+    def _commit(self) -> None:
+        """Write every result read so far in one transaction, then log them. Called before any
+        connection sends a final ".", so each connection has at most one message whose "." went
+        out while its result was not yet committed."""
+        if not self._results:
+            return
+        results, self._results = self._results, []
+        try:
+            self.queue.record_submissions(
+                [(row["id"], outcome, str(reply), delay) for row, reply, outcome, delay in results]
+            )
+        finally:
+            for row, reply, outcome, delay in results:
+                _log_result(row, reply, outcome, delay)
 
     async def close_idle(self) -> int:
         """QUIT pooled connections unused for IDLE_CLOSE seconds (between batches); returns how many."""

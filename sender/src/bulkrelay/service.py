@@ -325,6 +325,12 @@ def setup_logging(level: str = "INFO") -> None:
     )
     # aiosmtpd logs every SMTP command at INFO on "mail.log"; the intake logs its own events.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # The format uses none of these, and a drain logs a line per recipient: skip the caller's
+    # frame walk and the thread/process look-ups per record (the logging HOWTO's optimisations).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def _run(args) -> int:

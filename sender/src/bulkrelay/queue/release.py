@@ -1,14 +1,16 @@
 """Release: hand ready recipients to Postfix and record what happened at submission.
 
 ``take`` marks a batch 'submitting' and writes the release ledger in one transaction; the
-``mark_*`` calls record the SMTP reply per recipient; the ledger queries feed bulkrelay.policy.
+``mark_*`` calls record the SMTP reply per recipient, ``record_submissions`` several of them in
+one transaction; the ledger queries feed bulkrelay.policy.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bulkrelay.bounces.classify import classify, find_status
@@ -19,6 +21,8 @@ from bulkrelay.queue.storage import ERRORS_KEPT
 log = logging.getLogger("bulkrelay.queue")
 
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+# One SMTP result for ``record_submissions``: (recipient id, kind, reply, retry delay in seconds).
+Outcome = tuple[int, str, str, float]
 
 
 def queue_id_from_reply(reply: str) -> str | None:
@@ -87,6 +91,7 @@ class Release(Events):
                 ).fetchall()
                 if not rows:
                     break
+                released: list[dict] = []  # written together (executemany), in this order
                 for row in rows:
                     last = (row["next_attempt"], row["id"])
                     rec = dict(row)
@@ -95,6 +100,8 @@ class Release(Events):
                         continue
                     reason = skip(rec["address"]) if skip else None
                     if reason:
+                        self._released(conn, released, now)  # events keep the order of the rows
+                        released = []
                         conn.execute(
                             "UPDATE recipients SET state = 'suppressed', last_reply = ?, updated_at = ? "
                             "WHERE id = ?",
@@ -114,20 +121,27 @@ class Release(Events):
                         if remaining[domain] <= 0:
                             blocked.add(domain)
                     rec["envelope_from"] = envelope(rec) if envelope else rec["mail_from"]
-                    conn.execute(
-                        "UPDATE recipients SET state = 'submitting', envelope_from = ?, updated_at = ? "
-                        "WHERE id = ?",
-                        (rec["envelope_from"], now, rec["id"]),
-                    )
-                    conn.execute(
-                        "INSERT INTO releases(recipient, at, domain) VALUES (?, ?, ?)",
-                        (rec["id"], now, domain),
-                    )
-                    self._event(conn, "released", rec["id"])
+                    released.append(rec)
                     taken.append(rec)
                     if len(taken) >= limit:
                         break
+                self._released(conn, released, now)
         return taken
+
+    def _released(self, conn: sqlite3.Connection, rows: list[dict], now: float) -> None:
+        """Mark ``rows`` 'submitting' with their envelope sender, record their releases and write
+        their ``released`` events, a statement for all of them each."""
+        if not rows:
+            return
+        conn.executemany(
+            "UPDATE recipients SET state = 'submitting', envelope_from = ?, updated_at = ? WHERE id = ?",
+            [(r["envelope_from"], now, r["id"]) for r in rows],
+        )
+        conn.executemany(
+            "INSERT INTO releases(recipient, at, domain) VALUES (?, ?, ?)",
+            [(r["id"], now, r["domain"]) for r in rows],
+        )
+        self._events(conn, "released", [r["id"] for r in rows])
 
     def give_back(self, recipient_ids: list[int], *, reason: str) -> None:
         """Return never-sent 'submitting' rows to 'queued' and forget their releases."""
@@ -147,44 +161,69 @@ class Release(Events):
                 )
 
     def mark_submitted(self, recipient_id: int, reply: str) -> str | None:
-        qid = queue_id_from_reply(reply)
+        """'submitted' with the Postfix queue id from the 2xx reply to the final "."; returns it."""
         with self.transaction(durable=False) as conn:
-            conn.execute(
-                "UPDATE recipients SET state = 'submitted', postfix_qid = ?, last_reply = ?, "
-                "attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                (qid, reply, self.clock(), recipient_id),
-            )
-            self._event(conn, "submitted", recipient_id, queue_id=qid, reply=reply, source="submission")
-            if qid:
-                apply_pending(conn, recipient_id, qid, self)
-        return qid
+            return self._submitted(conn, recipient_id, reply)
 
     def mark_retry(self, recipient_id: int, reply: str, *, delay: float) -> None:
-        now = self.clock()
+        """Back to 'queued' after a 4xx, ready again in ``delay`` seconds."""
         with self.transaction(durable=False) as conn:
-            conn.execute(
-                "UPDATE recipients SET state = 'queued', last_reply = ?, attempts = attempts + 1, "
-                "next_attempt = ?, updated_at = ? WHERE id = ?",
-                (reply, now + delay, now, recipient_id),
-            )
-            self._error(conn, recipient_id, f"retry in {delay:.0f}s: {reply}")
-            self._deferred(
-                conn, recipient_id, dsn=find_status(reply) or None, reply=reply, source="submission"
-            )
+            self._retry(conn, recipient_id, reply, delay)
 
     def mark_failed(self, recipient_id: int, reply: str) -> None:
+        """'failed' after a 5xx at submission (a hard or soft ``bounced`` event, as classified)."""
         with self.transaction(durable=False) as conn:
-            conn.execute(
-                "UPDATE recipients SET state = 'failed', last_reply = ?, attempts = attempts + 1, "
-                "updated_at = ? WHERE id = ?",
-                (reply, self.clock(), recipient_id),
-            )
-            self._error(conn, recipient_id, f"failed: {reply}")
-            dsn = find_status(reply)
-            kind = classify(dsn, reply)
-            self._event(
-                conn, "bounced", recipient_id, dsn=dsn or None, reply=reply, kind=kind, source="submission"
-            )
+            self._failed(conn, recipient_id, reply)
+
+    def record_submissions(self, outcomes: Iterable[Outcome]) -> None:
+        """Several submission results in one transaction (the same rows and events as the
+        ``mark_*`` calls one by one): ``(recipient_id, kind, reply, retry_delay)`` with kind
+        'submitted', 'retry' or 'failed'. Not durable, as those: see ``Storage.transaction``."""
+        with self.transaction(durable=False) as conn:
+            for recipient_id, kind, reply, delay in outcomes:
+                if kind == "submitted":
+                    self._submitted(conn, recipient_id, reply)
+                elif kind == "retry":
+                    self._retry(conn, recipient_id, reply, delay)
+                elif kind == "failed":
+                    self._failed(conn, recipient_id, reply)
+                else:
+                    raise ValueError(f"unknown submission outcome {kind!r}")
+
+    def _submitted(self, conn: sqlite3.Connection, recipient_id: int, reply: str) -> str | None:
+        qid = queue_id_from_reply(reply)
+        conn.execute(
+            "UPDATE recipients SET state = 'submitted', postfix_qid = ?, last_reply = ?, "
+            "attempts = attempts + 1, updated_at = ? WHERE id = ?",
+            (qid, reply, self.clock(), recipient_id),
+        )
+        self._event(conn, "submitted", recipient_id, queue_id=qid, reply=reply, source="submission")
+        if qid:
+            apply_pending(conn, recipient_id, qid, self)
+        return qid
+
+    def _retry(self, conn: sqlite3.Connection, recipient_id: int, reply: str, delay: float) -> None:
+        now = self.clock()
+        conn.execute(
+            "UPDATE recipients SET state = 'queued', last_reply = ?, attempts = attempts + 1, "
+            "next_attempt = ?, updated_at = ? WHERE id = ?",
+            (reply, now + delay, now, recipient_id),
+        )
+        self._error(conn, recipient_id, f"retry in {delay:.0f}s: {reply}")
+        self._deferred(conn, recipient_id, dsn=find_status(reply) or None, reply=reply, source="submission")
+
+    def _failed(self, conn: sqlite3.Connection, recipient_id: int, reply: str) -> None:
+        conn.execute(
+            "UPDATE recipients SET state = 'failed', last_reply = ?, attempts = attempts + 1, "
+            "updated_at = ? WHERE id = ?",
+            (reply, self.clock(), recipient_id),
+        )
+        self._error(conn, recipient_id, f"failed: {reply}")
+        dsn = find_status(reply)
+        kind = classify(dsn, reply)
+        self._event(
+            conn, "bounced", recipient_id, dsn=dsn or None, reply=reply, kind=kind, source="submission"
+        )
 
     # -- release ledger (read by bulkrelay.policy) -------------------------------------------
 
