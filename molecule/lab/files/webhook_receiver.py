@@ -46,8 +46,8 @@ class Receiver(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             return self.answer(413, "body too large")
         body = self.rfile.read(length)
-        config = self.server.config
-        if not signature_ok(self.headers.get("X-Bulkrelay-Signature"), body, config.secret, time.time(), config.window):
+        config, signature = self.server.config, self.headers.get("X-Bulkrelay-Signature")
+        if not signature_ok(signature, body, config.secret, time.time(), config.window):
             return self.answer(401, "bad signature or timestamp outside the replay window")
         try:
             events = json.loads(body)["events"]
