@@ -29,9 +29,9 @@ MAX_BODY = 10 * 1024 * 1024
 
 def signature_ok(header, body, secret, now, window):
     """True when one v1 value of ``header`` signs ``body`` with ``secret`` and its t is fresh."""
-    fields = [part.strip().split("=", 1) for part in (header or "").split(",")]
-    stamps = [value for key, value in fields if key == "t"]
-    signatures = [value for key, value in fields if key == "v1"]
+    fields = [part.strip().partition("=") for part in (header or "").split(",")]
+    stamps = [value for key, _, value in fields if key == "t"]
+    signatures = [value for key, _, value in fields if key == "v1"]
     if len(stamps) != 1 or not stamps[0].isdigit() or abs(now - int(stamps[0])) > window:
         return False
     expected = hmac.new(secret, stamps[0].encode() + b"." + body, hashlib.sha256).hexdigest()
