@@ -32,24 +32,8 @@ options:
         C(relay_dkim__public_keys). Empty = only check that the record is valid.
     type: str
     default: ""
-  nameservers:
-    description:
-      - Nameservers to ask, each C(IP), C(IP:port) or C([IPv6]:port). Empty = the system's
-        nameservers (search domains are never used).
-    type: list
-    elements: str
-    default: []
-  timeout:
-    description: Seconds allowed for each DNS query.
-    type: float
-    default: 5
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-requirements:
-  - bulkrelay (sender/ of this repository) on the controller
+extends_documentation_fragment:
+  - bulkrelay_dns_check
 """
 
 EXAMPLES = r"""

@@ -14,7 +14,8 @@ description:
     O(min_policy) and that the From domain aligns with the Return-Path domain (SPF) and/or the
     DKIM signing domain.
   - The organizational domain comes from the Public Suffix List (C(example.co.uk), not
-    C(co.uk)): Debian's package publicsuffix when installed, else the copy publicsuffix2 ships.
+    C(co.uk)), read from Debian's package publicsuffix when installed, else from the copy
+    publicsuffix2 ships.
   - Read-only; never changes anything. A failed check fails the task with a message that says
     which record to set to what. A DNS timeout or SERVFAIL fails as "could not tell".
   - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
@@ -42,24 +43,8 @@ options:
     description: The record to suggest in the failure message.
     type: str
     default: ""
-  nameservers:
-    description:
-      - Nameservers to ask, each C(IP), C(IP:port) or C([IPv6]:port). Empty = the system's
-        nameservers (search domains are never used).
-    type: list
-    elements: str
-    default: []
-  timeout:
-    description: Seconds allowed for each DNS query.
-    type: float
-    default: 5
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-requirements:
-  - bulkrelay (sender/ of this repository) on the controller
+extends_documentation_fragment:
+  - bulkrelay_dns_check
 """
 
 EXAMPLES = r"""

@@ -65,22 +65,10 @@ options:
     type: list
     elements: dict
     default: []
-  nameservers:
-    description: Nameservers to read the published DKIM keys from; empty = the system's.
-    type: list
-    elements: str
-    default: []
-  timeout:
-    description: Seconds allowed for each DNS query.
-    type: float
-    default: 5
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 requirements:
-  - bulkrelay (sender/ of this repository) and dkimpy on the controller
+  - dkimpy on the controller
+extends_documentation_fragment:
+  - bulkrelay_dns_check
 """
 
 EXAMPLES = r"""

@@ -11,7 +11,7 @@ short_description: Run read-only commands and return each one's rc, stdout and s
 description:
   - One task instead of one per command (each task costs a round trip to the relay), for the
     audit's reads of live state (postconf, nft, ss, systemctl show, postqueue -j).
-  - A command that fails or is missing is returned with its rc and message, never raised:
+  - A command that fails or is missing is returned with its rc and message, never raised;
     the caller judges it ("could not tell"). Runs the commands in check mode too (they only read).
 version_added: "0.1.0"
 author: bulkrelay

@@ -40,24 +40,10 @@ options:
     type: str
     default: pass
     choices: [pass, fail, softfail, neutral, none]
-  nameservers:
-    description:
-      - Nameservers to ask, each C(IP), C(IP:port) or C([IPv6]:port). Empty = the system's
-        nameservers (search domains are never used).
-    type: list
-    elements: str
-    default: []
-  timeout:
-    description: Seconds allowed for each DNS query.
-    type: float
-    default: 5
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 requirements:
-  - bulkrelay (sender/ of this repository) and pyspf on the controller
+  - pyspf on the controller
+extends_documentation_fragment:
+  - bulkrelay_dns_check
 """
 
 EXAMPLES = r"""

@@ -10,7 +10,7 @@ module: bulkrelay_tcp_probe
 short_description: Try TCP connections from this host and report connected, refused or timeout
 description:
   - Connects to each O(targets) entry once and tells the three outcomes apart, which
-    M(ansible.builtin.wait_for) does not. A timeout is not "closed": the caller judges it.
+    M(ansible.builtin.wait_for) does not. A timeout is not "closed"; the caller judges it.
   - Read-only; never reports changed. Self-contained (standard library only), so it runs on the
     controller or on any inventory host chosen as the vantage point.
 version_added: "0.1.0"

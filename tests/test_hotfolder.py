@@ -83,6 +83,7 @@ BAD = {
     "big.eml": (GOOD + (b"x" * 900 + b"\r\n") * 6, "4096-byte limit"),
     "badrcpt.eml": (GOOD.replace(b"To: alice@customer.test", b"To: alice@localhost"), "not fully qualified"),
     "norcpt.eml": (b"From: billing@example.test\r\nSubject: x\r\n\r\nbody\r\n", "no recipient"),
+    "badref.eml": (GOOD.replace(b"Subject:", b"X-Bulkrelay-Ref: INV\t7\r\nSubject:"), "control or non-ASCII"),
 }
 
 

@@ -80,12 +80,33 @@ def test_accepts_and_commits_before_250(intake):
         q.close()
 
 
+def test_the_reference_is_kept_out_of_the_message_and_on_its_events(intake):
+    with intake.client() as smtp:
+        smtp.ehlo("app.example.test")
+        smtp.mail("billing@example.test")
+        smtp.rcpt("alice@customer.test")
+        code, reply = smtp.data(GOOD.replace(b"Subject:", b"X-Bulkrelay-Ref: INV-1\r\nSubject:"))
+    assert code == 250
+    q = Queue(intake.conf.queue.path)
+    try:
+        assert b"X-Bulkrelay-Ref" not in q.body(int(reply.decode().rsplit(" ", 1)[1]))
+        got = [(e["type"], e["ref"], e["source"], e["recipient"]) for e in q.events_since(0)]
+        assert got == [("accepted", "INV-1", "intake", "alice@customer.test")]
+    finally:
+        q.close()
+
+
 @pytest.mark.parametrize(
     ("raw", "code", "words"),
     [
         (GOOD.replace(b"From: Billing <billing@example.test>\r\n", b""), 550, "no From:"),
         (GOOD.replace(b"Subject: Invoice 1", "Subject: Rechnung für".encode("latin-1")), 550, "not UTF-8"),
         (b"this is not a mail\r\njust text\r\n", 550, "header"),
+        (
+            GOOD.replace(b"Subject:", b"X-Bulkrelay-Ref: \r\nSubject:"),
+            550,
+            "X-Bulkrelay-Ref: header is empty",
+        ),
     ],
 )
 def test_bad_messages_refused_nothing_queued(intake, raw, code, words):

@@ -82,6 +82,7 @@ def test_enqueue_bad_files_reported_good_ones_queued(conf, tmp_path):
         "eightbit.eml": GOOD.replace(b"Subject: Invoice 9", "Subject: Grüße".encode("latin-1")),
         "big.eml": GOOD + (b"x" * 900 + b"\r\n") * 6,
         "garbage.eml": b"\x89PNG\r\n\x1a\n",
+        "longref.eml": GOOD.replace(b"Subject:", b"X-Bulkrelay-Ref: " + b"9" * 200 + b"\r\nSubject:"),
     }
     for name, raw in files.items():
         (tmp_path / name).write_bytes(raw)
@@ -94,7 +95,8 @@ def test_enqueue_bad_files_reported_good_ones_queued(conf, tmp_path):
     assert "big.eml: not queued: message is" in err
     assert "garbage.eml: not queued:" in err
     assert "missing.eml: not queued: cannot read" in err
-    assert "1 queued, 5 rejected" in err
+    assert "longref.eml: not queued: X-Bulkrelay-Ref: header has 200 characters; shorten it" in err
+    assert "1 queued, 6 rejected" in err
     assert "Traceback" not in err
     assert len(rows(conf)) == 1
 
@@ -176,12 +178,22 @@ def test_config_check(conf, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[intake]\nlisten = ["0.0.0.0:2525"]\n')
     result = run("config", "check", "--config", str(bad))
-    assert result.returncode == 2 and b"allowed_networks is empty" in result.stderr
+    assert result.returncode == 2 and b"allows no network" in result.stderr
+    bad.write_text('[intake]\nlisten = ["0.0.0.0:25"]\nallowed_networks = ["203.0.113.0/24"]\n')
+    result = run("config", "check", "--config", str(bad))
+    assert result.returncode == 2 and b"intake.listen: port 25" in result.stderr
+    bad.write_text('[hotfolder]\npath = "spool/in"\n')
+    result = run("config", "check", "--config", str(bad))
+    assert result.returncode == 2 and b"hotfolder.path: 'spool/in' is not an absolute path" in result.stderr
     bad.write_text('[intake]\ntls_cert = "/nonexistent/c.pem"\ntls_key = "/nonexistent/k.pem"\n')
     result = run("config", "check", "--config", str(bad))
     assert result.returncode == 2 and b"intake.tls_cert" in result.stderr
+    # --settings-only judges the settings without the files (the relay's, checked from the controller)
+    assert run("config", "check", "--settings-only", "--config", str(bad)).returncode == 0
     bad.write_text("[intake]\nlistn = []\n")
     result = run("config", "check", "--config", str(bad))
+    assert result.returncode == 2 and b"intake.listn: unknown key" in result.stderr
+    result = run("config", "check", "--settings-only", "--config", str(bad))
     assert result.returncode == 2 and b"intake.listn: unknown key" in result.stderr
 
 

@@ -333,3 +333,21 @@ def test_a_block_of_the_relay_does_not_suppress_the_customer(tmp_path):
     tracker.handle(tracking.parse_syslog_line(blocked))
     assert queue.recipient(rows[2]["id"])["state"] == "bounced"
     assert suppression.lookup(queue.connection, "c@customer.test", now=time.time()) is None
+
+
+def test_log_results_become_events_and_postfix_giving_up_is_expired(tmp_path):
+    queue = Queue(tmp_path / "q.sqlite")
+    submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2F"])
+    before = queue.last_event_cursor()
+    tracker = tracking.Tracker(queue)
+    for name in ("sent", "deferred", "expired", "sent", "deferred"):  # the last two: read again
+        tracker.handle(tracking.parse_syslog_line(LINES[name]))
+    got = [
+        (e["type"], e["recipient"], e["queue_id"], e["dsn"], e["source"]) for e in queue.events_since(before)
+    ]
+    assert got == [
+        ("delivered", "a@customer.test", "4Fk2ab0XyZz1", "2.0.0", "log"),
+        ("deferred", "b@customer.test", "3A7F21C0B2D", "4.4.1", "log"),
+        ("expired", "c@customer.test", "3A7F21C0B2F", "5.4.7", "log"),
+    ]
+    queue.close()

@@ -6,6 +6,10 @@ The source tree is copied to a scratch directory first (without build/, *.egg-in
 the checkout is never written to and two builds never share a build/ directory. With
 SOURCE_DATE_EPOCH fixed, the same sources give a byte-identical wheel, which keeps the copy to
 the relay (and the reinstall it triggers) idempotent.
+
+The wheel is built in a scratch directory and renamed into OUT_DIR, so a play that is copying
+the previous wheel from OUT_DIR at that moment (two molecule scenarios converging at once from
+one checkout) reads a whole file, never a half-written or deleted one.
 """
 
 import os
@@ -21,39 +25,36 @@ EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
 def main(source: str, out: str) -> int:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("bulkrelay-*.whl"):
-        old.unlink()
-    with tempfile.TemporaryDirectory(prefix="bulkrelay-src-") as scratch:
+    # scratch: the source copy; built: beside OUT_DIR, so the rename below is atomic
+    with (
+        tempfile.TemporaryDirectory(prefix="bulkrelay-src-") as scratch,
+        tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as built,
+    ):
         tree = Path(scratch) / "sender"
         shutil.copytree(
             source, tree, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.pyc")
         )
         env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                "--quiet",
-                "--wheel-dir",
-                str(out_dir),
-                str(tree),
-            ],
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", built, str(tree)],
             env=env,
             capture_output=True,
             text=True,
             check=False,
         )
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout + result.stderr)
-        return result.returncode
-    wheels = sorted(out_dir.glob("bulkrelay-*.whl"))
-    if len(wheels) != 1:
-        sys.stderr.write(f"expected one bulkrelay wheel in {out_dir}, found {[w.name for w in wheels]}\n")
-        return 1
-    print(wheels[0])
+        if result.returncode != 0:
+            sys.stderr.write(result.stdout + result.stderr)
+            return result.returncode
+        wheels = sorted(Path(built).glob("bulkrelay-*.whl"))
+        if len(wheels) != 1:
+            sys.stderr.write(f"expected one bulkrelay wheel, pip built {[w.name for w in wheels]}\n")
+            return 1
+        wheel = out_dir / wheels[0].name
+        os.replace(wheels[0], wheel)
+    for stale in out_dir.glob("bulkrelay-*.whl"):
+        if stale != wheel:
+            stale.unlink(missing_ok=True)
+    print(wheel)
     return 0
 
 

@@ -302,7 +302,8 @@ def judge_dnsbl_cron(raw: Mapping[str, Any], now: float, max_age: int) -> CheckR
             "dnsbl-cron",
             subject,
             FAIL,
-            f"no DNSBL state file: the cron job never ran ({_cmd(raw)[2].strip()})",
+            "no DNSBL state file: the cron job never ran or the monitor is not installed "
+            f"({_cmd(raw)[2].strip()})",
             fix,
         )
     try:

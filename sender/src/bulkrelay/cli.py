@@ -30,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "dnsbl": "bulkrelay.dnsbl.cli",
     "dns": "bulkrelay.dns.cli",
     "report": "bulkrelay.report",
+    "events": "bulkrelay.events",
+    "message": "bulkrelay.events",
 }
 
 

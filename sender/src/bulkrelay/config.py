@@ -133,6 +133,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    # days the delivery events stay in the outbox (`bulkrelay events`, webhooks) before pruning
+    keep_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -144,6 +150,7 @@ class Config:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     source_path: str = ""
 
     def verp_key(self) -> bytes:
@@ -292,7 +299,16 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
     if isinstance(default, int):
         minimum = (
             1
-            if name in {"port", "connections", "batch_size", "imap_port", "soft_limit", "max_message_size"}
+            if name
+            in {
+                "port",
+                "connections",
+                "batch_size",
+                "imap_port",
+                "soft_limit",
+                "max_message_size",
+                "keep_days",
+            }
             else 0
         )
         result = _want_int(key, value, minimum=minimum)
@@ -345,6 +361,22 @@ def parse(data: dict[str, Any], *, source_path: str = "") -> Config:
 
 
 def _cross_check(config: Config) -> None:
+    if config.intake.listen and not config.intake.allowed_networks:
+        raise _fail(
+            "intake.allowed_networks",
+            "the intake listens but allows no network, so every client would get 554",
+            "list the application networks (bulkrelay_app_networks)",
+        )
+    if any(address.rpartition(":")[2] == "25" for address in config.intake.listen):
+        raise _fail(
+            "intake.listen",
+            "port 25 is the relay's closed inbound SMTP port",
+            'listen on 2525, e.g. "203.0.113.10:2525"',
+        )
+    if config.hotfolder.path and not os.path.isabs(config.hotfolder.path):
+        raise _fail(
+            "hotfolder.path", f"{config.hotfolder.path!r} is not an absolute path", "write e.g. /srv/invoices"
+        )
     if config.policy.warmup and config.policy.warmup_start is None:
         raise _fail(
             "policy.warmup", "a warm-up schedule needs its start day", "add warmup_start = YYYY-MM-DD"

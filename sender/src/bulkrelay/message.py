@@ -29,6 +29,9 @@ _DOT_ATOM = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*$")
 # RFC 5321 4.1.2 Quoted-string: printable ASCII, with backslash escapes.
 _QUOTED = re.compile(r'^"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
 _LINE_LIMIT = 998  # RFC 5322 2.1.1, without CRLF
+# The application's reference for the delivery events; removed before the message is stored.
+REF_HEADER = "X-Bulkrelay-Ref"
+REF_MAX = 128
 
 
 class BadMessage(ValueError):
@@ -227,9 +230,30 @@ def _check_header_fields(block: HeaderBlock) -> None:
         raise BadMessage("From: header holds no address; add 'From: Name <sender@your-domain>'")
     for addr in addresses:
         check_address(addr, what="From: header address", show=False)
-    for unique in ("date", "message-id", "subject", "to", "cc", "sender", "reply-to"):
+    for unique in ("date", "message-id", "subject", "to", "cc", "sender", "reply-to", "x-bulkrelay-ref"):
         if sum(1 for name, _ in block.fields if name == unique) > 1:
             raise BadMessage(f"message has more than one {unique!r} header; RFC 5322 allows one")
+    for name, value in block.fields:
+        if name == "x-bulkrelay-ref":
+            read_ref(value)
+
+
+def read_ref(value: bytes) -> str:
+    """The application reference in a raw ``X-Bulkrelay-Ref:`` value (folded lines joined).
+
+    A reference is what the application finds its events by (an invoice number): printable
+    ASCII, at most ``REF_MAX`` characters. Anything else is refused rather than replaced by the
+    Message-ID, since events under another reference would never reach the invoice."""
+    ref = re.sub(rb"\r?\n", b"", value).decode("ascii", "replace").strip()
+    if not ref:
+        raise BadMessage(f"{REF_HEADER}: header is empty; give the application's reference or leave it out")
+    if len(ref) > REF_MAX:
+        raise BadMessage(f"{REF_HEADER}: header has {len(ref)} characters; shorten it to at most {REF_MAX}")
+    if not all(" " <= char <= "~" for char in ref):
+        raise BadMessage(
+            f"{REF_HEADER}: header holds control or non-ASCII characters; use printable ASCII only"
+        )
+    return ref
 
 
 def _parsed_headers(raw: bytes) -> Any:

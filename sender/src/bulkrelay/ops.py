@@ -23,7 +23,7 @@ from bulkrelay.queue import STATES, Queue, QueueUnavailable
 from bulkrelay.service import service_state
 
 
-def _open(args) -> tuple[configmod.Config, Queue]:
+def open_queue(args) -> tuple[configmod.Config, Queue]:
     config = configmod.load(args.config)
     try:
         return config, Queue(config.queue.path)
@@ -201,7 +201,7 @@ def _watch(config: configmod.Config, queue: Queue, every: float, out: IO[str]) -
 
 
 def cmd_status(args) -> int:
-    config, queue = _open(args)
+    config, queue = open_queue(args)
     try:
         if args.watch:
             return _watch(config, queue, args.watch, sys.stdout)
@@ -213,7 +213,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_queue(args) -> int:
-    _config, queue = _open(args)
+    _config, queue = open_queue(args)
     try:
         return _QUEUE_ACTIONS[args.action](args, queue)
     finally:
@@ -296,7 +296,7 @@ _QUEUE_ACTIONS = {"list": _list, "show": _show, "retry": _retry, "drop": _drop}
 
 
 def cmd_pause(args) -> int:
-    _config, queue = _open(args)
+    _config, queue = open_queue(args)
     try:
         pause(queue, args.reason)
         print(f"paused: {args.reason}; nothing is released until `bulkrelay resume`")
@@ -306,7 +306,7 @@ def cmd_pause(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    _config, queue = _open(args)
+    _config, queue = open_queue(args)
     try:
         was = resume(queue)
         print("resumed" if was else "was not paused")

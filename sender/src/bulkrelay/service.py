@@ -128,7 +128,10 @@ class ReleaseLoop:
         self.stop = asyncio.Event()
 
     def maintenance(self, now: float) -> None:
-        self.queue.prune(before=now - max(KEEP_RELEASES, 2 * self.config.policy.interval))
+        self.queue.prune(
+            before=now - max(KEEP_RELEASES, 2 * self.config.policy.interval),
+            events_before=now - self.config.events.keep_days * 86400.0,
+        )
         resolve_ambiguous(self.queue, older_than=now - AMBIGUOUS_GRACE, suppress=self.suppress)
         self.last_maintenance = now
 

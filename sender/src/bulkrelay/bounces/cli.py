@@ -1,4 +1,4 @@
-"""``bulkrelay bounces poll|parse`` and ``bulkrelay suppress list|add|remove|import|export``."""
+"""``bulkrelay bounces poll|parse`` and ``bulkrelay suppress list|check|add|remove|import|export``."""
 
 from __future__ import annotations
 
@@ -201,6 +201,28 @@ def run_list(args) -> int:
     return 0
 
 
+def run_check(args) -> int:
+    """Exit 0 "not suppressed", 1 with the reason and since when, 2 for a malformed address."""
+    try:
+        suppression.normalize(args.address)
+    except suppression.BadAddress as exc:
+        raise UsageError(str(exc)) from None
+    queue = _queue(_config(args.config) if not args.db else None, args.db)
+    try:
+        entry = suppression.lookup(queue.connection, args.address, now=time.time())
+    finally:
+        queue.close()
+    if entry is None:
+        print(f"{args.address}: not suppressed")
+        return 0
+    until = f", until {_iso(entry['expires_at'])}" if entry["expires_at"] is not None else ""
+    print(
+        f"{entry['address']}: suppressed since {_iso(entry['created_at'])}{until} "
+        f"({entry['source']}): {entry['reason']}"
+    )
+    return 1
+
+
 def run_add(args) -> int:
     try:
         expires = suppression.parse_time(args.expires or "", what="--expires")
@@ -298,13 +320,21 @@ def register(subparsers) -> None:
     parse.add_argument("--config", help="sender TOML, to match VERP tokens with its key")
     parse.set_defaults(func=run_parse)
 
-    sup = subparsers.add_parser("suppress", help="the suppression list: list, add, remove, import, export")
+    sup = subparsers.add_parser(
+        "suppress", help="the suppression list: list, check, add, remove, import, export"
+    )
     sub = sup.add_subparsers(dest="suppress_command", metavar="ACTION", required=True)
     p = sub.add_parser("list", help="active entries (address, since, source, reason, until when)")
     _common(p)
     p.add_argument("--all", action="store_true", help="include expired entries")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_list)
+    p = sub.add_parser(
+        "check", help="is an address suppressed? exit 0 no, 1 yes (why, since when), 2 malformed"
+    )
+    _common(p)
+    p.add_argument("address")
+    p.set_defaults(func=run_check)
     p = sub.add_parser("add", help="suppress addresses")
     _common(p)
     p.add_argument("addresses", nargs="+")

@@ -1,4 +1,8 @@
-"""Enqueue: store one message for its recipients, adding Message-ID and Date when missing."""
+"""Enqueue: store one message for its recipients, adding Message-ID and Date when missing.
+
+The application's reference (``X-Bulkrelay-Ref:``) is taken out of the message here, so it is
+never sent, and kept in ``messages.ref``; without the header the reference is the Message-ID.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import email.utils
 import logging
 import re
 
-from bulkrelay.queue.storage import Storage, domain_of
+from bulkrelay.message import REF_HEADER, read_ref
+from bulkrelay.queue.events import Events, intake_source
+from bulkrelay.queue.storage import domain_of
 
 log = logging.getLogger("bulkrelay.queue")
 
@@ -23,6 +29,25 @@ def _has_header(headers: bytes, name: bytes) -> bytes | None:
     pattern = re.compile(rb"^" + re.escape(name) + rb"[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
     match = pattern.search(headers)
     return match.group(1).strip() if match else None
+
+
+_REF_FIELD = re.compile(
+    rb"^" + REF_HEADER.encode() + rb"[ \t]*:(?P<value>[^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)", re.I | re.M
+)
+
+
+def take_ref(raw: bytes) -> tuple[bytes, str | None]:
+    """(raw without its X-Bulkrelay-Ref: fields, the reference or None when there is none).
+
+    Raises bulkrelay.message.BadMessage (a ValueError) for a malformed reference; the intake's
+    validation refuses those first, with the same reason."""
+    match = _HEADER_END.search(raw)
+    end = match.start() + (2 if raw[match.start() : match.start() + 1] == b"\r" else 1) if match else len(raw)
+    head = raw[:end]
+    found = _REF_FIELD.search(head)
+    if found is None:
+        return raw, None
+    return _REF_FIELD.sub(b"", head) + raw[end:], read_ref(found.group("value"))
 
 
 _TRACE = re.compile(rb"(?:(?:Received|Return-Path)[ \t]*:.*\r?\n(?:[ \t].*\r?\n)*)*", re.I)
@@ -48,26 +73,28 @@ def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
     return raw[:at] + added + raw[at:], message_id
 
 
-class Enqueue(Storage):
+class Enqueue(Events):
     """Intake's side of the queue: one transaction per message."""
 
     def enqueue(self, raw: bytes, mail_from: str, recipients: list[str], *, source: str) -> int:
         """Store one message for its recipients; returns the message id after COMMIT.
 
-        Adds Message-ID and Date when missing. Duplicate recipients (same address) are stored
-        once. Raises ValueError for an empty recipient list and QueueUnavailable when the
-        database cannot commit.
+        Adds Message-ID and Date when missing, takes out X-Bulkrelay-Ref: (``take_ref``) and
+        writes one ``accepted`` event per recipient. Duplicate recipients (same address) are
+        stored once. Raises ValueError for an empty recipient list or a malformed reference and
+        QueueUnavailable when the database cannot commit.
         """
         unique = list(dict.fromkeys(r.strip() for r in recipients if r.strip()))
         if not unique:
             raise ValueError("a message needs at least one recipient")
         now = self.clock()
+        raw, ref = take_ref(raw)
         body, message_id = ensure_ids(raw, mail_from, now=now)
         with self.transaction() as conn:
             cur = conn.execute(
-                "INSERT INTO messages(mail_from, message_id, source, size, created_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (mail_from, message_id, source, len(body), now, body),
+                "INSERT INTO messages(mail_from, message_id, source, size, created_at, body, ref) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mail_from, message_id, source, len(body), now, body, ref or message_id),
             )
             msg = cur.lastrowid
             conn.executemany(
@@ -75,13 +102,18 @@ class Enqueue(Storage):
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [(msg, r, domain_of(r), now, now, now) for r in unique],
             )
+            ids = [
+                r[0] for r in conn.execute("SELECT id FROM recipients WHERE message = ? ORDER BY id", (msg,))
+            ]
+            self._events(conn, "accepted", ids, source=intake_source(source))
         log.info(
-            "event=enqueued message=%s recipients=%d size=%d source=%s message_id=%s",
+            "event=enqueued message=%s recipients=%d size=%d source=%s message_id=%s ref=%r",
             msg,
             len(unique),
             len(body),
             source,
             message_id,
+            ref or message_id,
         )
         assert msg is not None
         return msg

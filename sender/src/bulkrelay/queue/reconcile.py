@@ -8,15 +8,14 @@ resolved from the log (``resolve_submitting``) or marked submitted (``Release.ma
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 
-from bulkrelay.queue.storage import FINAL_STATES, Storage
+from bulkrelay.queue.events import Events, bounce_type
+from bulkrelay.queue.storage import FINAL_STATES
 
 
-def apply_pending(
-    conn: sqlite3.Connection, recipient_id: int, qid: str, clock: Callable[[], float]
-) -> dict | None:
-    """Apply a result the log showed for ``qid`` before this row knew its queue id."""
+def apply_pending(conn: sqlite3.Connection, recipient_id: int, qid: str, queue: Events) -> dict | None:
+    """Apply a result the log showed for ``qid`` before this row knew its queue id (and write
+    its event: the row has just become 'submitted' in the same transaction)."""
     seen = conn.execute(
         "SELECT result_state, result_dsn, result_reply FROM postfix_seen "
         "WHERE qid = ? AND result_state IS NOT NULL",
@@ -26,25 +25,34 @@ def apply_pending(
         return None
     conn.execute(
         "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-        (seen["result_state"], seen["result_dsn"], seen["result_reply"], clock(), recipient_id),
+        (seen["result_state"], seen["result_dsn"], seen["result_reply"], queue.clock(), recipient_id),
+    )
+    queue._result(
+        conn,
+        recipient_id,
+        state=seen["result_state"],
+        dsn=seen["result_dsn"],
+        reply=seen["result_reply"],
+        queue_id=qid,
     )
     return {"state": seen["result_state"], "dsn": seen["result_dsn"], "reply": seen["result_reply"]}
 
 
-class Reconciliation(Storage):
+class Reconciliation(Events):
     """The Postfix-log tracker's and the bounce poller's side of the queue."""
 
     def record_result(self, qid: str, address: str, *, state: str, dsn: str, reply: str) -> dict | None:
         """Apply a Postfix log result (delivered/deferred/bounced) to the row with that queue id.
 
         Returns the updated row, or None when the queue id is not ours. A final state is never
-        overwritten by 'deferred' (log lines can be read twice after a restart).
+        overwritten by 'deferred' (log lines can be read twice after a restart), and a result
+        already recorded (same state and status) writes no second event.
         """
         if state not in ("delivered", "deferred", "bounced"):
             raise ValueError(f"unknown result state {state!r}")
         with self.transaction(durable=False) as conn:
             rows = conn.execute(
-                "SELECT id, message, address, state FROM recipients WHERE postfix_qid = ?", (qid,)
+                "SELECT id, message, address, state, dsn FROM recipients WHERE postfix_qid = ?", (qid,)
             ).fetchall()
             match = [r for r in rows if r["address"].lower() == address.lower()] or rows
             if not match:
@@ -69,7 +77,10 @@ class Reconciliation(Storage):
             )
             if state in ("bounced", "deferred"):
                 self._error(conn, row["id"], f"{state} dsn={dsn}: {reply}")
+            if state == "deferred" or (row["state"], row["dsn"]) != (state, dsn):
+                self._result(conn, row["id"], state=state, dsn=dsn, reply=reply, queue_id=qid)
             row["state"] = state
+            row["dsn"] = dsn
             return row
 
     def record_bounce(self, recipient_id: int, *, status: str, diagnostic: str, kind: str) -> None:
@@ -77,12 +88,16 @@ class Reconciliation(Storage):
 
         kind "hard" -> 'bounced'; "soft" -> 'deferred' unless the row is already final;
         "complaint" keeps the delivery state and records the complaint as the last reply.
+        Events: ``complained``, or ``bounced`` (``expired`` for 5.4.7) with the kind, unless
+        the row already holds this state and status (the DSN of a bounce the log showed).
         """
         if kind not in ("hard", "soft", "complaint"):
             raise ValueError(f"kind must be hard, soft or complaint, not {kind!r}")
         now = self.clock()
         with self.transaction() as conn:
-            row = conn.execute("SELECT state FROM recipients WHERE id = ?", (recipient_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state, dsn, postfix_qid FROM recipients WHERE id = ?", (recipient_id,)
+            ).fetchone()
             if row is None:
                 return
             state = row["state"]
@@ -96,6 +111,11 @@ class Reconciliation(Storage):
                 (state, status, reply, now, recipient_id),
             )
             self._error(conn, recipient_id, f"{kind} bounce {status}: {diagnostic}")
+            detail = {"queue_id": row["postfix_qid"], "reply": reply, "source": "dsn"}
+            if kind == "complaint":
+                self._event(conn, "complained", recipient_id, **detail)
+            elif (row["state"], row["dsn"]) != (state, status):
+                self._event(conn, bounce_type(status), recipient_id, kind=kind, dsn=status or None, **detail)
 
     def note_postfix(
         self, qid: str, *, message_id: str | None = None, envelope_from: str | None = None
@@ -137,7 +157,10 @@ class Reconciliation(Storage):
                     "WHERE id = ? AND state = 'submitting'",
                     (qid, now, recipient_id),
                 ).rowcount
-                return apply_pending(conn, recipient_id, qid, self.clock) if changed else None
+                if not changed:
+                    return None
+                self._event(conn, "submitted", recipient_id, queue_id=qid, source="log")
+                return apply_pending(conn, recipient_id, qid, self)
             else:
                 conn.execute(
                     "UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ?, "

@@ -11,8 +11,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from bulkrelay.bounces.classify import classify, find_status
+from bulkrelay.queue.events import Events
 from bulkrelay.queue.reconcile import apply_pending
-from bulkrelay.queue.storage import ERRORS_KEPT, Storage
+from bulkrelay.queue.storage import ERRORS_KEPT
 
 log = logging.getLogger("bulkrelay.queue")
 
@@ -25,7 +27,7 @@ def queue_id_from_reply(reply: str) -> str | None:
     return match.group(1) if match else None
 
 
-class Release(Storage):
+class Release(Events):
     """The release loop's side of the queue."""
 
     def next_ready_at(self) -> float | None:
@@ -98,6 +100,7 @@ class Release(Storage):
                             "WHERE id = ?",
                             (f"suppressed: {reason}", now, rec["id"]),
                         )
+                        self._event(conn, "suppressed", rec["id"], reason=reason)
                         log.info(
                             "event=suppressed message=%s recipient=%s address=%s reason=%r",
                             rec["message"],
@@ -120,6 +123,7 @@ class Release(Storage):
                         "INSERT INTO releases(recipient, at, domain) VALUES (?, ?, ?)",
                         (rec["id"], now, domain),
                     )
+                    self._event(conn, "released", rec["id"])
                     taken.append(rec)
                     if len(taken) >= limit:
                         break
@@ -150,8 +154,9 @@ class Release(Storage):
                 "attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (qid, reply, self.clock(), recipient_id),
             )
+            self._event(conn, "submitted", recipient_id, queue_id=qid, reply=reply, source="submission")
             if qid:
-                apply_pending(conn, recipient_id, qid, self.clock)
+                apply_pending(conn, recipient_id, qid, self)
         return qid
 
     def mark_retry(self, recipient_id: int, reply: str, *, delay: float) -> None:
@@ -163,6 +168,9 @@ class Release(Storage):
                 (reply, now + delay, now, recipient_id),
             )
             self._error(conn, recipient_id, f"retry in {delay:.0f}s: {reply}")
+            self._deferred(
+                conn, recipient_id, dsn=find_status(reply) or None, reply=reply, source="submission"
+            )
 
     def mark_failed(self, recipient_id: int, reply: str) -> None:
         with self.transaction(durable=False) as conn:
@@ -172,6 +180,11 @@ class Release(Storage):
                 (reply, self.clock(), recipient_id),
             )
             self._error(conn, recipient_id, f"failed: {reply}")
+            dsn = find_status(reply)
+            kind = classify(dsn, reply)
+            self._event(
+                conn, "bounced", recipient_id, dsn=dsn or None, reply=reply, kind=kind, source="submission"
+            )
 
     # -- release ledger (read by bulkrelay.policy) -------------------------------------------
 
@@ -185,9 +198,12 @@ class Release(Storage):
             return self._query("SELECT min(at) FROM releases WHERE at > ?", (since,))[0][0]
         return self._query("SELECT min(at) FROM releases WHERE domain = ? AND at > ?", (domain, since))[0][0]
 
-    def prune(self, *, before: float) -> None:
-        """Forget releases and log observations older than ``before`` (they no longer count)."""
+    def prune(self, *, before: float, events_before: float | None = None) -> None:
+        """Forget releases and log observations older than ``before`` (they no longer count),
+        and events older than ``events_before`` (``[events] keep_days``)."""
         with self.transaction() as conn:
+            if events_before is not None:
+                self._prune_events(conn, events_before)
             conn.execute("DELETE FROM releases WHERE at < ?", (before,))
             conn.execute("DELETE FROM postfix_seen WHERE at < ?", (before,))
             conn.execute(

@@ -1,8 +1,9 @@
 """Storage: the schema and its migrations, the connection, transactions and the shared errors log.
 
-Every other part of the queue (``enqueue``, ``release``, ``reconcile``, ``commands``) is a class
-built on ``Storage``: it reaches the database only through ``transaction()`` (writes, BEGIN
-IMMEDIATE .. COMMIT) and ``_query()`` (reads), and holds the SQL statements of its own concern.
+Every other part of the queue (``enqueue``, ``release``, ``reconcile``, ``commands``, ``events``)
+is a class built on ``Storage``: it reaches the database only through ``transaction()`` (writes,
+BEGIN IMMEDIATE .. COMMIT) and ``_query()`` (reads), and holds the SQL statements of its own
+concern.
 The schema lives here because it is the contract they all share.
 """
 
@@ -32,6 +33,8 @@ CREATE TABLE IF NOT EXISTS messages (
     source TEXT NOT NULL,
     size INTEGER NOT NULL,
     created_at REAL NOT NULL,
+    -- before body: reading a column stored after a large body walks its overflow pages
+    ref TEXT,
     body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS recipients (
@@ -100,6 +103,22 @@ CREATE TABLE IF NOT EXISTS postfix_seen (
 );
 CREATE INDEX IF NOT EXISTS postfix_seen_from ON postfix_seen(envelope_from);
 CREATE INDEX IF NOT EXISTS postfix_seen_mid ON postfix_seen(message_id);
+-- The delivery-events outbox: one row per state change of a recipient, written in the same
+-- transaction as the change. id is the cursor (`bulkrelay events --since`); event_id is what a
+-- receiver de-duplicates on. AUTOINCREMENT: an id is never reused after pruning.
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    at REAL NOT NULL,
+    type TEXT NOT NULL,
+    message INTEGER,
+    recipient INTEGER,
+    ref TEXT,
+    address TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ref ON events(ref, id);
+CREATE INDEX IF NOT EXISTS events_recipient ON events(recipient, id);
 """
 
 ERRORS_KEPT = 200
@@ -138,8 +157,14 @@ class Storage:
             self._durable = True
             self.connection.execute("PRAGMA foreign_keys = ON")
             with self._lock:
-                self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
-                self._migrate()
+                # One transaction: two processes opening an old database never both migrate it.
+                self.connection.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+                try:
+                    self._migrate()
+                    self.connection.execute("COMMIT")
+                finally:
+                    if self.connection.in_transaction:
+                        self.connection.execute("ROLLBACK")
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
         if created:
@@ -161,11 +186,17 @@ class Storage:
                 os.chown(self.path + suffix, owner.st_uid, owner.st_gid)
 
     def _migrate(self) -> None:
-        """Columns added after the first release of the schema."""
+        """Columns added after the first release of the schema (in the opening transaction)."""
         have = {r[1] for r in self.connection.execute("PRAGMA table_info(postfix_seen)")}
         for column in ("result_address", "result_state", "result_dsn", "result_reply"):
             if column not in have:
                 self.connection.execute(f"ALTER TABLE postfix_seen ADD COLUMN {column} TEXT")
+        if "ref" not in {r[1] for r in self.connection.execute("PRAGMA table_info(messages)")}:
+            # The application reference; a message stored before it existed is known by its
+            # Message-ID, as one without an X-Bulkrelay-Ref: header is.
+            self.connection.execute("ALTER TABLE messages ADD COLUMN ref TEXT")
+            self.connection.execute("UPDATE messages SET ref = message_id")
+        self.connection.execute("CREATE INDEX IF NOT EXISTS messages_ref ON messages(ref)")
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
