@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import common as c
@@ -54,12 +56,16 @@ def prepare_queue(path: Path, raw: bytes, count: int) -> None:
     queue.close()
 
 
-def sender_drain(work: Path, template: Path, port: int, connections: int, count: int) -> float:
-    """Seconds from the first release to the last submission, measured in the queue."""
+def sender_drain(work: Path, template: Path, port: int, connections: int, count: int, *,
+                 beside: Callable[[Path], AbstractContextManager] = nullcontext) -> float:  # fmt: skip
+    """Seconds from the first release to the last submission, measured in the queue.
+
+    ``beside(config)``: what else runs on the relay meanwhile (bench/webhooks.py: the webhook loop).
+    """
     run = c.workdir(f"{work.name}/run")
     shutil.copy(template, run / "queue.sqlite")
     config = c.sender_config(run, submit_port=port, connections=connections, batch_size=BATCH)
-    with c.Service(config):
+    with beside(config), c.Service(config):
         conn = c.db(run / "queue.sqlite")
         c.wait_until(
             lambda: c.state_counts(conn).get("submitted", 0) >= count,

@@ -6,7 +6,7 @@
    makes - as messages of ``--per-message`` recipients (5 KB body each), from a second
    connection, timing every 100,000. Baseline: the first 100k; the last must stay within 20 %;
 3. ``bulkrelay status`` (the CLI an operator runs) at 1M, against the same command on an empty
-   queue measured first in this run (the fixed cost of starting Python) - target < 200 ms;
+   queue measured first in this run (the fixed cost of starting Python) - target < 150 ms;
 4. the service is resumed and releases from the full queue into smtp-sink for a few seconds
    (batches of 1000 per second), which walks the ready index at its largest;
 5. the service's peak RSS (VmHWM) over all of it - target < 150 MB.
@@ -64,6 +64,7 @@ def run() -> int:  # noqa: PLR0915 (one linear script: clearer than split helper
     work = c.workdir("queue_scale")
     raw = c.make_message("small")
     report = c.Report("queue_scale", f"{args.recipients:,} recipients in the queue of a running service")
+    c.byte_compile()  # the CLI's start-up is timed: as installed on a relay
     sink_port = c.free_port()
     config = c.sender_config(work, submit_port=sink_port, connections=2, batch_size=1000, interval=1.0)
     c.cli("pause", "--config", str(config), "--reason", "queue scale benchmark: filling")
@@ -147,14 +148,14 @@ def run() -> int:  # noqa: PLR0915 (one linear script: clearer than split helper
         "last_vs_first_100k_cpu", cpu_steps[-1] / cpu_steps[0], "<=", 1.2, "CPU per 100k (less load noise)"
     )
     report.verdict(
-        "status_at_full_ms", full_status * 1000, "<=", 200, "`bulkrelay status` at 1M under 200 ms"
+        "status_at_full_ms", full_status * 1000, "<=", 150, "`bulkrelay status` at 1M under 150 ms"
     )
     report.figure("status_full_vs_empty", round(full_status / empty_status, 3), "x empty queue")
     report.verdict(
         "status_data_at_full_ms",
         full_inproc * 1000,
         "<=",
-        200,
+        150,
         "the status query itself at 1M (no CLI start-up)",
     )
     report.verdict("service_peak_rss_mib", rss / 1024, "<=", 150, "service peak RSS under 150 MB")

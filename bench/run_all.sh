@@ -39,11 +39,12 @@ step() {
     echo "   ($(( SECONDS - started ))s)"
 }
 
-only="${BENCH_ONLY:-drain intake queue_scale throttle dnsbl playbook}"
+only="${BENCH_ONLY:-drain intake webhooks queue_scale throttle dnsbl playbook}"
 for name in $only; do
     case $name in
         drain) step 420 python bench/drain.py ;;
         intake) step 240 python bench/intake.py ;;
+        webhooks) step 300 python bench/webhooks.py ;;
         queue_scale) step 300 python bench/queue_scale.py ;;
         throttle) step 150 python bench/throttle.py ;;
         dnsbl)

@@ -9,9 +9,10 @@ DOCUMENTATION = r"""
 module: bulkrelay_posture
 short_description: Judge a relay's live posture from read-only command output and outside probes
 description:
-  - Takes the raw output of read-only commands run on the relay (postconf, bulkrelay-firewall-diff,
-    ss, systemctl show, postqueue -j, the DNSBL state file), outside TCP probes and DKIM test
-    signatures, and returns one check per concern with pass, fail or error and the fix.
+  - Takes the raw output of read-only commands run on the relay (postconf, postmap -s of the TLS
+    policy table, bulkrelay-firewall-diff, ss, systemctl show, postqueue -j, the DNSBL state file,
+    stat of the DKIM keys), outside TCP probes and DKIM test signatures, and returns one check per
+    concern with pass, warn, fail or error and the fix.
   - Output it cannot read is an error ("could not tell"), never a pass. Never fails itself and
     never reports changed; the audit playbook collects the checks and decides.
   - Runs on the controller (delegate the task to localhost); needs the bulkrelay package there.
@@ -24,8 +25,8 @@ options:
     required: true
   raw:
     description:
-      - Command results by name (postconf, firewall, sockets, units, queue, dnsbl_state), each
-        with rc, stdout and stderr.
+      - Command results by name (postconf, tls_policy, firewall, sockets, units, queue, webhooks,
+        dnsbl_state, dkim_keys), each with rc, stdout and stderr.
     type: dict
     required: true
   now:
@@ -54,6 +55,10 @@ options:
     description: Seconds a deferred message may wait before the audit fails.
     type: int
     default: 3600
+  webhook_max_age:
+    description: Seconds an event may wait for a webhook (bulkrelay webhooks status) before the audit fails.
+    type: int
+    default: 3600
   probes:
     description: The probes of library/bulkrelay_tcp_probe (address, port, state, detail).
     type: list
@@ -65,6 +70,16 @@ options:
     type: list
     elements: dict
     default: []
+  dkim_key_files:
+    description:
+      - Sending domain to the path of its DKIM private key on the relay; C(raw.dkim_keys) is
+        C(stat -c '%Y %n') of these files. Empty = no key age to judge.
+    type: dict
+    default: {}
+  dkim_key_max_age_days:
+    description: Days a DKIM key may be old before the audit warns (rotate it).
+    type: int
+    default: 180
 requirements:
   - dkimpy on the controller
 extends_documentation_fragment:
@@ -108,8 +123,11 @@ def main():
             "units": {"type": "dict", "default": {}},
             "dnsbl_max_age": {"type": "int", "default": 0},
             "queue_max_age": {"type": "int", "default": 3600},
+            "webhook_max_age": {"type": "int", "default": 3600},
             "probes": {"type": "list", "elements": "dict", "default": []},
             "dkim": {"type": "list", "elements": "dict", "default": []},
+            "dkim_key_files": {"type": "dict", "default": {}},
+            "dkim_key_max_age_days": {"type": "int", "default": 180},
             "nameservers": {"type": "list", "elements": "str", "default": []},
             "timeout": {"type": "float", "default": 5},
         },

@@ -32,7 +32,7 @@ from aiosmtpd.smtp import SMTP
 from support import VERP_KEY, write_sender_toml
 from support import free_port as pick_free_port
 
-from bulkrelay.intake import QueueWorker, start_intake
+from bulkrelay.intake import GroupCommitter, start_intake
 
 KEY = VERP_KEY  # the VERP key of every sender.toml written here
 RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
@@ -54,14 +54,12 @@ class IntakeServer:
 
     def __init__(self, conf, open_queue):
         self.conf = conf
-        self.worker = QueueWorker(open_queue)
+        self.committer = GroupCommitter(open_queue)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.servers = asyncio.run_coroutine_threadsafe(
-            start_intake(
-                conf, self.worker.enqueue, executor=self.worker.executor, hostname="relay.example.test"
-            ),
+            start_intake(conf, self.committer.enqueue, hostname="relay.example.test"),
             self.loop,
         ).result(10)
         self.port = int(conf.intake.listen[0].rpartition(":")[2])
@@ -78,7 +76,7 @@ class IntakeServer:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-        self.worker.close()
+        self.committer.close()
 
     def client(self):
         return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
@@ -103,7 +101,9 @@ def intake_server():
 
 
 class LoopbackDns:
-    """A real UDP DNS server on loopback answering from a table, to test the live Resolver."""
+    """A real UDP DNS server on loopback answering from a table, to test the live Resolver:
+    (name., TYPE) -> a record in zone-file form, a list of them, "nxdomain" (also every name not
+    in the table), "nodata", "servfail" or "drop" (no answer: the query times out)."""
 
     def __init__(self, table):
         self.table = table
@@ -111,6 +111,7 @@ class LoopbackDns:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.seen = []
+        self.peers = set()  # the (address, port) questions came from
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -123,6 +124,7 @@ class LoopbackDns:
             query = dns.message.from_wire(data)
             q = query.question[0]
             self.seen.append(q.name.to_text())
+            self.peers.add(peer)
             action = self.table.get((q.name.to_text(), dns.rdatatype.to_text(q.rdtype)), "nxdomain")
             if action == "drop":
                 continue
@@ -131,12 +133,42 @@ class LoopbackDns:
                 resp.set_rcode(dns.rcode.NXDOMAIN)
             elif action == "servfail":
                 resp.set_rcode(dns.rcode.SERVFAIL)
-            elif action != "nodata":
-                resp.answer.append(dns.rrset.from_text(q.name, 300, "IN", q.rdtype, action))
+            elif action != "nodata":  # one record, or a list of records of the RRset
+                records = action if isinstance(action, list) else [action]
+                resp.answer.append(dns.rrset.from_text(q.name, 300, "IN", q.rdtype, *records))
             self.sock.sendto(resp.to_wire(), peer)
 
     def close(self):
         self.sock.close()
+
+
+class FakeDns:
+    """A DNSBL checker's transport (bulkrelay.dnsbl.lookup.Transport) answering from a table:
+    answers: name -> {"A": [...], "TXT": [...]} | "NXDOMAIN" | "SERVFAIL" | "REFUSED" | "TIMEOUT".
+    Names absent from the table are NXDOMAIN. `asked` records every question."""
+
+    def __init__(self, answers):
+        self.answers = {k.lower(): v for k, v in answers.items()}
+        self.asked = []
+
+    async def __call__(self, query, server, timeout):
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.asked.append((name, rdtype, str(server)))
+        entry = self.answers.get(name, "NXDOMAIN")
+        response = dns.message.make_response(query)
+        if entry == "TIMEOUT":
+            await asyncio.sleep(3600)
+        if isinstance(entry, str):
+            response.set_rcode(dns.rcode.from_text(entry))
+            return response
+        values = entry.get(rdtype, [])
+        if values:
+            if rdtype == "TXT":
+                values = ['"' + v + '"' for v in values]
+            response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", rdtype, values))
+        return response
 
 
 class RecordingHandler:

@@ -1,12 +1,17 @@
 """Plain helpers shared by tests/conftest.py and bench/common.py (no pytest, no aiosmtpd here,
 so the benchmarks import it without the test toolchain): a free loopback port and a
-sender.toml writer for `bulkrelay serve` on loopback."""
+sender.toml writer for `bulkrelay serve` on loopback, a webhook receiver."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import threading
+import time
 from pathlib import Path
+
+from bulkrelay.webhooks import signing
 
 VERP_KEY = b"k" * 32  # the key every test and benchmark writes to verp.key
 
@@ -88,3 +93,62 @@ listen = "{metrics}"
 """
     )
     return path
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1 (a real http.server in a thread), as an application runs it.
+
+    It verifies ``X-Bulkrelay-Signature`` with ``secret`` (401 when it does not verify) and records
+    every verified request's events in ``requests`` (a list of event lists). ``answer(events)``
+    picks the status of a verified request (default 200); ``clock`` is the receiver's clock.
+    """
+
+    def __init__(self, secret: str, *, answer=None, clock=time.time, ssl_context=None):
+        self.secret = secret
+        self.answer = answer or (lambda events: 200)
+        self.clock = clock
+        self.requests: list[list[dict]] = []
+        self.rejected: list[int] = []  # statuses of refused requests
+        self.headers: list[dict[str, str]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.headers.append(dict(self.headers))
+                header = self.headers.get(signing.HEADER, "")
+                if not signing.verify(receiver.secret, header, body, now=receiver.clock()):
+                    status = 401
+                else:
+                    events = json.loads(body)["events"]
+                    status = receiver.answer(events)
+                    if 200 <= status < 300:
+                        receiver.requests.append(events)
+                if not 200 <= status < 300:
+                    receiver.rejected.append(status)
+                reply = f"status {status}".encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/events"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def ids(self) -> list[str]:
+        """Event ids received (verified, 2xx), in arrival order."""
+        return [e["id"] for events in self.requests for e in events]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -174,6 +174,50 @@ def test_queue_age():
     assert audit.judge_queue(ok("{broken"), now, 3600).status == "error"
 
 
+def webhooks_json(*hooks, configured=True):
+    """`bulkrelay webhooks status --json` output; a hook is (name, oldest pending age, parked)."""
+    now = 10_000.0
+    rows = [
+        {
+            "name": name,
+            "pending": 0 if age is None else 3,
+            "oldest_pending_timestamp": None if age is None else now - age,
+            "parked": parked,
+            "last_error": "HTTP 503" if age else None,
+        }
+        for name, age, parked in hooks
+    ]
+    return json.dumps({"configured": configured, "webhooks": rows, "error": None})
+
+
+@pytest.mark.parametrize(
+    ("stdout", "rc", "status", "words"),
+    [
+        (webhooks_json(configured=False), 0, "pass", ["no webhooks configured"]),
+        (webhooks_json(("erp", None, 0)), 0, "pass", ["1 webhook(s), 0 event(s) pending"]),
+        (webhooks_json(("erp", 10, 0), ("crm", None, 0)), 0, "pass", ["2 webhook(s), 3 event(s)"]),
+        (
+            webhooks_json(("erp", 10, 0), ("crm", 4000, 0)),
+            0,
+            "fail",
+            ["webhook crm", "4000 s old", "HTTP 503"],
+        ),
+        (webhooks_json(("erp", None, 2)), 0, "fail", ["webhook erp: 2 event(s) parked"]),
+        ("{broken", 0, "error", ["could not tell"]),
+        ('{"configured": true}', 0, "error", ["could not tell"]),
+        ("", 2, "error", ["could not tell", "bad key"]),
+    ],
+)
+def test_webhooks_verdicts(stdout, rc, status, words):
+    result = audit.judge_webhooks(ok(stdout, rc=rc, stderr="bad key"), 10_000.0, 3600)
+    assert result.status == status
+    for word in words:
+        assert word in result.message
+    assert bool(result.fix) == (status == "fail")
+    if status == "fail":
+        assert "bulkrelay webhooks status" in result.fix
+
+
 FW_OK = CheckResult("firewall", "t", "pass", "")
 FW_GONE = CheckResult("firewall", "t", "fail", "")
 

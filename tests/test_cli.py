@@ -24,8 +24,9 @@ def test_help_lists_usage():
 def test_only_the_running_commands_module_is_imported():
     code = (
         "import sys; from bulkrelay import cli; cli.build_parser(['status']);"
-        "heavy = [m for m in ('bulkrelay.dnsbl.cli', 'bulkrelay.dns.cli', 'bulkrelay.bounces.cli')"
-        " if m in sys.modules];"
+        # status needs the queue and the config, not the service and its SMTP/asyncio stack
+        "heavy = [m for m in ('bulkrelay.dnsbl.cli', 'bulkrelay.dns.cli', 'bulkrelay.bounces.cli',"
+        " 'bulkrelay.service', 'aiosmtpd', 'asyncio', 'dns') if m in sys.modules];"
         "assert not heavy, heavy; cli.build_parser(['--help']);"
         "assert 'bulkrelay.dns.cli' in sys.modules"
     )

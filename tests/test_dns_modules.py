@@ -28,6 +28,7 @@ TABLE = {
     ): '"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="',
     ("_dmarc.example.test.", "TXT"): '"v=DMARC1; p=none; rua=mailto:d@example.test"',
     ("_dmarc.bad.test.", "TXT"): '"v=DMARC1; p=sometimes"',
+    ("_smtp._tls.example.test.", "TXT"): '"v=TLSRPTv1; rua=mailto:tlsrpt@example.test"',
 }
 
 
@@ -69,6 +70,12 @@ CASES = [
     ),
     ("bulkrelay_dmarc", {"domain": "example.test", "return_path_domain": "bounce.example.test"}, None),
     ("bulkrelay_dmarc", {"domain": "bad.test"}, "p=sometimes is not none"),
+    ("bulkrelay_tlsrpt", {"domain": "example.test", "rua": ["mailto:tlsrpt@{domain}"]}, None),
+    (
+        "bulkrelay_tlsrpt",
+        {"domain": "bad.test", "rua": ["mailto:tlsrpt@{domain}"]},
+        'publish TXT at _smtp._tls.bad.test: "v=TLSRPTv1; rua=mailto:tlsrpt@bad.test"',
+    ),
 ]
 
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import LoopbackDns
+
 BIN = Path(sys.executable).parent  # the venv's console scripts, whatever PATH says
 
 
@@ -70,3 +72,28 @@ def test_python_m_form_loads_only_the_dnsbl_code(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("bl.lab.test")
+
+
+def test_cron_keeps_the_selftest_cache_beside_its_state_and_check_reads_it(tmp_path):
+    table = {("2.0.0.127.bl.lab.test.", "A"): "127.0.0.2"}
+    server = LoopbackDns(table)
+    cfg = tmp_path / "s.json"
+    cfg.write_text(
+        json.dumps({"lists": [{"zone": "bl.lab.test"}], "nameservers": [f"127.0.0.1:{server.port}"]})
+    )
+    state = tmp_path / "state" / "state.json"
+    try:
+        cron = run(
+            "bulkrelay", "dnsbl", "cron", "--config", str(cfg), "-H", "192.0.2.1", "--state", str(state)
+        )
+        assert cron.returncode == 0, cron.stderr
+        assert len(server.seen) == 3
+        cache = state.parent / "selftest.json"
+        assert [e["zone"] for e in json.loads(cache.read_text())["entries"].values()] == ["bl.lab.test"]
+        plugin = run("check_dnsbl", "--config", str(cfg), "-H", "192.0.2.1", "--selftest-cache", str(cache))
+        assert plugin.returncode == 0 and plugin.stdout.startswith("DNSBL OK"), plugin.stdout
+        assert len(server.seen) == 4  # one question: the self-test came from the cron job's file
+        uncached = run("check_dnsbl", "--config", str(cfg), "-H", "192.0.2.1", "--selftest-cache", "")
+        assert uncached.returncode == 0 and len(server.seen) == 7
+    finally:
+        server.close()

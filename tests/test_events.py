@@ -78,7 +78,7 @@ def test_enqueue_writes_one_accepted_event_per_recipient_with_ref_and_source(que
     first = got[0]
     assert set(first) == {
         "id", "cursor", "type", "at", "timestamp", "ref", "message_id", "recipient",
-        "queue_id", "dsn", "reply", "kind", "source", "reason",
+        "queue_id", "dsn", "reply", "kind", "source", "reason", "tls",
     }  # fmt: skip
     assert first["message_id"] == "<inv@example.test>" and first["timestamp"] == T0
     assert first["at"] == "2027-01-15T08:00:00Z" and first["queue_id"] is None

@@ -236,3 +236,23 @@ def test_only_an_mbox_from_line_is_dropped(raw, dropped):
     assert b"Mon Nov 30" not in done.raw
     assert done.raw.split(b"\r\n", 1)[0] == (b"From: a@example.test" if dropped else raw.split(b"\n", 1)[0])
     assert ("dropped the leading mbox 'From ' line" in done.repairs) is dropped
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"])
+def test_line_over_finds_a_long_line_anywhere(end):
+    from bulkrelay.message import line_over  # noqa: PLC0415
+
+    ok = b"x" * 10
+    assert not line_over(b"", 10, end)
+    assert not line_over(ok, 10, end)  # one line, no end: exactly the limit
+    assert line_over(ok + b"x", 10, end)
+    for lines in ([ok] * 50, [b""] * 30 + [ok], [ok, b"", b"y" * 3] * 20):
+        data = end.join(lines) + end
+        assert not line_over(data, 10, end)
+        for at in range(len(lines)):  # one line made too long, at every position
+            longer = list(lines)
+            longer[at] += b"z" * (11 - len(longer[at]))
+            assert line_over(end.join(longer) + end, 10, end), at
+    data = b"z" * 30 + end + ok + end
+    assert line_over(data, 10, end)
+    assert not line_over(data, 10, end, start=30 + len(end))

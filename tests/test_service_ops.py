@@ -17,7 +17,8 @@ from bulkrelay.config import Config, MetricsConfig, QueueConfig
 from bulkrelay.metrics import serve_metrics
 from bulkrelay.ops import Progress
 from bulkrelay.queue import Queue
-from bulkrelay.service import ReleaseLoop, single_instance
+from bulkrelay.service import ReleaseLoop
+from bulkrelay.servicelock import single_instance
 
 RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nbody\r\n"
 

@@ -12,8 +12,8 @@ short_description: "Compute the DNS records a bulk relay needs, merged into the 
 description:
   - Reads the live TXT records of each sending domain and of the bounce domain, and the live
     DMARC records, then computes the relay's records with bulkrelay.dns.records - A/AAAA and
-    MX for the relay name, SPF merged into the live record, DKIM, DMARC, the bounce MX - and the
-    PTR request notes. Changes nothing; the role writes files and optionally applies RRsets.
+    MX for the relay name, SPF merged into the live record, DKIM, DMARC, TLS-RPT, the bounce MX -
+    and the PTR request notes. Changes nothing; the role writes files and optionally applies RRsets.
   - A DNS failure while reading a live record fails the task - the SPF is never generated
     without knowing what is published.
 version_added: "0.1.0"
@@ -36,6 +36,11 @@ options:
     default: none
     choices: [none, quarantine, reject]
   dmarc_rua: {description: "Aggregate report address; {domain} is replaced.", type: str, default: ""}
+  tlsrpt_rua:
+    description: "TLS-RPT report URIs (mailto: or https:; {domain} is replaced); [] = no TLS-RPT records."
+    type: list
+    elements: str
+    default: []
   ttl: {description: TTL of every record., type: int, default: 3600}
   spf_new_terms:
     description: Terms of a new SPF record besides the relay's.
@@ -151,6 +156,7 @@ def main() -> None:
             "dkim_keys": {"type": "dict", "default": {}},
             "dmarc_policy": {"type": "str", "default": "none", "choices": ["none", "quarantine", "reject"]},
             "dmarc_rua": {"type": "str", "default": ""},
+            "tlsrpt_rua": {"type": "list", "elements": "str", "default": []},
             "ttl": {"type": "int", "default": 3600},
             "spf_new_terms": {"type": "list", "elements": "str", "default": ["mx"]},
             "spf_new_all": {"type": "str", "default": "~all"},
@@ -192,6 +198,7 @@ def main() -> None:
             dkim=p["dkim_keys"],
             dmarc_policy=p["dmarc_policy"],
             dmarc_rua=p["dmarc_rua"],
+            tlsrpt_rua=p["tlsrpt_rua"],
             ttl=p["ttl"],
             spf_new_terms=p["spf_new_terms"],
             spf_new_all=p["spf_new_all"],

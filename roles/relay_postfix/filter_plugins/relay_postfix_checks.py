@@ -5,10 +5,13 @@ from __future__ import annotations
 import ipaddress
 import re
 
-# The FQDN and CIDR rules live in the bulkrelay package (installed in the controller's venv, as
-# the library/ modules that import it need too), shared with the sender and the DNS records.
+# The FQDN, CIDR and TLS-level rules live in the bulkrelay package (installed in the controller's
+# venv, as the library/ modules that import it need too), shared with the sender, the DNS records
+# and the audit.
 from bulkrelay.names import bad_cidrs as relay_postfix_bad_cidrs
 from bulkrelay.names import is_fqdn as relay_postfix_is_fqdn
+from bulkrelay.tlspolicy import bad_overrides as relay_postfix_bad_tls_overrides
+from bulkrelay.tlspolicy import uses_dane as relay_postfix_uses_dane
 
 _DURATION = re.compile(r"^\d+[smhdw]?$")
 
@@ -73,4 +76,6 @@ class FilterModule:
             "relay_postfix_bad_durations": relay_postfix_bad_durations,
             "relay_postfix_parse_passwd": relay_postfix_parse_passwd,
             "relay_postfix_sasl_hashes": relay_postfix_sasl_hashes,
+            "relay_postfix_bad_tls_overrides": relay_postfix_bad_tls_overrides,
+            "relay_postfix_uses_dane": relay_postfix_uses_dane,
         }

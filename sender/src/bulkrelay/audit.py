@@ -16,10 +16,11 @@ from typing import Any
 
 import dkim
 
-from bulkrelay.dns.result import ERROR, FAIL, PASS, CheckResult
+from bulkrelay import tlspolicy
+from bulkrelay.dns.result import ERROR, FAIL, PASS, WARN, CheckResult
 
 LOOPBACK_NAMES = {"loopback-only", "localhost", "127.0.0.1", "[::1]", "::1"}
-TLS_LEVELS = {"may", "encrypt", "dane", "dane-only", "verify", "secure", "fingerprint"}
+TLS_LEVELS = set(tlspolicy.LEVELS) - {"none"}  # the global levels that encrypt when they can
 # A restriction list is closed when one of these comes before any catch-all permit.
 CLOSING = {"reject", "reject_unauth_destination", "defer_unauth_destination", "defer"}
 SAFE_PERMITS = {"permit_mynetworks", "permit_sasl_authenticated", "permit_tls_clientcerts"}
@@ -164,6 +165,108 @@ def judge_postfix(raw: Mapping[str, Any], fqdn: str) -> list[CheckResult]:
     return results
 
 
+def judge_tls_policy(postconf: Mapping[str, Any] | None, table: Mapping[str, Any] | None) -> CheckResult:
+    """The per-domain TLS overrides in effect: `postconf smtp_tls_security_level
+    smtp_tls_policy_maps` and `postmap -s` of the table relay_postfix writes (tlspolicy.TABLE).
+    WARN names each domain set below the global level (none, or may under a stricter level:
+    its mail may leave in clear text); a table that cannot be read is could-not-tell."""
+    subject = "smtp_tls_policy_maps"
+    rc, out, _ = _cmd(postconf)
+    values = parse_postconf(out)
+    if rc != 0 or subject not in values or "smtp_tls_security_level" not in values:
+        return _unread("postfix", subject, "postconf", postconf)
+    level = values["smtp_tls_security_level"] or "none"
+    maps = _tokens(values[subject])
+    fix = "re-run site.yml (--tags relay_postfix): it writes the overrides to " + tlspolicy.TABLE
+    if not maps:
+        return CheckResult(
+            "postfix", subject, PASS, f"no per-domain TLS overrides: every domain gets {level}"
+        )
+    if tlspolicy.TABLE not in maps:
+        return CheckResult(
+            "postfix",
+            subject,
+            ERROR,
+            f"could not tell: smtp_tls_policy_maps = {values[subject]} does not hold {tlspolicy.TABLE}, "
+            "the table the audit reads",
+            fix,
+        )
+    others = [m for m in maps if m != tlspolicy.TABLE]
+    also = f" (also consults {', '.join(others)}, not read by the audit)" if others else ""
+    rc, out, _ = _cmd(table)
+    if rc != 0:
+        return _unread("postfix", subject, f"postmap -s {tlspolicy.TABLE}", table)
+    overrides = tlspolicy.parse_table(out)
+    lowered = tlspolicy.lowered(level, overrides)
+    if lowered:
+        listed = ", ".join(f"{domain} ({low})" for domain, low in lowered.items())
+        return CheckResult(
+            "postfix",
+            subject,
+            WARN,
+            f"mail to {listed} may leave in clear text: overridden below smtp_tls_security_level = {level}"
+            + also,
+            "drop the override from bulkrelay_tls_policy_overrides once the receiver's TLS works, then "
+            "re-run site.yml --tags relay_postfix",
+            details={"overrides": overrides, "lowered": lowered},
+        )
+    listed = ", ".join(f"{domain} ({high})" for domain, high in overrides.items()) or "none"
+    return CheckResult(
+        "postfix",
+        subject,
+        PASS,
+        f"per-domain TLS overrides: {listed}; none below smtp_tls_security_level = {level}{also}",
+        details={"overrides": overrides, "lowered": {}},
+    )
+
+
+def judge_dkim_key_age(
+    raw: Mapping[str, Any] | None, files: Mapping[str, str], now: float, max_age_days: int
+) -> list[CheckResult]:
+    """Each sending domain's DKIM private key (``files``: domain -> path on the relay) is younger
+    than ``max_age_days``, judged from `stat -c '%Y %n' <files>` (mtime: when the key was
+    generated or supplied). WARN for an older key; a file stat could not read is could-not-tell."""
+    _, out, err = _cmd(raw)
+    mtimes = {}
+    for line in out.splitlines():
+        stamp, _, path = line.partition(" ")
+        if stamp.isdigit():
+            mtimes[path.strip()] = int(stamp)
+    fix = (
+        "rotate the key: publish a new selector's key in DNS, switch relay_dkim to it once DNS serves "
+        "it, then remove the old one (roles/relay_dkim/README.md, Rotation)"
+    )
+    results = []
+    for domain, path in files.items():
+        if path not in mtimes:
+            reason = next((e for e in err.splitlines() if path in e), err.strip() or "no output")
+            results.append(
+                CheckResult("dkim-key-age", domain, ERROR, f"could not tell: stat {path} failed: {reason}")
+            )
+            continue
+        days = int((now - mtimes[path]) // 86400)
+        if days > max_age_days:
+            results.append(
+                CheckResult(
+                    "dkim-key-age",
+                    domain,
+                    WARN,
+                    f"the DKIM key of {domain} ({path}) is {days} days old (limit {max_age_days})",
+                    fix,
+                )
+            )
+        else:
+            results.append(
+                CheckResult(
+                    "dkim-key-age",
+                    domain,
+                    PASS,
+                    f"the DKIM key of {domain} is {days} days old (limit {max_age_days})",
+                )
+            )
+    return results
+
+
 def judge_firewall(raw: Mapping[str, Any]) -> CheckResult:
     """bulkrelay-firewall-diff: rc 0 live table == rendered, 1 differs (diff), 2 table missing."""
     rc, out, err = _cmd(raw)
@@ -193,7 +296,7 @@ def judge_firewall(raw: Mapping[str, Any]) -> CheckResult:
             fix,
         )
     return _unread(
-        "firewall", "table inet bulkrelay", "bulkrelay-firewall-diff", raw | {"stderr": err or out}
+        "firewall", "table inet bulkrelay", "bulkrelay-firewall-diff", (raw or {}) | {"stderr": err or out}
     )
 
 
@@ -360,6 +463,61 @@ def judge_queue(raw: Mapping[str, Any], now: float, max_age: int) -> CheckResult
     return CheckResult("queue", "deferred", PASS, f"{total} deferred message(s), none older than {max_age} s")
 
 
+def judge_webhooks(raw: Mapping[str, Any], now: float, max_age: int) -> CheckResult:
+    """No event waits longer than max_age seconds for a webhook, none parked.
+
+    Judges `bulkrelay webhooks status --json`. Without /etc/bulkrelay/webhooks.toml the relay
+    has no webhooks (the command says configured=false): PASS, nothing to deliver.
+    """
+    rc, out, _ = _cmd(raw)
+    subject = "event delivery"
+    if rc != 0:
+        return _unread("webhooks", subject, "bulkrelay webhooks status --json", raw)
+    try:
+        data = json.loads(out)
+        rows = [
+            (r["name"], r["oldest_pending_timestamp"], int(r["pending"]), int(r["parked"]), r["last_error"])
+            for r in data["webhooks"]
+        ]
+        configured = bool(data["configured"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return CheckResult(
+            "webhooks", subject, ERROR, f"could not tell: bulkrelay webhooks status output unreadable ({exc})"
+        )
+    if not configured:
+        return CheckResult(
+            "webhooks", subject, PASS, "no webhooks configured (no webhooks.toml on the relay)"
+        )
+    problems, fixes = [], []
+    for name, oldest, pending, parked, error in rows:
+        age = None if oldest is None else int(now - float(oldest))
+        if age is not None and age > max_age:
+            problems.append(
+                f"webhook {name}: {pending} event(s) undelivered, the oldest {age} s old "
+                f"(limit {max_age} s; last error: {error or 'none'})"
+            )
+            fixes.append(
+                f"make {name}'s receiver answer 2xx (see `bulkrelay webhooks status` and "
+                "journalctl -u bulkrelay-webhooks), check that bulkrelay-webhooks.service runs"
+            )
+        if parked:
+            problems.append(f"webhook {name}: {parked} event(s) parked (rejected by the receiver or dead)")
+            fixes.append(
+                f"read the parked events of {name} in `bulkrelay webhooks status --json` (last_parked: "
+                "status and reply) and fix the receiver; the application must learn their outcome "
+                "another way (`bulkrelay events --since`)"
+            )
+    if problems:
+        return CheckResult("webhooks", subject, FAIL, "; ".join(problems), "; ".join(dict.fromkeys(fixes)))
+    pending = sum(r[2] for r in rows)
+    return CheckResult(
+        "webhooks",
+        subject,
+        PASS,
+        f"{len(rows)} webhook(s), {pending} event(s) pending, none older than {max_age} s, none parked",
+    )
+
+
 def judge_probe(  # noqa: PLR0917 - one probe's facts
     address: str, port: int, state: str, detail: str, firewall: CheckResult, what: str
 ) -> CheckResult:
@@ -470,6 +628,15 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
     raw = params["raw"]
     now = float(params["now"])
     results = judge_postfix(raw.get("postconf"), params["fqdn"])
+    results.append(judge_tls_policy(raw.get("postconf"), raw.get("tls_policy")))
+    results.extend(
+        judge_dkim_key_age(
+            raw.get("dkim_keys"),
+            params.get("dkim_key_files") or {},
+            now,
+            int(params.get("dkim_key_max_age_days", 180)),
+        )
+    )
     firewall = judge_firewall(raw.get("firewall"))
     results.append(firewall)
     results.append(judge_listeners(raw.get("sockets"), params["required_ports"], params["allowed_ports"]))
@@ -477,6 +644,7 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
     if params.get("dnsbl_max_age"):
         results.append(judge_dnsbl_cron(raw.get("dnsbl_state"), now, int(params["dnsbl_max_age"])))
     results.append(judge_queue(raw.get("queue"), now, int(params["queue_max_age"])))
+    results.append(judge_webhooks(raw.get("webhooks"), now, int(params["webhook_max_age"])))
     for probe in params.get("probes") or []:
         results.append(
             judge_probe(

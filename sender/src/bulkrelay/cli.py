@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "report": "bulkrelay.report",
     "events": "bulkrelay.events",
     "message": "bulkrelay.events",
+    "webhooks": "bulkrelay.webhooks.cli",
 }
 
 

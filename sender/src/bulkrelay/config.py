@@ -186,36 +186,36 @@ def _is_config_domain(value: str) -> bool:
     return is_domain(value.lower(), min_labels=1)
 
 
-def _fail(key: str, problem: str, fix: str) -> ConfigError:
+def fail(key: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{key}: {problem}; {fix}")
 
 
-def _want_str(key: str, value: Any) -> str:
+def want_str(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise _fail(key, f"expected a string, got {type(value).__name__} {value!r}", 'quote it: key = "..."')
+        raise fail(key, f"expected a string, got {type(value).__name__} {value!r}", 'quote it: key = "..."')
     return value
 
 
-def _want_int(key: str, value: Any, *, minimum: int = 0) -> int:
+def want_int(key: str, value: Any, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(key, f"expected a whole number, got {value!r}", "write a number without quotes")
+        raise fail(key, f"expected a whole number, got {value!r}", "write a number without quotes")
     if value < minimum:
-        raise _fail(key, f"{value} is below the minimum {minimum}", f"use a value >= {minimum}")
+        raise fail(key, f"{value} is below the minimum {minimum}", f"use a value >= {minimum}")
     return value
 
 
-def _want_number(key: str, value: Any, *, minimum: float = 0.0, exclusive: bool = False) -> float:
+def want_number(key: str, value: Any, *, minimum: float = 0.0, exclusive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(key, f"expected a number, got {value!r}", "write a number without quotes")
+        raise fail(key, f"expected a number, got {value!r}", "write a number without quotes")
     if value < minimum or (exclusive and value == minimum):
         bound = f"> {minimum}" if exclusive else f">= {minimum}"
-        raise _fail(key, f"{value} is out of range", f"use a value {bound}")
+        raise fail(key, f"{value} is out of range", f"use a value {bound}")
     return float(value)
 
 
-def _want_str_list(key: str, value: Any) -> tuple[str, ...]:
+def want_str_list(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(key, f"expected a list of strings, got {value!r}", 'write key = ["a", "b"]')
+        raise fail(key, f"expected a list of strings, got {value!r}", 'write key = ["a", "b"]')
     return tuple(value)
 
 
@@ -228,25 +228,25 @@ def _check_listen(key: str, value: str) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise _fail(key, f"{value!r} is not IP:port", 'write "127.0.0.1:2525" or "[::1]:2525"')
+        raise fail(key, f"{value!r} is not IP:port", 'write "127.0.0.1:2525" or "[::1]:2525"')
 
 
 def _str_list(key: str, name: str, value: Any) -> tuple[str, ...]:
-    values = _want_str_list(key, value)
+    values = want_str_list(key, value)
     if name == "listen":
         for v in values:
             _check_listen(key, v)
     if name == "from_domains":
         for v in values:
             if not _is_config_domain(v):
-                raise _fail(key, f"{v!r} is not a domain name", 'write from_domains = ["example.com"]')
+                raise fail(key, f"{v!r} is not a domain name", 'write from_domains = ["example.com"]')
         values = tuple(v.lower() for v in values)
     if name == "allowed_networks":
         for v in values:
             try:
                 ipaddress.ip_network(v, strict=False)
             except ValueError:
-                raise _fail(key, f"{v!r} is not a network", 'write CIDR such as "203.0.113.0/24"') from None
+                raise fail(key, f"{v!r} is not a network", 'write CIDR such as "203.0.113.0/24"') from None
     return values
 
 
@@ -255,14 +255,12 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     if (section, name) == ("policy", "per_domain"):
         if not isinstance(value, dict):
-            raise _fail(key, f"expected a table, got {value!r}", 'write per_domain = { "gmail.com" = 20 }')
+            raise fail(key, f"expected a table, got {value!r}", 'write per_domain = { "gmail.com" = 20 }')
         out = {}
         for domain, limit in value.items():
             if not _is_config_domain(domain):
-                raise _fail(
-                    f"{key}.{domain}", "not a domain name", "use the recipient domain, e.g. gmail.com"
-                )
-            out[domain.lower()] = _want_int(f"{key}.{domain}", limit, minimum=1)
+                raise fail(f"{key}.{domain}", "not a domain name", "use the recipient domain, e.g. gmail.com")
+            out[domain.lower()] = want_int(f"{key}.{domain}", limit, minimum=1)
         return out
     if (section, name) == ("policy", "warmup_start"):
         if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
@@ -272,29 +270,29 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
                 return dt.date.fromisoformat(value)
             except ValueError:
                 pass
-        raise _fail(key, f"{value!r} is not a date", "write warmup_start = 2026-01-31")
+        raise fail(key, f"{value!r} is not a date", "write warmup_start = 2026-01-31")
     if (section, name) == ("policy", "warmup"):
         if not isinstance(value, list):
-            raise _fail(key, f"expected a list of daily caps, got {value!r}", "write warmup = [50, 100, 200]")
-        return tuple(_want_int(f"{key}[{i}]", v, minimum=1) for i, v in enumerate(value))
+            raise fail(key, f"expected a list of daily caps, got {value!r}", "write warmup = [50, 100, 200]")
+        return tuple(want_int(f"{key}[{i}]", v, minimum=1) for i, v in enumerate(value))
     if (section, name) == ("policy", "windows"):
-        windows = _want_str_list(key, value)
+        windows = want_str_list(key, value)
         for w in windows:
             if not _WINDOW.match(w):
-                raise _fail(key, f"{w!r} is not a HH:MM-HH:MM window", 'write windows = ["07:00-19:30"]')
+                raise fail(key, f"{w!r} is not a HH:MM-HH:MM window", 'write windows = ["07:00-19:30"]')
         return windows
     if (section, name) == ("policy", "timezone"):
-        tz = _want_str(key, value)
+        tz = want_str(key, value)
         try:
             zone(tz)
         except ValueError as exc:
-            raise _fail(key, str(exc), 'use an IANA name such as "Europe/Berlin" or "UTC"') from None
+            raise fail(key, str(exc), 'use an IANA name such as "Europe/Berlin" or "UTC"') from None
         return tz
     if isinstance(default, tuple):
         return _str_list(key, name, value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise _fail(key, f"expected true or false, got {value!r}", "write true or false")
+            raise fail(key, f"expected true or false, got {value!r}", "write true or false")
         return value
     if isinstance(default, int):
         minimum = (
@@ -311,15 +309,15 @@ def _convert(section: str, name: str, f: dataclasses.Field, value: Any) -> Any: 
             }
             else 0
         )
-        result = _want_int(key, value, minimum=minimum)
+        result = want_int(key, value, minimum=minimum)
         if name in {"port", "imap_port"} and result > 65535:
-            raise _fail(key, f"{result} is not a TCP port", "use 1..65535")
+            raise fail(key, f"{result} is not a TCP port", "use 1..65535")
         return result
     if isinstance(default, float):
-        return _want_number(
+        return want_number(
             key, value, minimum=0.0, exclusive=name in {"interval", "timeout", "poll_interval"}
         )
-    return _want_str(key, value)
+    return want_str(key, value)
 
 
 _CHOICES = {
@@ -333,17 +331,17 @@ def parse(data: dict[str, Any], *, source_path: str = "") -> Config:
     sections: dict[str, Any] = {}
     for section, body in data.items():
         if section not in SECTIONS:
-            raise _fail(
+            raise fail(
                 f"[{section}]", "unknown section", f"remove it or use one of: {', '.join(sorted(SECTIONS))}"
             )
         if not isinstance(body, dict):
-            raise _fail(section, "expected a [section] table", f"write [{section}] and its keys below it")
+            raise fail(section, "expected a [section] table", f"write [{section}] and its keys below it")
         cls = SECTIONS[section]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {}
         for name, value in body.items():
             if name not in fields:
-                raise _fail(
+                raise fail(
                     f"{section}.{name}",
                     "unknown key",
                     f"remove it or use one of: {', '.join(sorted(fields))}",
@@ -351,7 +349,7 @@ def parse(data: dict[str, Any], *, source_path: str = "") -> Config:
             values[name] = _convert(section, name, fields[name], value)
             choices = _CHOICES.get((section, name))
             if choices and values[name] not in choices:
-                raise _fail(
+                raise fail(
                     f"{section}.{name}", f"{value!r} is not allowed", f"use one of: {', '.join(choices)}"
                 )
         sections[section] = cls(**values)
@@ -362,35 +360,33 @@ def parse(data: dict[str, Any], *, source_path: str = "") -> Config:
 
 def _cross_check(config: Config) -> None:
     if config.intake.listen and not config.intake.allowed_networks:
-        raise _fail(
+        raise fail(
             "intake.allowed_networks",
             "the intake listens but allows no network, so every client would get 554",
             "list the application networks (bulkrelay_app_networks)",
         )
     if any(address.rpartition(":")[2] == "25" for address in config.intake.listen):
-        raise _fail(
+        raise fail(
             "intake.listen",
             "port 25 is the relay's closed inbound SMTP port",
             'listen on 2525, e.g. "203.0.113.10:2525"',
         )
     if config.hotfolder.path and not os.path.isabs(config.hotfolder.path):
-        raise _fail(
+        raise fail(
             "hotfolder.path", f"{config.hotfolder.path!r} is not an absolute path", "write e.g. /srv/invoices"
         )
     if config.policy.warmup and config.policy.warmup_start is None:
-        raise _fail(
-            "policy.warmup", "a warm-up schedule needs its start day", "add warmup_start = YYYY-MM-DD"
-        )
+        raise fail("policy.warmup", "a warm-up schedule needs its start day", "add warmup_start = YYYY-MM-DD")
     if bool(config.intake.tls_cert) != bool(config.intake.tls_key):
-        raise _fail("intake.tls_cert", "tls_cert and tls_key go together", "set both or neither")
+        raise fail("intake.tls_cert", "tls_cert and tls_key go together", "set both or neither")
     if config.intake.auth_file and not config.intake.tls_cert:
-        raise _fail(
+        raise fail(
             "intake.auth_file", "AUTH is offered over TLS only", "set intake.tls_cert and intake.tls_key"
         )
     if config.envelope.bounce_domain and not _is_config_domain(config.envelope.bounce_domain):
-        raise _fail("envelope.bounce_domain", "not a domain name", "write e.g. bounce.example.com")
+        raise fail("envelope.bounce_domain", "not a domain name", "write e.g. bounce.example.com")
     if config.envelope.bounce_domain and not config.envelope.verp_key_file:
-        raise _fail(
+        raise fail(
             "envelope.verp_key_file",
             "VERP addresses need a secret",
             "point verp_key_file at a file with 32 random bytes",
@@ -399,13 +395,16 @@ def _cross_check(config: Config) -> None:
         _check_listen("metrics.listen", config.metrics.listen)
 
 
-def load(path: str | Path = DEFAULT_PATH) -> Config:
-    """Read and validate the TOML file at ``path``; raises ConfigError with a one-line reason."""
+def read_toml(path: str | Path, *, option: str = "--config") -> dict[str, Any]:
+    """The parsed TOML file at ``path`` (any of the package's settings files); ConfigError else.
+
+    ``option`` is the command-line option that names another file (said when it is missing).
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; create it or pass --config FILE") from None
+        raise ConfigError(f"{path}: no such file; create it or pass {option} FILE") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror}); check the path and permissions") from None
     try:
@@ -414,6 +413,12 @@ def load(path: str | Path = DEFAULT_PATH) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc}); fix the syntax there") from None
+    return data
+
+
+def load(path: str | Path = DEFAULT_PATH) -> Config:
+    """Read and validate the TOML file at ``path``; raises ConfigError with a one-line reason."""
+    data = read_toml(path)
     try:
         return parse(data, source_path=str(path))
     except ConfigError as exc:

@@ -25,7 +25,7 @@ MAX_LIMIT = 10000
 
 def format_event(event: dict) -> str:
     """One event as a line: cursor, time, type, ref, recipient, then what applies (key=value)."""
-    extra = [f"{key}={event[key]}" for key in ("queue_id", "dsn", "kind", "source") if event[key]]
+    extra = [f"{key}={event[key]}" for key in ("queue_id", "dsn", "kind", "source", "tls") if event[key]]
     extra += [f"{key}={event[key]!r}" for key in ("reason", "reply") if event[key]]
     return " ".join(
         [

@@ -170,6 +170,19 @@ def _add_header_line(fields: list[tuple[str, bytes]], line: bytes, lineno: int) 
         )
 
 
+def line_over(data: bytes, limit: int, end: bytes = b"\r\n", *, start: int = 0) -> bool:
+    """True when a line of ``data[start:]`` (lines end with ``end``) is longer than ``limit``.
+
+    At C speed without copying or splitting a large body into one object per line: each step
+    jumps to the last line end within ``limit`` of the current line's start."""
+    while len(data) - start > limit:
+        found = data.rfind(end, start, start + limit + len(end))
+        if found < 0:
+            return True
+        start = found + len(end)
+    return False
+
+
 def _header_addresses(value: str) -> list[tuple[str, str]]:
     return email.utils.getaddresses([value])
 
@@ -196,7 +209,7 @@ def validate(
             smtp_code=552,
             enhanced="5.3.4",
         )
-    if not raw.strip():
+    if not raw or raw.isspace():  # what strip() would leave, without copying the message
         raise BadMessage("message is empty")
     if mail_from:
         check_address(mail_from, what="sender address", show=show)
@@ -206,11 +219,9 @@ def validate(
         check_address(rcpt, what="recipient address", show=show)
     block = split_headers(raw)
     _check_header_fields(block)
-    body = raw[block.body_offset :]
-    lines = body.split(b"\n")
-    if max(map(len, lines)) <= _LINE_LIMIT:  # the usual case, checked at C speed
+    if not line_over(raw, _LINE_LIMIT, b"\n", start=block.body_offset):  # the usual case
         return
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in enumerate(raw[block.body_offset :].split(b"\n"), start=1):
         if len(line.rstrip(b"\r")) > _LINE_LIMIT:
             raise BadMessage(
                 f"body line {lineno} is longer than {_LINE_LIMIT} characters; "

@@ -1,8 +1,9 @@
 """Prometheus metrics of the sender, served as text on ``[metrics] listen`` (localhost only).
 
 ``GET /metrics`` returns the exposition format 0.0.4; anything else gets 404. The numbers come
-from the queue database (counts by state, releases in the current interval and today) and the
-running service (submissions, retries, failures, log results since start).
+from the queue database (counts by state, deliveries by TLS level, releases in the current
+interval and today) and the running service (submissions, retries, failures, log results since
+start).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from bulkrelay.failures import component_failures
 from bulkrelay.queue import Queue
+from bulkrelay.webhooks import settings as webhook_settings
+from bulkrelay.webhooks.status import configured_status
 
 log = logging.getLogger("bulkrelay.metrics")
 
@@ -26,7 +29,14 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     return f"{name} {value:g}"
 
 
-def render(queue: Queue, *, loop: Any = None, tracker: Any = None, now: float | None = None) -> str:
+def render(
+    queue: Queue,
+    *,
+    loop: Any = None,
+    tracker: Any = None,
+    now: float | None = None,
+    webhooks_file: str = webhook_settings.DEFAULT_PATH,
+) -> str:
     """The metrics text. ``loop`` is the service's ReleaseLoop, ``tracker`` its Tracker."""
     now = time.time() if now is None else now
     out = [
@@ -34,6 +44,11 @@ def render(queue: Queue, *, loop: Any = None, tracker: Any = None, now: float | 
         "# TYPE bulkrelay_recipients gauge",
     ]
     out += [_line("bulkrelay_recipients", n, {"state": s}) for s, n in queue.counts().items()]
+    out += [
+        "# HELP bulkrelay_deliveries_total Deliveries by TLS level (none .. verified, from the Postfix log).",
+        "# TYPE bulkrelay_deliveries_total counter",
+    ]
+    out += [_line("bulkrelay_deliveries_total", n, {"tls": t}) for t, n in queue.tls_counts().items()]
     out += [
         "# HELP bulkrelay_component_failures_total Service components that failed (kept across restarts).",
         "# TYPE bulkrelay_component_failures_total counter",
@@ -68,7 +83,37 @@ def render(queue: Queue, *, loop: Any = None, tracker: Any = None, now: float | 
         out += ["# HELP bulkrelay_log_results_total Postfix log results applied since start.",
                 "# TYPE bulkrelay_log_results_total counter"]  # fmt: skip
         out += [_line("bulkrelay_log_results_total", n, {"result": k}) for k, n in tracker.stats.items()]
+    out += _webhook_lines(configured_status(queue, webhooks_file, now=now))
     return "\n".join(out) + "\n"
+
+
+_WEBHOOK_METRICS = (
+    ("bulkrelay_webhook_pending", "gauge", "pending", "Outbox events the webhook has not handled yet."),
+    (
+        "bulkrelay_webhook_oldest_pending_seconds",
+        "gauge",
+        "oldest_pending_age",
+        "Age of the oldest event not yet delivered to the webhook (0: none).",
+    ),
+    ("bulkrelay_webhook_failures", "gauge", "failures", "Failed requests in a row (0: delivering)."),
+    ("bulkrelay_webhook_failures_total", "counter", "failures_total", "Failed requests to the webhook."),
+    ("bulkrelay_webhook_parked", "gauge", "parked", "Events the webhook gave up on (rejected or dead)."),
+)
+
+
+def _webhook_lines(status: dict[str, Any]) -> list[str]:
+    """Per webhook; with webhooks.toml present but unreadable, bulkrelay_webhooks_settings_error 1."""
+    out = []
+    if status["configured"] or status["error"]:
+        out += [
+            "# HELP bulkrelay_webhooks_settings_error 1 when webhooks.toml cannot be read or is invalid.",
+            "# TYPE bulkrelay_webhooks_settings_error gauge",
+            _line("bulkrelay_webhooks_settings_error", 1 if status["error"] else 0),
+        ]
+    for name, kind, key, text in _WEBHOOK_METRICS if status["webhooks"] else ():
+        out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        out += [_line(name, row[key] or 0, {"webhook": row["name"]}) for row in status["webhooks"]]
+    return out
 
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, make_body) -> None:

@@ -35,7 +35,7 @@ from email import message_from_bytes
 from email.generator import BytesGenerator
 from io import BytesIO
 
-from bulkrelay.message import BadMessage, envelope_from_headers, header_sender, validate
+from bulkrelay.message import BadMessage, envelope_from_headers, header_sender, line_over, validate
 
 LINE_LIMIT = 998  # RFC 5322 2.1.1, without CRLF
 FOLD_AT = 78  # RFC 5322 2.1.1 SHOULD
@@ -119,12 +119,10 @@ def normalise(raw: bytes, *, trace: bytes = b"") -> Normalised:
         repairs.append("dropped the leading mbox 'From ' line")
     raw = _crlf(raw, repairs)
     head_end = _head_end(raw)
-    head, body = raw[:head_end], raw[head_end:]
-    head = _headers(head, repairs, bcc)
-    body_raw = head + body
-    if max(map(len, body.split(b"\r\n"))) > LINE_LIMIT:  # map/max: C speed on large bodies
-        body_raw = _reencode_long_lines(body_raw, repairs)
-    return Normalised(trace + body_raw, repairs, bcc)
+    head = _headers(raw[:head_end], repairs, bcc)
+    if line_over(raw, LINE_LIMIT, start=head_end):
+        return Normalised(trace + _reencode_long_lines(head + raw[head_end:], repairs), repairs, bcc)
+    return Normalised(b"".join((trace, head, memoryview(raw)[head_end:])), repairs, bcc)  # one copy
 
 
 def check_from_domains(raw: bytes, from_domains: Sequence[str]) -> None:

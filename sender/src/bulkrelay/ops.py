@@ -20,7 +20,9 @@ from bulkrelay.cli import UsageError
 from bulkrelay.failures import component_failures
 from bulkrelay.policy import Policy, pause, resume
 from bulkrelay.queue import STATES, Queue, QueueUnavailable
-from bulkrelay.service import service_state
+from bulkrelay.servicelock import service_state
+from bulkrelay.webhooks import settings as webhook_settings
+from bulkrelay.webhooks.status import configured_status, format_rows
 
 
 def open_queue(args) -> tuple[configmod.Config, Queue]:
@@ -45,7 +47,9 @@ def _poller_state(queue: Queue, now: float) -> dict[str, Any] | None:
     return state
 
 
-def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[str, Any]:
+def status_data(
+    config: configmod.Config, queue: Queue, *, now: float, webhooks_file: str = webhook_settings.DEFAULT_PATH
+) -> dict[str, Any]:
     policy = Policy(config.policy, dnsbl_state_file=config.dnsbl.state_file)
     decision = policy.decide(queue, now)
     counts = queue.counts()
@@ -70,6 +74,7 @@ def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[s
         "last_failure": last_failure and {**last_failure, "at": _iso(last_failure["at"])},
         "per_domain": per_domain,
         "counts": counts,
+        "deliveries_by_tls": queue.tls_counts(),
         "pending": counts["queued"] + counts["submitting"],
         "paused": decision.paused,
         "policy": decision.reason,
@@ -84,6 +89,7 @@ def status_data(config: configmod.Config, queue: Queue, *, now: float) -> dict[s
             "daily_limit": policy.daily_limit(now),
         },
         "bounce_poller": _poller_state(queue, now),
+        "webhooks": configured_status(queue, webhooks_file, now=now),
         "last_errors": [
             {
                 "at": _iso(e["at"]),
@@ -113,6 +119,8 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append(f"  last: {last['at']} {last['component']}: {last['error']} (traceback in the log)")
     counts = "  ".join(f"{s}={n}" for s, n in data["counts"].items())
     lines.append(f"recipients: {counts}")
+    tls = "  ".join(f"{level}={n}" for level, n in data["deliveries_by_tls"].items())
+    lines.append(f"deliveries by TLS: {tls}")
     state = "PAUSED" if data["paused"] else "running"
     lines.append(f"release: {state} ({data['policy']}); allowed now {data['release_allowed_now']}")
     lines.append(f"next release: {data['next_release'] or '-'}")
@@ -131,6 +139,10 @@ def format_status(data: dict[str, Any]) -> str:
             f"bounce poller: last pass {poll['last_poll_at']} ({poll['age_seconds']:.0f}s ago) {verdict}: "
             f"{poll['detail']}"
         )
+    hooks = data["webhooks"]
+    if hooks["error"]:
+        lines.append(f"webhooks: settings unreadable: {hooks['error']}")
+    lines.extend(format_rows(hooks["webhooks"]))
     if data["last_errors"]:
         lines.append("last errors:")
         lines.extend(
@@ -205,7 +217,7 @@ def cmd_status(args) -> int:
     try:
         if args.watch:
             return _watch(config, queue, args.watch, sys.stdout)
-        data = status_data(config, queue, now=time.time())
+        data = status_data(config, queue, now=time.time(), webhooks_file=args.webhooks)
         print(json.dumps(data, indent=2, sort_keys=True) if args.json else format_status(data))
         return 0
     finally:
@@ -333,6 +345,9 @@ def register(subparsers) -> None:
 
     p = add("status", "queue counts, release state, next release, rates, last errors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--webhooks", default=webhook_settings.DEFAULT_PATH, help="webhooks.toml (default: %(default)s)"
+    )
     p.add_argument(
         "--watch", type=_positive, nargs="?", const=2.0, default=None, metavar="SECONDS",
         help="show drain progress every SECONDS (default 2) until the queue is empty",

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from bulkrelay import config as configmod
 from bulkrelay import hotfolder, intake, metrics, suppression, tracking, verp
@@ -31,6 +28,7 @@ from bulkrelay.delivery import Connector, Submitter
 from bulkrelay.failures import record_failure
 from bulkrelay.policy import Policy
 from bulkrelay.queue import Queue, QueueUnavailable
+from bulkrelay.servicelock import single_instance
 
 log = logging.getLogger("bulkrelay.service")
 
@@ -327,46 +325,6 @@ def setup_logging(level: str = "INFO") -> None:
     )
     # aiosmtpd logs every SMTP command at INFO on "mail.log"; the intake logs its own events.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-
-
-def single_instance(queue_path: str):
-    """Hold an exclusive lock beside the queue: two services on one queue would double-send."""
-    lock_path = f"{queue_path}.lock"
-    try:
-        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a")  # noqa: SIM115 (held for the life of the process)
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-    except BlockingIOError:
-        raise UsageError(
-            f"another `bulkrelay serve` already runs on {queue_path} (lock {lock_path}); stop it first"
-        ) from None
-    except OSError as exc:
-        raise UsageError(f"cannot lock {lock_path}: {exc.strerror}; check [queue] path permissions") from None
-    return handle
-
-
-def service_state(queue_path: str) -> dict:
-    """Whether a `bulkrelay serve` holds the queue's lock: {"running": bool|None, "pid": int|None}.
-
-    ``running`` is None when the lock file cannot be read (e.g. run as another user).
-    """
-    lock_path = f"{queue_path}.lock"
-    try:
-        with open(lock_path) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = handle.read().strip()
-                return {"running": True, "pid": int(text) if text.isdigit() else None}
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return {"running": False, "pid": None}
-    except FileNotFoundError:
-        return {"running": False, "pid": None}
-    except OSError:
-        return {"running": None, "pid": None}
 
 
 def _run(args) -> int:

@@ -10,12 +10,24 @@ Lines used::
 
     postfix/cleanup[..]: 4F1C2A: message-id=<...>                -> remembered (crash recovery)
     postfix/qmgr[..]: 4F1C2A: from=<bounces+...@...>, size=..    -> remembered (crash recovery)
-    postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=2.0.0, status=sent (250 ...)      -> delivered
+    postfix/smtp[813]: Verified TLS connection established to mx.x[192.0.2.1]:25: TLSv1.3 with ...
+    postfix/smtp[813]: 4F1C2A: to=<r@x>, relay=mx.x[192.0.2.1]:25, ..., dsn=2.0.0, status=sent (250 ...)
+                                                                   -> delivered, TLS level "verified"
     postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=4.4.1, status=deferred (...)      -> deferred
     postfix/smtp[..]: 4F1C2A: to=<r@x>, ..., dsn=5.1.1, status=bounced (host ...)  -> bounced
 
 A hard bounce (as bulkrelay.bounces.classify judges it) puts the address on the suppression
 list (``bulkrelay.suppression``).
+
+TLS: with smtp_tls_loglevel >= 1 the smtp client logs one summary line per connection, new or
+reused, before the results it delivers over it; the line has no queue id, so it is tied to the
+results by the process (syslog identifier and pid) and the peer (``relay=``), and to the first
+queue id that follows it. Its format (Postfix's tls_misc.c, ``tls_log_summary``)::
+
+    {Anonymous|Untrusted|Trusted|Verified} TLS connection {established|reused} to
+    host[address]:port: protocol with cipher name (bits/bits)[ key-exchange ...]
+
+A delivery without such a line went out in clear text ("none"), or TLS logging is off.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import logging
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,7 +49,7 @@ from bulkrelay.queue import Queue, QueueUnavailable
 
 log = logging.getLogger("bulkrelay.tracking")
 
-_SYSLOG = re.compile(r"\b(postfix[\w.-]*/[\w/.-]+)\[\d+\]: (.*)$")
+_SYSLOG = re.compile(r"\b(postfix[\w.-]*/[\w/.-]+)\[(\d+)\]: (.*)$")
 _QID_MSG = re.compile(r"^([0-9A-Za-z]{5,}): (.*)$")
 _RESULT = re.compile(
     r"^to=<(?P<to>[^>]*)>,.*?\bdsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), "
@@ -45,6 +58,12 @@ _RESULT = re.compile(
 _FROM = re.compile(r"^from=<(?P<from>[^>]*)>")
 _MID = re.compile(r"^message-id=(?P<mid><[^>]*>|\S+)")
 _EXPIRED = re.compile(r"^from=<(?P<from>[^>]*)>, status=expired")
+_RELAY = re.compile(r"\brelay=(?P<relay>[^,\s]+)")
+_TLS = re.compile(
+    r"^(?P<level>Anonymous|Untrusted|Trusted|Verified) TLS connection (?:established|reused) "
+    r"to (?P<peer>\S+): "
+)
+TLS_SESSIONS_KEPT = 1000  # smtp processes remembered (Postfix runs at most default_process_limit)
 
 BATCH = 500  # journal lines applied per cursor write
 RETRY = 5.0  # seconds before tracking retries after QueueUnavailable
@@ -56,17 +75,22 @@ DELIVERY_AGENTS = {"smtp", "lmtp", "local", "virtual", "error", "discard", "pipe
 @dataclass
 class LogEvent:
     qid: str
-    kind: str  # "message-id" | "from" | "result"
+    kind: str  # "message-id" | "from" | "result" | "tls" (qid "", value the level)
     value: str = ""
     address: str = ""
     state: str = ""
     dsn: str = ""
     reply: str = ""
+    process: str = ""  # "postfix/smtp[813]": ties a TLS line to the results after it
+    relay: str = ""  # result: relay=; tls: the peer
 
 
-def parse_message(ident: str, message: str) -> LogEvent | None:  # noqa: PLR0911
-    """Parse one Postfix log message given its syslog identifier ("postfix/smtp")."""
+def parse_message(ident: str, message: str, pid: str = "") -> LogEvent | None:  # noqa: PLR0911
+    """Parse one Postfix log message given its syslog identifier ("postfix/smtp") and pid."""
     program = ident.rsplit("/", 1)[-1]
+    process = f"{ident}[{pid}]"
+    if program in DELIVERY_AGENTS and (tls := _TLS.match(message.strip())):
+        return LogEvent("", "tls", tls.group("level").lower(), process=process, relay=tls.group("peer"))
     m = _QID_MSG.match(message.strip())
     if not m:
         return None
@@ -84,6 +108,7 @@ def parse_message(ident: str, message: str) -> LogEvent | None:  # noqa: PLR0911
         res = _RESULT.match(rest)
         if not res or res.group("status") not in RESULT_STATES:
             return None
+        relay = _RELAY.search(rest)
         return LogEvent(
             qid,
             "result",
@@ -91,13 +116,15 @@ def parse_message(ident: str, message: str) -> LogEvent | None:  # noqa: PLR0911
             state=RESULT_STATES[res.group("status")],
             dsn=res.group("dsn"),
             reply=res.group("reply") or "",
+            process=process,
+            relay=relay.group("relay") if relay else "",
         )
     return None
 
 
 def parse_syslog_line(line: str) -> LogEvent | None:
     m = _SYSLOG.search(line.rstrip("\n"))
-    return parse_message(*m.groups()) if m else None
+    return parse_message(m.group(1), m.group(3), m.group(2)) if m else None
 
 
 def parse_journal_line(line: str) -> tuple[LogEvent | None, str | None]:
@@ -113,7 +140,8 @@ def parse_journal_line(line: str) -> tuple[LogEvent | None, str | None]:
         message = bytes(message).decode("utf-8", "replace")
     if not str(ident).startswith("postfix"):
         return None, cursor
-    return parse_message(str(ident), str(message)), cursor
+    pid = entry.get("SYSLOG_PID") or entry.get("_PID") or ""
+    return parse_message(str(ident), str(message), str(pid)), cursor
 
 
 class Tracker:
@@ -123,20 +151,38 @@ class Tracker:
         self.queue = queue
         self.clock = clock
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "lines": 0}
+        # process -> [TLS level, peer, queue id of the first result after the TLS line]
+        self.tls_sessions: OrderedDict[str, list[str]] = OrderedDict()
         suppression.ensure_schema(queue.connection)
+
+    def tls_of(self, event: LogEvent) -> str:
+        """How the delivery of a result was protected: the TLS line its process logged last for
+        the same peer, unless that line already served another queue id; else "none"."""
+        session = self.tls_sessions.get(event.process)
+        if session is None or session[1] != event.relay or session[2] not in ("", event.qid):
+            return "none"
+        session[2] = event.qid
+        return session[0]
 
     def handle(self, event: LogEvent | None) -> None:
         if event is None:
             return
         self.stats["lines"] += 1
+        if event.kind == "tls":
+            self.tls_sessions[event.process] = [event.value, event.relay, ""]
+            self.tls_sessions.move_to_end(event.process)
+            while len(self.tls_sessions) > TLS_SESSIONS_KEPT:
+                self.tls_sessions.popitem(last=False)
+            return
         if event.kind == "message-id":
             self.queue.note_postfix(event.qid, message_id=event.value)
             return
         if event.kind == "from":
             self.queue.note_postfix(event.qid, envelope_from=event.value)
             return
+        tls = self.tls_of(event)
         row = self.queue.record_result(
-            event.qid, event.address, state=event.state, dsn=event.dsn, reply=event.reply
+            event.qid, event.address, state=event.state, dsn=event.dsn, reply=event.reply, tls=tls
         )
         if row is None:
             return
@@ -144,13 +190,14 @@ class Tracker:
         level = logging.INFO if event.state == "delivered" else logging.WARNING
         log.log(
             level,
-            "event=%s message=%s recipient=%s address=%s qid=%s dsn=%s reply=%r",
+            "event=%s message=%s recipient=%s address=%s qid=%s dsn=%s tls=%s reply=%r",
             event.state,
             row["message"],
             row["id"],
             row["address"],
             event.qid,
             event.dsn,
+            tls,
             event.reply,
         )
         # Only a hard bounce says the address is bad; a 5.7.x block of the relay (blacklisting,

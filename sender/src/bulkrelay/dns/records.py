@@ -14,6 +14,7 @@ Records produced, per relay and sending domain:
   for the relay name itself (the HELO identity);
 * DKIM TXT ``<selector>._domainkey.<domain>``, split into 255-byte strings;
 * DMARC ``_dmarc.<domain>``: the live record is kept when it exists, else ``p=none`` with rua;
+* TLS-RPT ``_smtp._tls.<domain>`` (RFC 8460) when report URIs are given;
 * the MX of the bounce domain, pointing at a host that accepts mail (never the relay).
 """
 
@@ -23,7 +24,7 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bulkrelay.dns import dkim, spf
+from bulkrelay.dns import dkim, spf, tlsrpt
 from bulkrelay.dns.rdata import RecordError, quote_txt, split_txt
 from bulkrelay.dns.resolver import relative, reverse_name
 from bulkrelay.dns.tags import TagSyntaxError
@@ -169,6 +170,15 @@ def _dkim_dmarc_records(
     out.add(f"_dmarc.{name}", "TXT", quote_txt(txt), ttl, name, purpose, txt=txt)
 
 
+def _tlsrpt_record(out: RecordSet, name: str, rua: list[str], ttl: int) -> None:
+    try:
+        txt = tlsrpt.record([uri.replace("{domain}", name) for uri in rua])
+    except ValueError as exc:
+        raise RecordError(f"bulkrelay_tlsrpt_rua: {exc} (list mailto: or https: URIs)") from None
+    purpose = "TLS-RPT: where sending servers report failed TLS to this domain's mail servers"
+    out.add(tlsrpt.owner(name), "TXT", quote_txt(txt), ttl, name, purpose, txt=txt)
+
+
 def generate(
     *,
     relay_fqdn: str,
@@ -186,10 +196,12 @@ def generate(
     ttl: int = 3600,
     spf_new_terms: tuple[str, ...] | list[str] = ("mx",),
     spf_new_all: str = "~all",
+    tlsrpt_rua: list[str] | None = None,
 ) -> RecordSet:
     """Build every record (see the module docstring). ``live_spf``/``live_dmarc`` map a name to
     the v=spf1 / v=DMARC1 records it has now ([] = none); ``dkim`` maps a domain to
-    ``{"selector": s, "txt": "v=DKIM1; k=rsa; p=..."}`` (the relay_dkim__public_keys fact)."""
+    ``{"selector": s, "txt": "v=DKIM1; k=rsa; p=..."}`` (the relay_dkim__public_keys fact);
+    ``tlsrpt_rua``: TLS-RPT report URIs ("{domain}" replaced), [] = no TLS-RPT records."""
     _validate(
         relay_fqdn, ipv4=ipv4, ipv6=ipv6, relay_mx=relay_mx, bounce_domain=bounce_domain, bounce_mx=bounce_mx
     )
@@ -220,6 +232,8 @@ def generate(
             rua=dmarc_rua,
             ttl=ttl,
         )
+        if tlsrpt_rua:
+            _tlsrpt_record(out, name, tlsrpt_rua, ttl)
     if bounce:
         out.add(
             bounce,

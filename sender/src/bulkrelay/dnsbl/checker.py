@@ -9,19 +9,27 @@ shut-down list, resolver refused) reports an error for all its queries of that f
 "clean" and never "listed". Return codes a list defines as errors, and codes it does not define
 at all, are errors too. TXT reasons are fetched for listings with what is left of the deadline;
 a missing reason never undoes a listing.
+
+With a self-test cache file (`selftest_cache`), a self-test answered in the last two hours is
+not asked again, so a run asks one question per list; a cached failure keeps the list an error,
+and a cached pass is asked again in the same run as soon as the list answers anything but
+NXDOMAIN (a list that lists everything is never believed). All questions of a run leave at
+once, over one UDP socket per nameserver (`UdpPool`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bulkrelay.dnsbl.lists import ERROR_CODE_MEANINGS, DnsblList, Settings
-from bulkrelay.dnsbl.lookup import Answer, Lookup, Transport, system_nameservers, udp_transport
-from bulkrelay.dnsbl.names import Target, parse_target, query_name
+from bulkrelay.dnsbl.lookup import Answer, Lookup, Transport, UdpPool, system_nameservers
+from bulkrelay.dnsbl.names import Nameserver, Target, parse_target, query_name
+from bulkrelay.dnsbl.selftest_cache import SelftestCache, selftest_key
 
 # Extra time the whole check may take beyond one per-query timeout (task scheduling, TXT
 # lookups of listings that answered early).
@@ -152,24 +160,29 @@ def selftest_problem(dnsbl: DnsblList, listed_answer: Answer, clean_answer: Answ
 
 
 class Checker:
+    """Asks every list about every target at once. `transport` (tests) replaces the UDP socket
+    pool; with `selftest_cache` (a file), self-tests answered within its age are not asked again."""
+
     def __init__(
         self,
         settings: Settings,
-        transport: Transport = udp_transport,
+        transport: Transport | None = None,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        selftest_cache: str | Path | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
         self.clock = clock
         self.monotonic = monotonic
+        self.selftest_cache = selftest_cache
         self._default_ns = settings.nameservers
 
-    def _lookup(self, dnsbl: DnsblList) -> Lookup:
+    def _nameservers(self, dnsbl: DnsblList) -> tuple[Nameserver, ...]:
         servers = dnsbl.nameservers or self._default_ns
         if not servers:
             servers = self._default_ns = system_nameservers()
-        return Lookup(servers, self.settings.timeout, self.settings.retries, self.transport, self.monotonic)
+        return servers
 
     def run(self, targets: Sequence[str | Target]) -> CheckResult:
         return asyncio.run(self.check(targets))
@@ -177,94 +190,187 @@ class Checker:
     async def check(self, targets: Sequence[str | Target]) -> CheckResult:
         parsed = [t if isinstance(t, Target) else parse_target(t) for t in targets]
         started = self.monotonic()
-        result = CheckResult(targets=[t.value for t in parsed], lists=[], checked_at=iso(self.clock()))
+        now = self.clock()
+        result = CheckResult(targets=[t.value for t in parsed], lists=[], checked_at=iso(now))
         jobs = [
             (dnsbl, [t for t in parsed if dnsbl.applies_to(t.kind, t.version)])
             for dnsbl in self.settings.lists
         ]
         jobs = [(dnsbl, applicable) for dnsbl, applicable in jobs if applicable]
         result.lists = [dnsbl.label for dnsbl, _ in jobs]
-
-        probes: dict[tuple[str, str], _Probe] = {}
-        for dnsbl, applicable in jobs:
-            lookup = self._lookup(dnsbl)
-            zone = dnsbl.query_zone(self.settings.dqs_key)
-            if dnsbl.selftest:
-                for version in {target.version for target in applicable}:
-                    for point in dnsbl.test_points(version):
-                        name = query_name(_test_target(dnsbl, point), zone)
-                        probes[(dnsbl.zone, "selftest:" + point)] = _Probe(lookup, name, want_reason=False)
-            for target in applicable:
-                probes[(dnsbl.zone, target.value)] = _Probe(
-                    lookup, query_name(target, zone), want_reason=True
-                )
-        await _run_until(list(probes.values()), self.settings.timeout + DEADLINE_MARGIN)
-
-        for dnsbl, applicable in jobs:
-            problems: dict[int, str] = {}
-            for version in {target.version for target in applicable} if dnsbl.selftest else ():
-                must_list, must_not = dnsbl.test_points(version)
-                problems[version] = selftest_problem(
-                    dnsbl,
-                    probes[(dnsbl.zone, "selftest:" + must_list)].answer,
-                    probes[(dnsbl.zone, "selftest:" + must_not)].answer,
-                    version,
-                )
-            for target in applicable:
-                problem = problems.get(target.version, "")
-                probe = probes[(dnsbl.zone, target.value)]
-                qr = QueryResult(
-                    target=target.value,
-                    zone=dnsbl.label,
-                    list_name=dnsbl.name or dnsbl.label,
-                    outcome="error",
-                    allowlist=dnsbl.allowlist,
-                    error=problem,
-                )
-                if not problem:
-                    qr.outcome, qr.codes, qr.error = judge(dnsbl, probe.answer)
-                    qr.reason = probe.reason if qr.outcome == "listed" else ""
-                if self.settings.dqs_key:
-                    qr.error = qr.error.replace(self.settings.dqs_key, "<dqs-key>")
-                    qr.reason = qr.reason.replace(self.settings.dqs_key, "<dqs-key>")
-                result.results.append(qr)
+        cache = SelftestCache(self.selftest_cache, now.timestamp()) if self.selftest_cache else None
+        pool = UdpPool() if self.transport is None else None
+        transport = self.transport or pool
+        assert transport is not None
+        runs = [self._plan(dnsbl, applicable, transport, cache) for dnsbl, applicable in jobs]
+        try:
+            await _run_until(
+                [job for run in runs for job in run.asked], self.settings.timeout + DEADLINE_MARGIN
+            )
+        finally:
+            if pool is not None:
+                pool.close()
+        for run in runs:
+            result.results += run.results(self.settings.dqs_key)
+        if cache is not None:
+            for run in runs:
+                run.remember(cache)
+            cache.save()
         result.elapsed = round(self.monotonic() - started, 3)
         return result
+
+    def _plan(
+        self, dnsbl: DnsblList, applicable: list[Target], transport: Transport, cache: SelftestCache | None
+    ) -> _ListRun:
+        servers = self._nameservers(dnsbl)
+        lookup = Lookup(servers, transport, self.settings.timeout, self.settings.retries, self.monotonic)
+        zone = dnsbl.query_zone(self.settings.dqs_key)
+        run = _ListRun(dnsbl, applicable)
+        for version in {target.version for target in applicable} if dnsbl.selftest else ():
+            facts = (dnsbl.test_points(version), dnsbl.listed.text, dnsbl.errors.text, servers)
+            key = selftest_key(zone, dnsbl.kind, version, *facts)
+            test = run.selftests[version] = _SelfTest(dnsbl, version, lookup, zone, key)
+            test.cached = cache.get(key) if cache else None
+            if test.cached is None:
+                run.asked.append(test.ask())
+        for target in applicable:
+            test = run.selftests.get(target.version)
+            if test is not None and test.cached:
+                continue  # a cached failure: the list is UNKNOWN for this family, nothing to ask
+            # A cached pass is confirmed afresh when the list answers anything but NXDOMAIN,
+            # so a list that has started to list everything is never taken at its word.
+            confirm = test.ask if test is not None and test.cached == "" else None
+            probe = run.probes[target.value] = _Probe(lookup, query_name(target, zone), True, confirm)
+            run.asked.append(_guarded(probe))
+        return run
+
+
+@dataclass
+class _ListRun:
+    """One list's part of a check: its self-test per address family and a probe per target."""
+
+    dnsbl: DnsblList
+    targets: list[Target]
+    selftests: dict[int, _SelfTest] = field(default_factory=dict)
+    probes: dict[str, _Probe] = field(default_factory=dict)
+    asked: list[Awaitable[object]] = field(default_factory=list)
+
+    def results(self, dqs_key: str) -> list[QueryResult]:
+        results = []
+        for target in self.targets:
+            test = self.selftests.get(target.version)
+            problem = test.problem() if test is not None else ""
+            qr = QueryResult(
+                target=target.value,
+                zone=self.dnsbl.label,
+                list_name=self.dnsbl.name or self.dnsbl.label,
+                outcome="error",
+                allowlist=self.dnsbl.allowlist,
+                error=problem,
+            )
+            if not problem:
+                probe = self.probes[target.value]
+                qr.outcome, qr.codes, qr.error = judge(self.dnsbl, probe.answer)
+                qr.reason = probe.reason if qr.outcome == "listed" else ""
+            if dqs_key:
+                qr.error = qr.error.replace(dqs_key, "<dqs-key>")
+                qr.reason = qr.reason.replace(dqs_key, "<dqs-key>")
+            results.append(qr)
+        return results
+
+    def remember(self, cache: SelftestCache) -> None:
+        family = "domain" if self.dnsbl.kind == "domain" else None
+        for version, test in self.selftests.items():
+            if test.definite():
+                cache.put(test.key, self.dnsbl.label, family or f"ip{version}", test.problem())
 
 
 class _Probe:
     """One A question (and the TXT reason when the A answer is a hit), filled in as answers arrive,
-    so what arrived before the deadline is kept when the rest is cancelled."""
+    so what arrived before the deadline is kept when the rest is cancelled. `confirm` is awaited
+    alongside the reason when the A answer is anything but NXDOMAIN."""
 
-    def __init__(self, lookup: Lookup, name: str, want_reason: bool) -> None:
+    def __init__(
+        self,
+        lookup: Lookup,
+        name: str,
+        want_reason: bool,
+        confirm: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self.lookup = lookup
         self.name = name
         self.want_reason = want_reason
-        self.timeout = lookup.timeout
+        self.confirm = confirm
         self.answer = Answer("error", error=f"no answer within the check deadline ({lookup.timeout:g}s)")
         self.reason = ""
 
     async def run(self) -> None:
         answer = await self.lookup.query(self.name)
         self.answer = answer
-        if self.want_reason and answer.status == "found":
-            txt = await self.lookup.query(self.name, "TXT")
-            if txt.status == "found":
-                self.reason = " ".join(txt.values)
+        if answer.status != "found":
+            return
+        await asyncio.gather(
+            *([self._fetch_reason()] if self.want_reason else []),
+            *([self.confirm()] if self.confirm is not None else []),
+        )
+
+    async def _fetch_reason(self) -> None:
+        txt = await self.lookup.query(self.name, "TXT")
+        if txt.status == "found":
+            self.reason = " ".join(txt.values)
 
 
-async def _run_until(probes: list[_Probe], budget: float) -> None:
-    """Run all probes concurrently for at most `budget` seconds; cancel what is left."""
-    if not probes:
+class _SelfTest:
+    """One list's RFC 5782 self-test for one address family: from the cache, asked with the
+    run's questions, or asked once a cached pass needs confirming (`ask` starts it only once)."""
+
+    def __init__(self, dnsbl: DnsblList, version: int, lookup: Lookup, zone: str, key: str) -> None:
+        self.dnsbl = dnsbl
+        self.version = version
+        self.lookup = lookup
+        self.zone = zone
+        self.key = key
+        self.cached: str | None = None
+        self.probes: tuple[_Probe, _Probe] | None = None  # (must be listed, must not), once asked
+        self._asking: asyncio.Future[object] | None = None
+
+    def ask(self) -> asyncio.Future[object]:
+        if self._asking is None:
+            listed, clean = (
+                _Probe(self.lookup, query_name(_test_target(self.dnsbl, point), self.zone), want_reason=False)
+                for point in self.dnsbl.test_points(self.version)
+            )
+            self.probes = (listed, clean)
+            self._asking = asyncio.gather(*(_guarded(probe) for probe in self.probes))
+        return self._asking
+
+    def problem(self) -> str:
+        if self.probes is None:
+            return self.cached or ""
+        listed, clean = self.probes
+        return selftest_problem(self.dnsbl, listed.answer, clean.answer, self.version)
+
+    def definite(self) -> bool:
+        """Asked, and both points answered (listed or NXDOMAIN): worth keeping in the cache."""
+        return self.probes is not None and all(p.answer.status in ("found", "nxdomain") for p in self.probes)
+
+
+async def _guarded(probe: _Probe) -> None:
+    try:
+        await probe.run()
+    except Exception as exc:  # whatever broke, the question stays unanswered
+        probe.answer = Answer("error", error=f"query failed: {exc}")
+
+
+async def _run_until(asked: list[Awaitable[None]], budget: float) -> None:
+    """Run everything asked concurrently for at most `budget` seconds; cancel what is left."""
+    if not asked:
         return
-    tasks = [asyncio.ensure_future(p.run()) for p in probes]
+    tasks = [asyncio.ensure_future(job) for job in asked]
     _done, pending = await asyncio.wait(tasks, timeout=budget)
     for task in pending:
         task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for probe, outcome in zip(probes, results, strict=True):
-        if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
-            probe.answer = Answer("error", error=f"query failed: {outcome}")
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _test_target(dnsbl: DnsblList, point: str) -> Target:

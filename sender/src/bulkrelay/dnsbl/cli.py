@@ -24,6 +24,8 @@ from bulkrelay.dnsbl.report import EXIT_CODES, Thresholds, as_dict, plugin_outpu
 from bulkrelay.dnsbl.state import DEFAULT_STATE_PATH
 
 DEFAULT_CONFIG = "/etc/bulkrelay/dnsbl/settings.json"  # written by the role dnsbl_monitor
+SELFTEST_CACHE_NAME = "selftest.json"  # beside the state file (bulkrelay.dnsbl.selftest_cache)
+DEFAULT_SELFTEST_CACHE = os.path.join(os.path.dirname(DEFAULT_STATE_PATH), SELFTEST_CACHE_NAME)
 
 
 def _usage_error(message: str) -> Exception:
@@ -129,10 +131,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _selftest_cache_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--selftest-cache",
+        metavar="FILE",
+        help=f"keep the lists' RFC 5782 self-test results here for two hours ({default}; '' = ask every run)",
+    )
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     thresholds = _thresholds(args)
-    result = Checker(settings).run(args.targets)
+    cache = DEFAULT_SELFTEST_CACHE if args.selftest_cache is None else args.selftest_cache
+    result = Checker(settings, selftest_cache=cache or None).run(args.targets)
     if args.json:
         print(json.dumps(as_dict(result, thresholds), indent=2))
         return EXIT_CODES[as_dict(result, thresholds)["status"]]
@@ -148,9 +159,13 @@ def cmd_cron(args: argparse.Namespace) -> int:
         raise _usage_error("--alert-after must be at least 1")
     mail = MailSettings(args.mail_to, args.mail_from, args.mail_command) if args.mail_to else None
     logger = syslog_logger(not args.no_syslog)
+    cache = args.selftest_cache
+    if cache is None:
+        cache = os.path.join(os.path.dirname(args.state) or ".", SELFTEST_CACHE_NAME)
+    checker = Checker(settings, selftest_cache=cache or None)
     try:
         state, _events = run_cron(
-            lambda: as_dict(Checker(settings).run(args.targets), thresholds),
+            lambda: as_dict(checker.run(args.targets), thresholds),
             args.state,
             mail,
             logger,
@@ -192,6 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = sub.add_parser("check", help="Nagios/Icinga plugin: exit 0/1/2/3 with perfdata")
     _common(check)
     check.add_argument("--json", action="store_true", help="print the result as JSON (same exit code)")
+    _selftest_cache_option(check, DEFAULT_SELFTEST_CACHE)
     check.set_defaults(func=cmd_check)
 
     cron = sub.add_parser("cron", help="scheduled check: state file, syslog, mail only on change")
@@ -214,6 +230,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cron.add_argument("--prometheus", metavar="FILE", help="also write a node-exporter textfile (.prom)")
     cron.add_argument("--no-syslog", action="store_true", help="log to stderr instead of syslog")
     cron.add_argument("-v", "--verbose", action="store_true", help="print the new state")
+    _selftest_cache_option(cron, f"{SELFTEST_CACHE_NAME} beside --state")
     cron.set_defaults(func=cmd_cron)
 
     lists = sub.add_parser("lists", help="print the lists a check asks")
@@ -236,6 +253,7 @@ def check_dnsbl_main(argv: Sequence[str] | None = None) -> int:
     )
     _common(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON (same exit code)")
+    _selftest_cache_option(parser, DEFAULT_SELFTEST_CACHE)
     try:
         return cmd_check(parser.parse_args(argv))  # --help still exits 0 from parse_args
     except UsageError as exc:

@@ -1,8 +1,9 @@
 """One DNS question with a per-query time budget and retries, over dnspython asyncio.
 
 The transport (how a message reaches a nameserver) is injected, so tests can answer from a
-table and production uses UDP with TCP fallback. Only NXDOMAIN is a definite "no"; SERVFAIL,
-REFUSED, timeouts and network errors are reported as errors ("could not tell").
+table and production uses a `UdpPool`: one UDP socket per nameserver for every question of a
+check, with TCP fallback. Only NXDOMAIN is a definite "no"; SERVFAIL, REFUSED, timeouts and
+network errors are reported as errors ("could not tell").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import dns.asyncquery
+import dns.entropy
 import dns.exception
 import dns.flags
 import dns.message
@@ -26,13 +28,98 @@ from bulkrelay.dnsbl.names import InputError, Nameserver, parse_nameserver
 Transport = Callable[[dns.message.Message, Nameserver, float], Awaitable[dns.message.Message]]
 
 
-async def udp_transport(
-    query: dns.message.Message, server: Nameserver, timeout: float
-) -> dns.message.Message:
-    response, _tcp = await dns.asyncquery.udp_with_fallback(
-        query, server.address, timeout=timeout, port=server.port
-    )
-    return response
+class UdpPool:
+    """A Transport that asks every question of one check over one UDP socket per nameserver.
+
+    dnspython's own asyncio query opens (and closes) a socket and an event-loop endpoint for
+    each question, which was a third of a 40-list check's CPU (docs/benchmarks.md). Answers
+    are matched to their question by message id and question section (`is_response`); the ids
+    of the questions waiting on one socket are kept distinct. A truncated answer is asked
+    again over TCP. Use it within one event loop, then `close()` it.
+    """
+
+    def __init__(self) -> None:
+        self._sockets: dict[Nameserver, asyncio.Future[_Socket]] = {}
+
+    async def __call__(
+        self, query: dns.message.Message, server: Nameserver, timeout: float
+    ) -> dns.message.Message:
+        opening = self._sockets.get(server)
+        if opening is None:
+            opening = self._sockets[server] = asyncio.ensure_future(_Socket.open(server))
+        sock = await asyncio.shield(opening)  # one waiter's deadline must not close it for all
+        response = await sock.ask(query)
+        if response is None:  # truncated: the whole answer over TCP
+            return await dns.asyncquery.tcp(query, server.address, timeout=timeout, port=server.port)
+        return response
+
+    def close(self) -> None:
+        for opening in self._sockets.values():
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                opening.result().close()
+            else:
+                opening.cancel()
+        self._sockets.clear()
+
+
+class _Socket(asyncio.DatagramProtocol):
+    """One connected UDP socket: only its nameserver's datagrams reach it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.waiting: dict[int, tuple[dns.message.Message, asyncio.Future[dns.message.Message | None]]] = {}
+
+    @classmethod
+    async def open(cls, server: Nameserver) -> _Socket:
+        loop = asyncio.get_running_loop()
+        _transport, protocol = await loop.create_datagram_endpoint(
+            cls, remote_addr=(server.address, server.port)
+        )
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    async def ask(self, query: dns.message.Message) -> dns.message.Message | None:
+        """The answer, or None when it came truncated."""
+        while query.id in self.waiting:
+            query.id = dns.entropy.random_16()
+        answer: asyncio.Future[dns.message.Message | None] = asyncio.get_running_loop().create_future()
+        self.waiting[query.id] = (query, answer)
+        try:
+            assert self.transport is not None
+            self.transport.sendto(query.to_wire())
+            return await answer
+        finally:
+            del self.waiting[query.id]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        waiting = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
+        if waiting is None or waiting[1].done():
+            return  # the late answer of a question given up, or noise
+        query, answer = waiting
+        try:
+            response = dns.message.from_wire(data, raise_on_truncation=True)
+        except dns.message.Truncated:
+            answer.set_result(None)
+            return
+        except dns.exception.DNSException:
+            return  # not a DNS message: keep waiting for the real answer
+        if query.is_response(response):
+            answer.set_result(response)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error (port unreachable...) names no question: every waiting one gets it.
+        for _query, answer in self.waiting.values():
+            if not answer.done():
+                answer.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.error_received(exc or ConnectionError("socket closed"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 def system_nameservers() -> tuple[Nameserver, ...]:
@@ -61,9 +148,9 @@ class Lookup:
     def __init__(
         self,
         nameservers: Sequence[Nameserver],
+        transport: Transport,
         timeout: float = 4.0,
         retries: int = 1,
-        transport: Transport = udp_transport,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not nameservers:

@@ -27,11 +27,12 @@ its own SQL statements:
 - ``reconcile``: results from the Postfix log and from DSNs, settling 'submitting' rows;
 - ``commands``: what the operator lists, shows, retries, drops, counts and pauses;
 - ``events``: the delivery-events outbox, written by ``enqueue``, ``release`` and ``reconcile``
-  inside their transactions, and read by cursor.
+  inside their transactions, and read by cursor;
+- ``webhooks``: each webhook's outbox cursor, retry state and parked events.
 """
 
 from bulkrelay.queue.commands import Commands
-from bulkrelay.queue.enqueue import Enqueue, ensure_ids
+from bulkrelay.queue.enqueue import Enqueue, Submission, ensure_ids
 from bulkrelay.queue.events import EVENT_TYPES, Events
 from bulkrelay.queue.reconcile import Reconciliation
 from bulkrelay.queue.release import Release, queue_id_from_reply
@@ -41,10 +42,12 @@ from bulkrelay.queue.storage import (
     FINAL_STATES,
     SCHEMA,
     STATES,
+    TLS_LEVELS,
     QueueUnavailable,
     Storage,
     domain_of,
 )
+from bulkrelay.queue.webhooks import WebhookLedger
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -53,16 +56,18 @@ __all__ = [
     "FINAL_STATES",
     "SCHEMA",
     "STATES",
+    "TLS_LEVELS",
     "Queue",
     "QueueUnavailable",
     "Storage",
+    "Submission",
     "domain_of",
     "ensure_ids",
     "queue_id_from_reply",
 ]
 
 
-class Queue(Enqueue, Release, Reconciliation, Commands, Events):
+class Queue(Enqueue, Release, Reconciliation, Commands, Events, WebhookLedger):
     """The sender's SQLite queue. Safe to share between threads (calls are serialised).
 
     One connection (``Storage``) shared by the parts; ``Queue(path, clock=..., busy_timeout=...)``

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bulkrelay.queue.storage import STATES, Storage
+from bulkrelay.queue.storage import STATES, TLS_LEVELS, Storage
 
 log = logging.getLogger("bulkrelay.queue")
 
@@ -38,6 +38,13 @@ class Commands(Storage):
         counts = dict.fromkeys(STATES, 0)
         for row in self._query("SELECT state, n FROM state_counts"):
             counts[row["state"]] = row["n"]
+        return counts
+
+    def tls_counts(self) -> dict[str, int]:
+        """Deliveries by how they were protected (TLS_LEVELS, then "unknown" when any)."""
+        counts = dict.fromkeys(TLS_LEVELS, 0)
+        for row in self._query("SELECT tls, n FROM tls_counts"):
+            counts[row["tls"]] = row["n"]
         return counts
 
     def list_recipients(self, *, state: str | None = None, limit: int = 50, after: int = 0) -> list[dict]:

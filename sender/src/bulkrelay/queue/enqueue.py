@@ -10,6 +10,9 @@ import datetime as dt
 import email.utils
 import logging
 import re
+import sqlite3
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from bulkrelay.message import REF_HEADER, read_ref
 from bulkrelay.queue.events import Events, intake_source
@@ -73,8 +76,26 @@ def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
     return raw[:at] + added + raw[at:], message_id
 
 
+class Submission(NamedTuple):
+    """One message handed to the queue: what ``Enqueue.enqueue`` takes."""
+
+    raw: bytes
+    mail_from: str
+    recipients: list[str]
+    source: str
+
+
+class _Prepared(NamedTuple):
+    body: bytes
+    mail_from: str
+    recipients: list[str]
+    source: str
+    message_id: str
+    ref: str
+
+
 class Enqueue(Events):
-    """Intake's side of the queue: one transaction per message."""
+    """Intake's side of the queue: one transaction per message, or per group of messages."""
 
     def enqueue(self, raw: bytes, mail_from: str, recipients: list[str], *, source: str) -> int:
         """Store one message for its recipients; returns the message id after COMMIT.
@@ -84,36 +105,66 @@ class Enqueue(Events):
         stored once. Raises ValueError for an empty recipient list or a malformed reference and
         QueueUnavailable when the database cannot commit.
         """
-        unique = list(dict.fromkeys(r.strip() for r in recipients if r.strip()))
-        if not unique:
-            raise ValueError("a message needs at least one recipient")
+        (result,) = self.enqueue_group([Submission(raw, mail_from, recipients, source)])
+        if isinstance(result, ValueError):
+            raise result
+        return result
+
+    def enqueue_group(self, group: Sequence[Submission]) -> list[int | ValueError]:
+        """Store several messages in ONE transaction, so they share one COMMIT (one fsync).
+
+        Returns, in order, each message's id, or the ValueError that refused it (no recipient,
+        malformed reference: judged before anything is written, so it refuses only that
+        message). A database error refuses all of them: QueueUnavailable is raised after the
+        ROLLBACK, and none of the group is stored.
+        """
         now = self.clock()
-        raw, ref = take_ref(raw)
-        body, message_id = ensure_ids(raw, mail_from, now=now)
+        prepared: list[_Prepared | ValueError] = []
+        for item in group:
+            try:
+                prepared.append(_prepare(item, now))
+            except ValueError as exc:
+                prepared.append(exc)
+        if all(isinstance(p, ValueError) for p in prepared):
+            return list(prepared)  # type: ignore[arg-type]
         with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO messages(mail_from, message_id, source, size, created_at, body, ref) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mail_from, message_id, source, len(body), now, body, ref or message_id),
-            )
-            msg = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO recipients(message, address, domain, next_attempt, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(msg, r, domain_of(r), now, now, now) for r in unique],
-            )
-            ids = [
-                r[0] for r in conn.execute("SELECT id FROM recipients WHERE message = ? ORDER BY id", (msg,))
-            ]
-            self._events(conn, "accepted", ids, source=intake_source(source))
-        log.info(
-            "event=enqueued message=%s recipients=%d size=%d source=%s message_id=%s ref=%r",
-            msg,
-            len(unique),
-            len(body),
-            source,
-            message_id,
-            ref or message_id,
+            results = [p if isinstance(p, ValueError) else self._insert(conn, p, now) for p in prepared]
+        for p, msg in zip(prepared, results, strict=True):
+            if not isinstance(p, ValueError):
+                log.info(
+                    "event=enqueued message=%s recipients=%d size=%d source=%s message_id=%s ref=%r",
+                    msg,
+                    len(p.recipients),
+                    len(p.body),
+                    p.source,
+                    p.message_id,
+                    p.ref,
+                )
+        return results
+
+    def _insert(self, conn: sqlite3.Connection, p: _Prepared, now: float) -> int:
+        cur = conn.execute(
+            "INSERT INTO messages(mail_from, message_id, source, size, created_at, body, ref) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (p.mail_from, p.message_id, p.source, len(p.body), now, p.body, p.ref),
         )
+        msg = cur.lastrowid
         assert msg is not None
+        conn.executemany(
+            "INSERT INTO recipients(message, address, domain, next_attempt, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(msg, r, domain_of(r), now, now, now) for r in p.recipients],
+        )
+        ids = [r[0] for r in conn.execute("SELECT id FROM recipients WHERE message = ? ORDER BY id", (msg,))]
+        self._events(conn, "accepted", ids, source=intake_source(p.source))
         return msg
+
+
+def _prepare(item: Submission, now: float) -> _Prepared:
+    """The message as stored (Message-ID and Date added, reference taken out), or ValueError."""
+    unique = list(dict.fromkeys(r.strip() for r in item.recipients if r.strip()))
+    if not unique:
+        raise ValueError("a message needs at least one recipient")
+    raw, ref = take_ref(item.raw)
+    body, message_id = ensure_ids(raw, item.mail_from, now=now)
+    return _Prepared(body, item.mail_from, unique, item.source, message_id, ref or message_id)

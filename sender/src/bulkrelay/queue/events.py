@@ -18,7 +18,8 @@ Where each type comes from:
 - ``deferred``: a 4xx at submission (``mark_retry``, source submission) or a deferral in the
   Postfix log (``record_result``); written the first time, then at most once a day per
   recipient (``DEFERRED_EVERY``), since Postfix logs a deferral at every retry;
-- ``delivered``, ``bounced``: the Postfix log (``record_result``); ``bounced`` also for a 5xx
+- ``delivered`` (with ``tls``: how the delivery was protected, ``queue.TLS_LEVELS``), ``bounced``:
+  the Postfix log (``record_result``); ``bounced`` also for a 5xx
   at submission (``mark_failed``) and for a DSN from the bounce mailbox (``record_bounce``,
   source dsn, kind hard or soft). ``kind`` says what the failure means for the address,
   as ``bulkrelay.bounces.classify`` judges it: hard = the address is bad (it is suppressed),
@@ -60,7 +61,7 @@ EVENT_TYPES = (
     "expired",
 )
 # The optional keys of an event (null when they do not apply); see docs of `bulkrelay events`.
-DETAIL_KEYS = ("queue_id", "dsn", "reply", "kind", "source", "reason")
+DETAIL_KEYS = ("queue_id", "dsn", "reply", "kind", "source", "reason", "tls")
 DEFERRED_EVERY = 86400.0  # seconds between two `deferred` events of one recipient
 EXPIRED_DSN = "5.4.7"
 # Message.source prefix -> the event's source (smtp:<peer>, hotfolder:<digest>, cli:<file>)
@@ -127,16 +128,25 @@ class Events(Storage):
             self._event(conn, "deferred", recipient_id, **detail)
 
     def _result(
-        self, conn: sqlite3.Connection, recipient_id: int, *, state: str, dsn: str, reply: str, queue_id: str
+        self,
+        conn: sqlite3.Connection,
+        recipient_id: int,
+        *,
+        state: str,
+        dsn: str,
+        reply: str,
+        queue_id: str,
+        tls: str | None = None,
     ) -> None:
-        """The event of a result read from the Postfix log (delivered, deferred or bounced)."""
+        """The event of a result read from the Postfix log (delivered with its TLS level,
+        deferred or bounced)."""
         detail = {"queue_id": queue_id, "dsn": dsn or None, "reply": reply or None, "source": "log"}
         if state == "deferred":
             self._deferred(conn, recipient_id, **detail)
         elif state == "bounced":
             self._event(conn, bounce_type(dsn), recipient_id, kind=classify(dsn, reply), **detail)
         else:
-            self._event(conn, state, recipient_id, **detail)
+            self._event(conn, state, recipient_id, tls=tls, **detail)
 
     def _prune_events(self, conn: sqlite3.Connection, before: float) -> None:
         """Delete events older than ``before``: walks the oldest ids only, never the whole table."""

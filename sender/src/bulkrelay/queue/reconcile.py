@@ -10,22 +10,29 @@ from __future__ import annotations
 import sqlite3
 
 from bulkrelay.queue.events import Events, bounce_type
-from bulkrelay.queue.storage import FINAL_STATES
+from bulkrelay.queue.storage import FINAL_STATES, TLS_LEVELS
 
 
 def apply_pending(conn: sqlite3.Connection, recipient_id: int, qid: str, queue: Events) -> dict | None:
     """Apply a result the log showed for ``qid`` before this row knew its queue id (and write
     its event: the row has just become 'submitted' in the same transaction)."""
     seen = conn.execute(
-        "SELECT result_state, result_dsn, result_reply FROM postfix_seen "
+        "SELECT result_state, result_dsn, result_reply, result_tls FROM postfix_seen "
         "WHERE qid = ? AND result_state IS NOT NULL",
         (qid,),
     ).fetchone()
     if seen is None:
         return None
     conn.execute(
-        "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-        (seen["result_state"], seen["result_dsn"], seen["result_reply"], queue.clock(), recipient_id),
+        "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, tls = ?, updated_at = ? WHERE id = ?",
+        (
+            seen["result_state"],
+            seen["result_dsn"],
+            seen["result_reply"],
+            seen["result_tls"],
+            queue.clock(),
+            recipient_id,
+        ),
     )
     queue._result(
         conn,
@@ -34,6 +41,7 @@ def apply_pending(conn: sqlite3.Connection, recipient_id: int, qid: str, queue: 
         dsn=seen["result_dsn"],
         reply=seen["result_reply"],
         queue_id=qid,
+        tls=seen["result_tls"],
     )
     return {"state": seen["result_state"], "dsn": seen["result_dsn"], "reply": seen["result_reply"]}
 
@@ -41,15 +49,21 @@ def apply_pending(conn: sqlite3.Connection, recipient_id: int, qid: str, queue: 
 class Reconciliation(Events):
     """The Postfix-log tracker's and the bounce poller's side of the queue."""
 
-    def record_result(self, qid: str, address: str, *, state: str, dsn: str, reply: str) -> dict | None:
+    def record_result(
+        self, qid: str, address: str, *, state: str, dsn: str, reply: str, tls: str | None = None
+    ) -> dict | None:
         """Apply a Postfix log result (delivered/deferred/bounced) to the row with that queue id.
 
+        ``tls``: how a delivery was protected (TLS_LEVELS); kept for delivered results only.
         Returns the updated row, or None when the queue id is not ours. A final state is never
         overwritten by 'deferred' (log lines can be read twice after a restart), and a result
         already recorded (same state and status) writes no second event.
         """
         if state not in ("delivered", "deferred", "bounced"):
             raise ValueError(f"unknown result state {state!r}")
+        if tls is not None and tls not in TLS_LEVELS:
+            raise ValueError(f"unknown TLS level {tls!r}")
+        tls = tls if state == "delivered" else None
         with self.transaction(durable=False) as conn:
             rows = conn.execute(
                 "SELECT id, message, address, state, dsn FROM recipients WHERE postfix_qid = ?", (qid,)
@@ -60,25 +74,29 @@ class Reconciliation(Events):
                 # (a 'submitting' row resolved from the log after a crash).
                 conn.execute(
                     "INSERT INTO postfix_seen"
-                    "(qid, at, result_address, result_state, result_dsn, result_reply) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(qid) DO UPDATE SET "
+                    "(qid, at, result_address, result_state, result_dsn, result_reply, result_tls) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(qid) DO UPDATE SET "
                     "result_address = excluded.result_address, result_state = excluded.result_state, "
-                    "result_dsn = excluded.result_dsn, result_reply = excluded.result_reply "
+                    "result_dsn = excluded.result_dsn, result_reply = excluded.result_reply, "
+                    "result_tls = excluded.result_tls "
                     "WHERE coalesce(result_state, 'deferred') = 'deferred'",
-                    (qid, self.clock(), address, state, dsn, reply),
+                    (qid, self.clock(), address, state, dsn, reply, tls),
                 )
                 return None
             row = dict(match[0])
             if state == "deferred" and row["state"] in FINAL_STATES:
                 return row
+            if row["state"] == "delivered":
+                tls = None  # a line read again (after a restart) may lack its TLS line: keep the first
             conn.execute(
-                "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, updated_at = ? WHERE id = ?",
-                (state, dsn, reply, self.clock(), row["id"]),
+                "UPDATE recipients SET state = ?, dsn = ?, last_reply = ?, tls = coalesce(?, tls), "
+                "updated_at = ? WHERE id = ?",
+                (state, dsn, reply, tls, self.clock(), row["id"]),
             )
             if state in ("bounced", "deferred"):
                 self._error(conn, row["id"], f"{state} dsn={dsn}: {reply}")
             if state == "deferred" or (row["state"], row["dsn"]) != (state, dsn):
-                self._result(conn, row["id"], state=state, dsn=dsn, reply=reply, queue_id=qid)
+                self._result(conn, row["id"], state=state, dsn=dsn, reply=reply, queue_id=qid, tls=tls)
             row["state"] = state
             row["dsn"] = dsn
             return row

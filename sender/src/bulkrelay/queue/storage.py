@@ -22,6 +22,12 @@ from typing import Any
 STATES = ("queued", "submitting", "submitted", "delivered", "deferred", "bounced", "failed", "suppressed")
 # States in which a recipient is finished from the sender's point of view (no further action).
 FINAL_STATES = ("delivered", "bounced", "failed", "suppressed")
+# How a delivery was protected, from the TLS summary line Postfix's smtp logs before it
+# (smtp_tls_loglevel >= 1; bulkrelay.tracking): none = no TLS line, clear text; anonymous = no
+# server certificate; untrusted = a certificate that no trusted CA signed; trusted = a CA-signed
+# certificate whose name was not checked; verified = name (or DANE/fingerprint) checked.
+# Deliveries recorded before the tracking knew this count as "unknown".
+TLS_LEVELS = ("none", "anonymous", "untrusted", "trusted", "verified")
 
 BUSY_TIMEOUT = 5.0  # seconds a write waits for another writer before QueueUnavailable
 
@@ -50,13 +56,17 @@ CREATE TABLE IF NOT EXISTS recipients (
     envelope_from TEXT,
     postfix_qid TEXT,
     dsn TEXT,
-    last_reply TEXT
+    last_reply TEXT,
+    tls TEXT
 );
 CREATE INDEX IF NOT EXISTS recipients_ready ON recipients(next_attempt, id) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS recipients_state ON recipients(state, id);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message);
 CREATE INDEX IF NOT EXISTS recipients_qid ON recipients(postfix_qid) WHERE postfix_qid IS NOT NULL;
 CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL);
+-- Deliveries by TLS level since the queue was created (a counter: never decreases; trigger in
+-- Storage._migrate, after the tls column exists).
+CREATE TABLE IF NOT EXISTS tls_counts (tls TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS recipients_count_ins AFTER INSERT ON recipients BEGIN
     INSERT INTO state_counts(state, n) VALUES (NEW.state, 1)
         ON CONFLICT(state) DO UPDATE SET n = n + 1;
@@ -80,6 +90,32 @@ CREATE TABLE IF NOT EXISTS releases (
 CREATE INDEX IF NOT EXISTS releases_at ON releases(at);
 CREATE INDEX IF NOT EXISTS releases_domain ON releases(domain, at);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Webhook delivery (`bulkrelay webhooks`, queue/webhooks.py): per webhook, the outbox cursor of
+-- the last event handled (moved only after the receiver's 2xx, so a crash resends, never loses)
+-- and the retry state of the batch at its head.
+CREATE TABLE IF NOT EXISTS webhook_cursors (
+    webhook TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    failures_total INTEGER NOT NULL DEFAULT 0,
+    failing_since REAL,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated_at REAL NOT NULL
+);
+-- Events a webhook gave up on: rejected by the receiver (a 4xx other than 408/429) or 'dead'
+-- (still failing after [delivery] dead_after). Reported by status and the audit.
+CREATE TABLE IF NOT EXISTS webhook_parked (
+    id INTEGER PRIMARY KEY,
+    webhook TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status INTEGER,
+    reply TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_parked_webhook ON webhook_parked(webhook, id);
 CREATE TABLE IF NOT EXISTS errors (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -99,7 +135,8 @@ CREATE TABLE IF NOT EXISTS postfix_seen (
     result_address TEXT,
     result_state TEXT,
     result_dsn TEXT,
-    result_reply TEXT
+    result_reply TEXT,
+    result_tls TEXT
 );
 CREATE INDEX IF NOT EXISTS postfix_seen_from ON postfix_seen(envelope_from);
 CREATE INDEX IF NOT EXISTS postfix_seen_mid ON postfix_seen(message_id);
@@ -188,9 +225,22 @@ class Storage:
     def _migrate(self) -> None:
         """Columns added after the first release of the schema (in the opening transaction)."""
         have = {r[1] for r in self.connection.execute("PRAGMA table_info(postfix_seen)")}
-        for column in ("result_address", "result_state", "result_dsn", "result_reply"):
+        for column in ("result_address", "result_state", "result_dsn", "result_reply", "result_tls"):
             if column not in have:
                 self.connection.execute(f"ALTER TABLE postfix_seen ADD COLUMN {column} TEXT")
+        if "tls" not in {r[1] for r in self.connection.execute("PRAGMA table_info(recipients)")}:
+            # Deliveries recorded before the tracking read TLS: counted, as "unknown".
+            self.connection.execute("ALTER TABLE recipients ADD COLUMN tls TEXT")
+            self.connection.execute(
+                "INSERT INTO tls_counts(tls, n) SELECT 'unknown', count(*) FROM recipients "
+                "WHERE state = 'delivered' HAVING count(*) > 0"
+            )
+        self.connection.execute(
+            "CREATE TRIGGER IF NOT EXISTS recipients_tls_count AFTER UPDATE OF state ON recipients "
+            "WHEN NEW.state = 'delivered' AND OLD.state <> 'delivered' BEGIN "
+            "INSERT INTO tls_counts(tls, n) VALUES (coalesce(NEW.tls, 'unknown'), 1) "
+            "ON CONFLICT(tls) DO UPDATE SET n = n + 1; END"
+        )
         if "ref" not in {r[1] for r in self.connection.execute("PRAGMA table_info(messages)")}:
             # The application reference; a message stored before it existed is known by its
             # Message-ID, as one without an X-Bulkrelay-Ref: header is.
