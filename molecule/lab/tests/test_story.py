@@ -121,6 +121,7 @@ def test_invoices_leave_in_batches():
     sh(APP, f"python3 - {INVOICES}", stdin=INVOICE_SCRIPT, timeout=300)
     assert sender_status()["counts"].get("queued", 0) >= INVOICES
     sh(APP, "systemctl stop lab-webhook-receiver")
+    RECEIVER_OUTAGE["since"] = started  # events of earlier runs on the same lab are not counted
     try:
         sender_cli("resume")
         wait_for(
@@ -151,39 +152,42 @@ def test_invoices_leave_in_batches():
 
 # 4b. The ERP hears of every invoice: signed webhook events, none lost while it was down.
 
-RECEIVER_OUTAGE = {}  # when test_invoices_leave_in_batches brought the receiver back
+RECEIVER_OUTAGE = {}  # when test_invoices_leave_in_batches sent the invoices and brought the receiver back
 EVENTS_FILE = "/var/lib/lab-webhooks/events.jsonl"  # fixture lab_webhook_receiver
 WEBHOOK_TYPES = {"delivered", "deferred", "bounced", "complained", "suppressed", "expired"}  # its filter
 
 
-def received_events():
-    """Every event the app host's receiver accepted, in arrival order (duplicates included)."""
+def received_events(since=0.0):
+    """Every event the app host's receiver accepted, in arrival order (duplicates included),
+    that happened at or after ``since``."""
     out = sh(APP, f"cat {EVENTS_FILE} 2>/dev/null || true").stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [e for e in events if e.get("timestamp", 0) >= since]
 
 
-def relay_events():
-    """The relay's whole outbox, paged with `bulkrelay events --since` as an application would."""
+def relay_events(since):
+    """The relay's outbox from ``since`` on, paged with `bulkrelay events --since` as an
+    application would."""
     events, cursor = [], 0
     while page := [json.loads(x) for x in sender_cli(f"events --since {cursor} --json").stdout.splitlines()]:
         events += page
         cursor = page[-1]["cursor"]
-    return events
+    return [e for e in events if e["timestamp"] >= since]
 
 
 def test_erp_receives_every_invoice_event_once_by_id():
-    refs = {f"INV-{n:05d}" for n in range(INVOICES)}
+    refs, since = {f"INV-{n:05d}" for n in range(INVOICES)}, RECEIVER_OUTAGE["since"]
     wait_for(
         "a delivered event for every invoice at the ERP",
-        lambda: refs <= {e["ref"] for e in received_events() if e["type"] == "delivered"},
+        lambda: refs <= {e["ref"] for e in received_events(since) if e["type"] == "delivered"},
         timeout=120,
         step=2,
     )
     # nothing the relay recorded (and the filter lets through) is missing at the receiver
-    wanted = {e["id"]: e for e in relay_events() if e["type"] in WEBHOOK_TYPES}
+    wanted = {e["id"]: e for e in relay_events(since) if e["type"] in WEBHOOK_TYPES}
     received = wait_for(
         "every event of the relay's outbox at the ERP",
-        lambda: (events := received_events()) and wanted.keys() <= {e["id"] for e in events} and events,
+        lambda: (events := received_events(since)) and wanted.keys() <= {e["id"] for e in events} and events,
         timeout=60,
         step=2,
     )
@@ -369,7 +373,11 @@ def test_erp_hears_of_the_bounce_with_its_reference():
     ghost = "nobody-here@customer.test"
     bounced = wait_for(
         "a bounced event for INV-99999 at the ERP",
-        lambda: [e for e in received_events() if e["type"] == "bounced" and e["ref"] == "INV-99999"],
+        lambda: [
+            e
+            for e in received_events(RECEIVER_OUTAGE["since"])
+            if e["type"] == "bounced" and e["ref"] == "INV-99999"
+        ],
         timeout=60,
         step=2,
     )
