@@ -373,11 +373,8 @@ def test_erp_hears_of_the_bounce_with_its_reference():
     ghost = "nobody-here@customer.test"
     bounced = wait_for(
         "a bounced event for INV-99999 at the ERP",
-        lambda: [
-            e
-            for e in received_events(RECEIVER_OUTAGE["since"])
-            if e["type"] == "bounced" and e["ref"] == "INV-99999"
-        ],
+        # any run's: once the address is suppressed, a re-run on the same lab sends nothing to it
+        lambda: [e for e in received_events() if e["type"] == "bounced" and e["ref"] == "INV-99999"],
         timeout=60,
         step=2,
     )
