@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make lab`: the whole story on the lab, for a newcomer. Builds the lab (molecule scenario
 # `lab`: dns, dnsbl, relay, mailhost, app, outsider), runs site.yml against the relay exactly
-# as a user would, hands a batch of invoices to the relay and shows it drain in batches, then
-# runs the audit and prints its report. `make lab-down` removes it all.
+# as a user would, hands a batch of invoices to the relay and shows it drain in batches and
+# their delivery events reach the app host's webhook receiver, then runs the audit and prints
+# its report. `make lab-down` removes it all.
 #
 # One line per step with the time it took; the full output of every step goes to the log
 # named at the start and in the summary. A step that fails prints its own output from the
@@ -10,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 invoices=${BULKRELAY_DEMO_INVOICES:-150}
+first_invoice=100000  # numbers (and X-Bulkrelay-Ref: INV-NNNNN) apart from the tests' 0..249
 relay=br-lab-relay
 log_file=reports/lab/make-lab.log
 mkdir -p reports/lab
@@ -27,7 +29,7 @@ tasks=$(grep -c 'TASK \[' <<<"$STEP_OUTPUT" || true)
 echo "ok   lab built and site.yml converged in ${STEP_SECONDS}s ($tasks tasks on all hosts; $recap)"
 
 step "hand $invoices invoices to the intake" \
-    docker exec -i br-lab-app python3 - "$invoices" 100000 <molecule/lab/files/send_invoices.py
+    docker exec -i br-lab-app python3 - "$invoices" "$first_invoice" <molecule/lab/files/send_invoices.py
 echo "ok   the app server handed $invoices invoices (PDF attached) to the relay's SMTP intake in ${STEP_SECONDS}s"
 
 echo "..   the sender releases them in batches (lab pace: 50 every 5 s):"
@@ -43,6 +45,10 @@ if ((sent < invoices)); then
     exit 1
 fi
 echo "ok   $sent invoices handed to Postfix in $((SECONDS - started))s (see them arrive: docker exec br-lab-mailhost ls /home/alice/Maildir/new)"
+
+step "the ERP's webhook receiver gets a delivered event for each invoice" \
+    docker exec -i br-lab-app python3 - "$first_invoice" "$invoices" <molecule/lab/files/received_events.py
+echo "ok   the app host's webhook receiver (signatures checked) holds $STEP_OUTPUT after ${STEP_SECONDS}s more"
 
 # The audit exits non-zero when it finds a problem: that is its report, not a failed step.
 # the scenario just converged is the newest of the lab ephemeral folders (one per checkout)

@@ -121,6 +121,10 @@ def leaks(task, path, secrets):
     command_line = {k: v for k, v in args.items() if k in ("argv", "cmd", "_raw_params")}
     if module.rsplit(".", 1)[-1] in COMMAND_MODULES and secrets.shown(yaml.safe_dump(command_line)):
         return "a secret on the command line, which `ps` shows to every user: pass it on stdin"
+    if module.endswith("template") and task.get("diff") not in (False, "false"):  # no_log hides no diff
+        template = path.parent.parent / "templates" / str(args.get("src", ""))
+        if template.is_file() and secrets.shown(template.read_text()):
+            return f"it renders a secret ({template.name}), which --diff prints: set diff: false"
     if task.get("no_log") in (True, "true"):
         return ""
     args = {k: v for k, v in args.items() if k not in MODULE_HIDES.get(module, ())}
@@ -129,10 +133,6 @@ def leaks(task, path, secrets):
     loops = yaml.safe_dump([task.get("loop"), {k: v for k, v in task.items() if k.startswith("with_")}])
     if secrets.shown(yaml.safe_dump(args) + loops) or secrets.looped(loops):
         return "its arguments or loop items carry a secret: set no_log: true"
-    if module.endswith("template") and task.get("diff") not in (False, "false"):
-        template = path.parent.parent / "templates" / str(args.get("src", ""))
-        if template.is_file() and secrets.shown(template.read_text()):
-            return f"it renders a secret ({template.name}), which --diff prints: set diff: false"
     return ""
 
 
@@ -151,6 +151,7 @@ def test_every_secret_default_is_marked_no_log():
         assert specs.shown(f"{{{{ {known} }}}}")
     assert specs.shown("{{ item.password }}") and specs.shown("{{ item.private_key }}")
     assert specs.looped("{{ relay_postfix__sasl_users }}") and specs.looped("{{ relay_dkim__supplied_keys }}")
+    assert specs.shown("{{ hook.secret }}") and specs.looped("{{ relay_sender__webhooks }}")
 
 
 def test_modules_hide_the_parameters_we_rely_on():
@@ -172,14 +173,15 @@ def test_secret_rule_finds_the_leaks_it_guards_against(tmp_path):
         "- {name: f, community.general.nsupdate: {key_secret: '{{ tsig }}'}}\n"
         "- {name: g, assert: {that: [tsig | length > 0], fail_msg: set tsig}}\n"
         "- {name: h, set_fact: {n: '{{ users | map(attribute=\"name\") }}'}}\n"
+        "- {name: i, template: {src: s.j2, dest: /etc/s}, no_log: true}\n"
     )
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "s.j2").write_text("key={{ tsig }}\n")
     secrets = Secrets({"tsig"}, {"users"}, {"password"})
     found = [leaks(task, tmp_path / "tasks" / "main.yml", secrets) for task in bad]
     assert "command line" in found[0] and "no_log" in found[1] and "no_log" in found[2]
-    assert "diff: false" in found[3]
-    assert found[4:] == ["", "", "", ""]
+    assert "diff: false" in found[3] and "diff: false" in found[8]
+    assert found[4:8] == ["", "", "", ""]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PROJECT)))

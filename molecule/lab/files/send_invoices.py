@@ -17,6 +17,8 @@ def invoice(number: int) -> EmailMessage:
     msg["Reply-To"] = "billing@example.test"
     msg["To"] = f"alice+inv{number}@customer.test"
     msg["Subject"] = f"Invoice {number:05d}"
+    # the ERP's own reference: the relay strips it and puts it on every delivery event
+    msg["X-Bulkrelay-Ref"] = f"INV-{number:05d}"
     msg.set_content(f"Dear customer,\n\nplease find invoice {number:05d} attached.\n")
     msg.add_attachment(PDF, maintype="application", subtype="pdf", filename=f"invoice-{number:05d}.pdf")
     return msg

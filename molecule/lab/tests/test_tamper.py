@@ -230,11 +230,15 @@ def test_each_fault_is_caught(tmp_path, batch):
 # (the poller fault changed the file, so the check wants to write it back), the TSIG secret,
 # any private key, and a DQS key given for this run only (the DNSBL settings file would change).
 DQS_CANARY = "dqs-canary-5f1c0a9e"
-SECRETS = [DQS_CANARY, "lab-bounce-imap-secret", TSIG_SECRET.rstrip("="), "PRIVATE KEY"]
+WEBHOOK_SECRET = "lab-webhook-secret-not-a-real-one"  # the fixture's (group_vars/all.yml)
+SECRETS = [DQS_CANARY, "lab-bounce-imap-secret", TSIG_SECRET.rstrip("="), WEBHOOK_SECRET, "PRIVATE KEY"]
+WEBHOOKS_TOML = "/etc/bulkrelay/webhooks.toml"
 
 
 def test_site_yml_check_diff_reports_what_it_would_fix_and_prints_no_secret():
     # All roles, in check mode: they must name the drift, touch nothing, and print no secret.
+    # The webhooks' settings drifted too (a secret edited by hand): reported, never shown.
+    sh(RELAY, f"sed -i 's/^secret = .*/secret = \"edited-by-hand-0123456789\"/' {WEBHOOKS_TOML}")
     started = time.monotonic()
     check = ansible(
         str(PROJECT / "site.yml"), "--check", "--diff", "-e", f"dnsbl_monitor__dqs_key={DQS_CANARY}"
@@ -247,7 +251,11 @@ def test_site_yml_check_diff_reports_what_it_would_fix_and_prints_no_secret():
     assert "Postfix listens on 0.0.0.0:25" in out, out[-4000:]
     assert "RUNNING HANDLER [relay_firewall : Check and reload the bulkrelay firewall]" in out
     # the tasks holding the secrets still say that they would change something
-    for task in ("dnsbl_monitor : Write the check settings", "bounce_poller : Write the IMAP password"):
+    for task in (
+        "dnsbl_monitor : Write the check settings",
+        "bounce_poller : Write the IMAP password",
+        "relay_sender : Write the webhooks' settings",
+    ):
         assert f"TASK [{task}" in out, out[-4000:]
         result = out.split(f"TASK [{task}", 1)[1].split("TASK [", 1)[0]
         assert "changed: [br-lab-relay]" in result, f"{task}: {result[:1000]}"
@@ -257,6 +265,20 @@ def test_site_yml_check_diff_reports_what_it_would_fix_and_prints_no_secret():
     assert sh(RELAY, "/usr/local/sbin/bulkrelay-firewall-diff", check=False).returncode == 2
     assert sh(RELAY, "systemctl is-active opendkim", check=False).stdout.strip() != "active"
     assert sh(RELAY, "cat /etc/bulkrelay/imap-password").stdout.strip() == "wrong-password"
+    assert "edited-by-hand" in sh(RELAY, f"cat {WEBHOOKS_TOML}").stdout
+
+
+def test_no_webhooks_stops_the_service_and_removes_its_files():
+    """bulkrelay_webhooks: [] takes the webhooks away (the repair below puts them back)."""
+    started = time.monotonic()
+    no_webhooks = ["-e", '{"bulkrelay_webhooks": []}']
+    run = ansible(str(PROJECT / "playbooks/sender.yml"), "--tags", "relay_sender_webhooks", *no_webhooks)
+    STATE["timings"].append(("sender.yml without webhooks", round(time.monotonic() - started, 1)))
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert sh(RELAY, "systemctl is-active bulkrelay-webhooks", check=False).stdout.strip() != "active"
+    assert sh(RELAY, "systemctl is-enabled bulkrelay-webhooks", check=False).returncode != 0
+    files = f"{WEBHOOKS_TOML} /etc/bulkrelay/webhook-ca /etc/systemd/system/bulkrelay-webhooks.service"
+    assert sh(RELAY, f"ls -d {files}", check=False).stdout.strip() == ""
 
 
 def test_site_yml_repairs_and_the_audit_passes_again(tmp_path):
@@ -272,6 +294,8 @@ def test_site_yml_repairs_and_the_audit_passes_again(tmp_path):
     # The poller's last result stays failed until it runs again: one pass now, as its timer
     # (every 30 s) or an operator would start it.
     sh(RELAY, "systemctl start bulkrelay-bounces.service", check=False)
+    assert sh(RELAY, "systemctl is-active bulkrelay-webhooks", check=False).stdout.strip() == "active"
+    assert WEBHOOK_SECRET in sh(RELAY, f"cat {WEBHOOKS_TOML}").stdout
     poller = sh(RELAY, "systemctl show -p Result --value bulkrelay-bounces.service").stdout.strip()
     assert poller == "success", sh(RELAY, "journalctl -u bulkrelay-bounces.service -n 20 --no-pager").stdout
     result, checks = audit(tmp_path, "-e", f"audit__queue_max_age={QUEUE_MAX_AGE}")
