@@ -379,13 +379,25 @@ def judge_units(raw: Mapping[str, Any], expected: Mapping[str, str]) -> list[Che
                 CheckResult("service", name, FAIL, f"{name} is not installed ({unit.get('LoadState')})", fix)
             )
             continue
-        ok_state = {"running": ("active", "running"), "timer": ("active", "waiting")}.get(kind)
+        # a timer is "running" while the service it started runs
+        ok_states = {
+            "running": {("active", "running")},
+            "timer": {("active", "waiting"), ("active", "running")},
+        }
+        if kind == "oneshot" and unit.get("ActiveState") == "activating":
+            # systemd resets Result when a run starts: the last run's outcome is gone until this one ends
+            results.append(
+                CheckResult(
+                    "service", name, ERROR, f"could not tell: {name} is running a pass now ({state})", fix
+                )
+            )
+            continue
         if kind == "oneshot":
             good = unit.get("Result") == "success" and unit.get("ActiveState") != "failed"
             outcome = "succeeded" if good else "FAILED"
             message = f"{name}: last run {outcome} ({state}, exit {unit.get('ExecMainStatus')})"
         else:
-            good = (unit.get("ActiveState"), unit.get("SubState")) == ok_state and unit.get(
+            good = (unit.get("ActiveState"), unit.get("SubState")) in ok_states.get(kind, set()) and unit.get(
                 "Result"
             ) == "success"
             message = f"{name} is {state}"
