@@ -648,6 +648,23 @@ def test_status_without_a_settings_file_says_none(tmp_path, relay, capsys):
     assert "absent.toml: no such file; create it or pass --webhooks FILE" in capsys.readouterr().err
 
 
+def test_status_of_a_webhook_that_never_ran_is_its_backlog(tmp_path, relay, capsys):
+    # the audit can read a relay before the delivery loop has written anything for a webhook
+    # (seen in the lab: a KeyError made the healthy relay's audit "could not tell")
+    config, q = relay
+    enqueue(q, "INV-1", "bob@example.test")
+    hooks = tmp_path / "webhooks.toml"
+    hooks.write_text(f'[[webhook]]\nname = "erp"\nurl = "https://app.example.test/"\nsecret = "{SECRET}"\n')
+    assert cli.main(["webhooks", "status", "--json", "--config", str(config), "--webhooks", str(hooks)]) == 0
+    out = capsys.readouterr().out
+    (row,) = json.loads(out)["webhooks"]
+    backlog = {key: row[key] for key in ("cursor", "pending", "failures", "failures_total", "parked")}
+    assert backlog == {"cursor": 0, "pending": 1, "failures": 0, "failures_total": 0, "parked": 0}
+    raw = {"rc": 0, "stdout": out, "stderr": ""}
+    assert audit.judge_webhooks(raw, time.time(), 3600).status == "pass"
+    assert audit.judge_webhooks(raw, time.time() + 7200, 3600).status == "fail"
+
+
 def test_bad_settings_file_is_one_line_without_the_secret(tmp_path, relay, capsys):
     config, _q = relay
     hooks = tmp_path / "webhooks.toml"

@@ -30,6 +30,7 @@ class WebhookLedger(Storage):
             return {
                 "cursor": 0,
                 "failures": 0,
+                "failures_total": 0,
                 "failing_since": None,
                 "next_attempt": 0.0,
                 "last_error": None,
