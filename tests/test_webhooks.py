@@ -634,6 +634,12 @@ def test_status_once_and_audit_on_a_real_queue(tmp_path, relay, capsys):
         receiver.close()
 
 
+def test_check_accepts_good_settings(tmp_path, relay):
+    config, _q = relay
+    hooks = write_webhooks(tmp_path)
+    assert cli.main(["webhooks", "check", "--config", str(config), "--webhooks", str(hooks)]) == 0
+
+
 def test_status_without_a_settings_file_says_none(tmp_path, relay, capsys):
     config, _q = relay
     args = ["--config", str(config), "--webhooks", str(tmp_path / "absent.toml")]
@@ -669,7 +675,7 @@ def test_bad_settings_file_is_one_line_without_the_secret(tmp_path, relay, capsy
     config, _q = relay
     hooks = tmp_path / "webhooks.toml"
     hooks.write_text(f'[[webhook]]\nname = "erp"\nurl = "http://app.example.test/"\nsecret = "{SECRET}"\n')
-    for action in ("once", "status"):
+    for action in ("once", "status", "check"):
         assert cli.main(["webhooks", action, "--config", str(config), "--webhooks", str(hooks)]) == 2
         err = capsys.readouterr().err
         assert "webhook erp.url: plain http" in err and SECRET not in err and err.count("\n") == 1

@@ -90,6 +90,12 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """Validate webhooks.toml as `run` will read it (the role runs this before it writes the file)."""
+    settingsmod.load(args.webhooks)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("webhooks", help="deliver the delivery events to the application's URLs")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -100,6 +106,8 @@ def register(subparsers) -> None:
     a = actions.add_parser("status", help="per webhook: cursor, pending events, failures, parked events")
     a.add_argument("--json", action="store_true", help="machine-readable output (read by the audit)")
     a.set_defaults(func=cmd_status)
+    a = actions.add_parser("check", help="validate webhooks.toml (exit 2 with the reason when it is bad)")
+    a.set_defaults(func=cmd_check)
     for a in actions.choices.values():
         a.add_argument("--config", default=configmod.DEFAULT_PATH, help="sender.toml (default: %(default)s)")
         a.add_argument(
