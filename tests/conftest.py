@@ -33,6 +33,7 @@ from support import VERP_KEY, write_sender_toml
 from support import free_port as pick_free_port
 
 from bulkrelay.intake import GroupCommitter, start_intake
+from bulkrelay.queue import Queue
 
 KEY = VERP_KEY  # the VERP key of every sender.toml written here
 RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
@@ -41,6 +42,14 @@ RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leadi
 def sink_user() -> list[str]:
     """smtp-sink refuses to run as root without -u."""
     return ["-u", "nobody"] if os.geteuid() == 0 else []
+
+
+@pytest.fixture
+def queue(tmp_path, clock):
+    """A queue in tmp_path on the test module's ``clock`` fixture (its injected time)."""
+    q = Queue(tmp_path / "q.sqlite", clock=clock)
+    yield q
+    q.close()
 
 
 @pytest.fixture

@@ -67,13 +67,6 @@ def clock():
     return Clock(DAY0)
 
 
-@pytest.fixture
-def queue(tmp_path, clock):
-    q = Queue(tmp_path / "q.sqlite", clock=clock)
-    yield q
-    q.close()
-
-
 def test_simulated_day_of_mixed_traffic_never_exceeds_a_limit(queue, clock):
     cfg = PolicyConfig(
         batch_size=100,

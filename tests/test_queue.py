@@ -23,13 +23,6 @@ def clock():
     return Clock()
 
 
-@pytest.fixture
-def queue(tmp_path, clock):
-    q = Queue(tmp_path / "q.sqlite", clock=clock)
-    yield q
-    q.close()
-
-
 def real_counts(q):
     rows = q.connection.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall()
     return {s: n for s, n in rows}

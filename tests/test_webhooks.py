@@ -83,13 +83,6 @@ def clock():
 
 
 @pytest.fixture
-def queue(tmp_path, clock):
-    q = Queue(tmp_path / "q.sqlite", clock=clock)
-    yield q
-    q.close()
-
-
-@pytest.fixture
 def receiver(clock):
     r = WebhookReceiver(SECRET, clock=clock)
     yield r
