@@ -34,6 +34,7 @@ options:
     default: ""
 extends_documentation_fragment:
   - bulkrelay_dns_check
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -69,37 +70,19 @@ record:
   returned: always
 """
 
-import traceback
+from ansible.module_utils.bulkrelay import bulkrelay_imports, run_dns_check
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
+with bulkrelay_imports():
     from bulkrelay.dns import dkim
-    from bulkrelay.dns.module import run_check
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
-else:
-    IMPORT_ERROR = None
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
+    run_dns_check(
+        {
             "domain": {"type": "str", "required": True},
             "selector": {"type": "str", "required": True},
             "expected": {"type": "str", "default": "", "no_log": False},
-            "nameservers": {"type": "list", "elements": "str", "default": []},
-            "timeout": {"type": "float", "default": 5.0},
         },
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
-        )
-    run_check(
-        module,
-        "bulkrelay_dkim",
         lambda resolver, p: dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"]),
         details={"record": ""},
     )

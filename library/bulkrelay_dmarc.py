@@ -45,6 +45,7 @@ options:
     default: ""
 extends_documentation_fragment:
   - bulkrelay_dns_check
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -84,39 +85,21 @@ policy:
   returned: when the record parses
 """
 
-import traceback
+from ansible.module_utils.bulkrelay import bulkrelay_imports, run_dns_check
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
+with bulkrelay_imports():
     from bulkrelay.dns import dmarc
-    from bulkrelay.dns.module import run_check
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
-else:
-    IMPORT_ERROR = None
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
+    run_dns_check(
+        {
             "domain": {"type": "str", "required": True},
             "return_path_domain": {"type": "str", "default": ""},
             "dkim_domain": {"type": "str", "default": ""},
             "min_policy": {"type": "str", "default": "none", "choices": ["none", "quarantine", "reject"]},
             "expected": {"type": "str", "default": ""},
-            "nameservers": {"type": "list", "elements": "str", "default": []},
-            "timeout": {"type": "float", "default": 5.0},
         },
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
-        )
-    run_check(
-        module,
-        "bulkrelay_dmarc",
         lambda resolver, p: dmarc.check(
             resolver,
             p["domain"],

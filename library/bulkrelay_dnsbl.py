@@ -88,13 +88,10 @@ options:
     description: Fail the task when a list could not be checked (status UNKNOWN).
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 requirements:
   - bulkrelay (sender/ of this repository) where the module runs
+extends_documentation_fragment:
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -148,19 +145,13 @@ elapsed:
   returned: always
 """
 
-import traceback
+from ansible.module_utils.bulkrelay import bulkrelay_imports, bulkrelay_module
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
+with bulkrelay_imports():
     from bulkrelay.dnsbl.checker import Checker
     from bulkrelay.dnsbl.lists import Settings
     from bulkrelay.dnsbl.names import InputError, parse_domain_target, parse_ip_target
     from bulkrelay.dnsbl.report import Thresholds, as_dict, status_of, summary
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
-else:
-    IMPORT_ERROR = None
 
 
 def run_check(p: dict) -> tuple[dict, str]:
@@ -185,8 +176,8 @@ def run_check(p: dict) -> tuple[dict, str]:
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
+    module = bulkrelay_module(
+        {
             "ips": {"type": "list", "elements": "str", "default": []},
             "domains": {"type": "list", "elements": "str", "default": []},
             "nameservers": {"type": "list", "elements": "str", "default": []},
@@ -202,12 +193,7 @@ def main() -> None:
             "fail_on_error": {"type": "bool", "default": False},
         },
         required_one_of=[("ips", "domains")],
-        supports_check_mode=True,
     )
-    if IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
-        )
     p = module.params
     try:
         data, message = run_check(p)

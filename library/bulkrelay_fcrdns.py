@@ -33,6 +33,7 @@ options:
     default: ""
 extends_documentation_fragment:
   - bulkrelay_dns_check
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -74,37 +75,19 @@ confirmed_names:
   returned: always
 """
 
-import traceback
+from ansible.module_utils.bulkrelay import bulkrelay_imports, run_dns_check
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
+with bulkrelay_imports():
     from bulkrelay.dns import fcrdns
-    from bulkrelay.dns.module import run_check
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
-else:
-    IMPORT_ERROR = None
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
+    run_dns_check(
+        {
             "ip": {"type": "str", "required": True},
             "expected_name": {"type": "str", "default": ""},
             "helo": {"type": "str", "default": ""},
-            "nameservers": {"type": "list", "elements": "str", "default": []},
-            "timeout": {"type": "float", "default": 5.0},
         },
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
-        )
-    run_check(
-        module,
-        "bulkrelay_fcrdns",
         lambda resolver, p: fcrdns.check(resolver, p["ip"], expected_name=p["expected_name"], helo=p["helo"]),
         details={"ptr_names": [], "confirmed_names": []},
     )

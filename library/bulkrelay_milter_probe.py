@@ -36,11 +36,8 @@ options:
     description: Seconds allowed for the exchange.
     type: float
     default: 10
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""

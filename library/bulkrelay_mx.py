@@ -34,6 +34,7 @@ options:
     default: []
 extends_documentation_fragment:
   - bulkrelay_dns_check
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -70,37 +71,19 @@ mx:
   returned: always
 """
 
-import traceback
+from ansible.module_utils.bulkrelay import bulkrelay_imports, run_dns_check
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
+with bulkrelay_imports():
     from bulkrelay.dns import mx
-    from bulkrelay.dns.module import run_check
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
-else:
-    IMPORT_ERROR = None
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
+    run_dns_check(
+        {
             "name": {"type": "str", "required": True},
             "expected": {"type": "list", "elements": "str", "default": []},
             "forbidden": {"type": "list", "elements": "str", "default": []},
-            "nameservers": {"type": "list", "elements": "str", "default": []},
-            "timeout": {"type": "float", "default": 5.0},
         },
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
-        )
-    run_check(
-        module,
-        "bulkrelay_mx",
         lambda resolver, p: mx.check(resolver, p["name"], expected=p["expected"], forbidden=p["forbidden"]),
         details={"mx": []},
     )

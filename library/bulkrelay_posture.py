@@ -84,6 +84,7 @@ requirements:
   - dkimpy on the controller
 extends_documentation_fragment:
   - bulkrelay_dns_check
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -103,18 +104,15 @@ checks:
   returned: always
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.bulkrelay import DNS_OPTIONS, bulkrelay_imports, bulkrelay_module, dns_resolver
 
-try:
+with bulkrelay_imports():
     from bulkrelay.audit import judge_posture
-    from bulkrelay.dns.resolver import make_resolver
-except ImportError:  # pragma: no cover - reported by the module
-    judge_posture = None
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
+    module = bulkrelay_module(
+        {
             "fqdn": {"type": "str", "required": True},
             "raw": {"type": "dict", "required": True},
             "now": {"type": "float", "required": True},
@@ -128,15 +126,10 @@ def main():
             "dkim": {"type": "list", "elements": "dict", "default": []},
             "dkim_key_files": {"type": "dict", "default": {}},
             "dkim_key_max_age_days": {"type": "int", "default": 180},
-            "nameservers": {"type": "list", "elements": "str", "default": []},
-            "timeout": {"type": "float", "default": 5},
-        },
-        supports_check_mode=True,
+            **DNS_OPTIONS,
+        }
     )
-    if judge_posture is None:
-        module.fail_json(msg="bulkrelay_posture needs the bulkrelay package (sender/) on the controller")
-    params = module.params
-    results = judge_posture(params, make_resolver(params["nameservers"], params["timeout"]))
+    results = judge_posture(module.params, dns_resolver(module))
     module.exit_json(changed=False, checks=[r.as_dict() for r in results])
 
 

@@ -20,11 +20,8 @@ options:
     description: Name to argv (list of strings); run without a shell.
     type: dict
     required: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""

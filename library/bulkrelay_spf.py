@@ -44,6 +44,7 @@ requirements:
   - pyspf on the controller
 extends_documentation_fragment:
   - bulkrelay_dns_check
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -91,22 +92,15 @@ check:
   returned: always
 """
 
-import traceback
+from ansible.module_utils.bulkrelay import bulkrelay_imports, run_dns_check
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
+with bulkrelay_imports():
     from bulkrelay.dns import spf
-    from bulkrelay.dns.module import run_check
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
-else:
-    IMPORT_ERROR = None
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
+    run_dns_check(
+        {
             "domain": {"type": "str", "required": True},
             "ip": {"type": "str", "required": True},
             "helo": {"type": "str", "default": ""},
@@ -116,18 +110,7 @@ def main() -> None:
                 "default": "pass",
                 "choices": ["pass", "fail", "softfail", "neutral", "none"],
             },
-            "nameservers": {"type": "list", "elements": "str", "default": []},
-            "timeout": {"type": "float", "default": 5.0},
         },
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
-        )
-    run_check(
-        module,
-        "bulkrelay_spf",
         lambda resolver, p: spf.check(
             resolver,
             p["domain"],

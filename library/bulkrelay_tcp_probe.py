@@ -30,11 +30,8 @@ options:
     description: Seconds to wait for each connection.
     type: float
     default: 3
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""

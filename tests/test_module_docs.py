@@ -2,25 +2,40 @@
 DOCUMENTATION (with its shared fragments, as ansible-doc renders it) against the module's
 argument_spec, key by key, with type and default."""
 
-import ast
+import importlib.util
 import json
 import os
 import subprocess
 from pathlib import Path
 
+import ansible.module_utils
 import pytest
+from ansible.module_utils.basic import AnsibleModule
 
 ROOT = Path(__file__).resolve().parents[1]
+MODULE_UTILS = ROOT / "plugins" / "module_utils"
 MODULES = sorted([*ROOT.glob("library/*.py"), *ROOT.glob("roles/*/library/*.py")])
 
 
-def argument_spec(path: Path) -> dict:
-    """The literal argument_spec passed to AnsibleModule in the module's source."""
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "AnsibleModule":
-            spec = next(k.value for k in node.keywords if k.arg == "argument_spec")
-            return ast.literal_eval(spec)
-    raise AssertionError(f"{path.name}: no AnsibleModule(argument_spec=...) call")
+class _Spec(Exception):
+    """Raised by the patched AnsibleModule to hand back the argument_spec it was given."""
+
+
+def argument_spec(path: Path, monkeypatch) -> dict:
+    """The argument_spec the module's main() hands to AnsibleModule (directly or through
+    plugins/module_utils), caught before the module reads any arguments."""
+
+    def capture(self, argument_spec, **kwargs):
+        raise _Spec(argument_spec)
+
+    monkeypatch.setattr(ansible.module_utils, "__path__", [*ansible.module_utils.__path__, str(MODULE_UTILS)])
+    monkeypatch.setattr(AnsibleModule, "__init__", capture)
+    spec = importlib.util.spec_from_file_location(f"_module_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(_Spec) as caught:
+        module.main()
+    return caught.value.args[0]
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +55,12 @@ def rendered() -> dict:
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
-def test_documented_options_are_the_accepted_ones(rendered, path):
+def test_documented_options_are_the_accepted_ones(rendered, path, monkeypatch):
     entry = rendered[path.stem]
     doc = entry["doc"]
     assert entry["examples"].strip() and entry["return"], f"{path.stem}: EXAMPLES and RETURN are required"
     documented = doc.get("options") or {}
-    spec = argument_spec(path)
+    spec = argument_spec(path, monkeypatch)
     assert sorted(documented) == sorted(spec), f"{path.stem}: documented options differ from argument_spec"
     for name, option in spec.items():
         doc_option = documented[name]

@@ -1,4 +1,4 @@
-"""The options and attributes every read-only DNS check module in library/ shares."""
+"""The options every DNS module of the project shares (its resolver)."""
 
 
 class ModuleDocFragment:
@@ -15,11 +15,6 @@ options:
     description: Seconds allowed for each DNS query.
     type: float
     default: 5
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
 requirements:
   - bulkrelay (sender/ of this repository) on the controller
 """

@@ -19,7 +19,7 @@ description:
 version_added: "0.1.0"
 author: bulkrelay
 options:
-  relay_fqdn: {description: The relay's name (HELO, PTR target, A/AAAA owner)., type: str, required: true}
+  relay_fqdn: {description: "The relay's name (HELO, PTR target, A/AAAA owner).", type: str, required: true}
   ipv4: {description: The relay's sending IPv4 address., type: str, default: ""}
   ipv6: {description: The relay's sending IPv6 address., type: str, default: ""}
   sending_domains: {description: From domains., type: list, elements: str, required: true}
@@ -53,17 +53,9 @@ options:
     type: dict
     default: {}
   live: {description: Read live records (false = treat every name as empty)., type: bool, default: true}
-  nameservers:
-    description: "Nameservers (IP, IP:port, [IPv6]:port); [] = the system's."
-    type: list
-    elements: str
-    default: []
-  timeout: {description: Seconds per DNS query., type: float, default: 5}
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+extends_documentation_fragment:
+  - bulkrelay_dns_check
+  - bulkrelay_read_only
 """
 
 EXAMPLES = r"""
@@ -105,18 +97,12 @@ warnings_found:
   returned: success
 """
 
-import traceback
+from ansible.module_utils.bulkrelay import DNS_OPTIONS, bulkrelay_imports, bulkrelay_module, dns_resolver
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-try:
+with bulkrelay_imports():
     from bulkrelay.dns import records as rec
     from bulkrelay.dns import spf
-    from bulkrelay.dns.resolver import NameserverError, make_resolver, relative
-except ImportError:
-    IMPORT_ERROR = traceback.format_exc()
-else:
-    IMPORT_ERROR = None
+    from bulkrelay.dns.resolver import relative
 
 
 def presentation(parts) -> str:
@@ -144,8 +130,8 @@ def read_live(module, resolver, names):
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
+    module = bulkrelay_module(
+        {
             "relay_fqdn": {"type": "str", "required": True},
             "ipv4": {"type": "str", "default": ""},
             "ipv6": {"type": "str", "default": ""},
@@ -162,20 +148,11 @@ def main() -> None:
             "spf_new_all": {"type": "str", "default": "~all"},
             "spf_existing": {"type": "dict", "default": {}},
             "live": {"type": "bool", "default": True},
-            "nameservers": {"type": "list", "elements": "str", "default": []},
-            "timeout": {"type": "float", "default": 5.0},
-        },
-        supports_check_mode=True,
+            **DNS_OPTIONS,
+        }
     )
-    if IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("bulkrelay (pip install -e sender/)"), exception=IMPORT_ERROR
-        )
     p = module.params
-    try:
-        resolver = make_resolver(p["nameservers"], p["timeout"])
-    except (NameserverError, ValueError) as exc:
-        module.fail_json(msg=f"bulkrelay_dns_records: {exc}")
+    resolver = dns_resolver(module)
     domains = [relative(d) for d in p["sending_domains"]]
     overridden = {relative(k) for k in p["spf_existing"]}
     spf_names = rec.spf_names(domains, p["bounce_domain"])
