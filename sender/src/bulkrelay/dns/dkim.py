@@ -99,62 +99,30 @@ def check(source: DnsSource, domain: str, selector: str, *, expected: str = "") 
     want = key_of(expected) if "=" in expected else "".join(expected.split())
     fix = f'publish TXT at {name}: "{" ".join(expected.split())}"' if expected else ""
     details: dict = {"name": name, "record": "", "tags": {}}
+    outcome = res.Outcome("dkim", name, details, fix=fix)
     ans = source.query(name, "TXT")
     if ans.failed:
-        return res.CheckResult("dkim", name, res.ERROR, ans.describe(), details=details)
+        return outcome.error(ans.describe())
     texts = [t for t in ans.texts() if t.strip()] if ans.ok else []
     if not texts:
-        return res.CheckResult(
-            "dkim",
-            name,
-            res.FAIL,
-            f"no DKIM key record at {name} ({ans.describe()})",
-            fix=fix,
-            details=details,
-        )
+        return outcome.fail(f"no DKIM key record at {name} ({ans.describe()})")
     if len(texts) > 1:
-        return res.CheckResult(
-            "dkim",
-            name,
-            res.FAIL,
-            f"{name} has {len(texts)} TXT records; keep one DKIM key",
-            fix=fix,
-            details=details,
-        )
+        return outcome.fail(f"{name} has {len(texts)} TXT records; keep one DKIM key")
     details["record"] = texts[0]
     try:
         tags, errors, warnings = parse_record(texts[0])
     except KeySizeUnknown as exc:
         why = f"could not tell whether the key at {name} is strong: {exc}"
-        return res.CheckResult("dkim", name, res.ERROR, why, details=details)
+        return outcome.error(why)
     details["tags"] = tags
     if errors:
-        return res.CheckResult(
-            "dkim",
-            name,
-            res.FAIL,
-            f"DKIM record at {name} is invalid: {'; '.join(errors)}",
-            fix=fix,
-            details=details,
-        )
+        return outcome.fail(f"DKIM record at {name} is invalid: {'; '.join(errors)}")
+    outcome.warnings = warnings
     published = "".join(tags.get("p", "").split())
     if want and published != want:
-        return res.CheckResult(
-            "dkim",
-            name,
-            res.FAIL,
+        return outcome.fail(
             f"DKIM key at {name} is not the relay's key "
-            f"(published p={published[:16]}..., relay p={want[:16]}...)",
-            fix=fix,
-            details=details,
-            warnings=warnings,
+            f"(published p={published[:16]}..., relay p={want[:16]}...)"
         )
     what = "matches the relay's key" if want else "parses"
-    return res.CheckResult(
-        "dkim",
-        name,
-        res.WARN if warnings else res.PASS,
-        f"DKIM key at {name} {what}",
-        details=details,
-        warnings=warnings,
-    )
+    return outcome.passed(f"DKIM key at {name} {what}")

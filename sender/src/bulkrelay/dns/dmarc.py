@@ -155,36 +155,23 @@ def check(
     fix = f'publish TXT at _dmarc.{domain}: "{expected or f"v=DMARC1; p=none; rua=mailto:dmarc@{domain}"}"'
     name, ans, texts = _lookup(source, domain)
     details: dict = {"name": name, "record": "", "tags": {}, "spf_aligned": None, "dkim_aligned": None}
+    outcome = res.Outcome("dmarc", domain, details, fix=fix)
     if ans.failed:
-        return res.CheckResult("dmarc", domain, res.ERROR, ans.describe(), details=details)
+        return outcome.error(ans.describe())
     if not texts:
         message = f"no DMARC record at _dmarc.{domain}"
         other = [t for t in ans.texts() if t.strip()] if ans.ok else []
         if other:
             message += f" (TXT {other[0]!r} does not start with v=DMARC1)"
-        return res.CheckResult("dmarc", domain, res.FAIL, message, fix=fix, details=details)
+        return outcome.fail(message)
     if len(texts) > 1:
-        return res.CheckResult(
-            "dmarc",
-            domain,
-            res.FAIL,
-            f"{name} has {len(texts)} DMARC records: receivers ignore them all",
-            fix=fix,
-            details=details,
-        )
+        return outcome.fail(f"{name} has {len(texts)} DMARC records: receivers ignore them all")
     details["record"] = texts[0]
     tags, errors, warnings = parse_record(texts[0])
+    outcome.warnings = warnings
     details["tags"] = tags
     if errors:
-        return res.CheckResult(
-            "dmarc",
-            domain,
-            res.FAIL,
-            f"DMARC record at {name} is invalid: {'; '.join(errors)}",
-            fix=fix,
-            details=details,
-            warnings=warnings,
-        )
+        return outcome.fail(f"DMARC record at {name} is invalid: {'; '.join(errors)}")
     policy = tags["p"].lower()
     if name != f"_dmarc.{domain}":
         policy = tags.get("sp", policy).lower()
@@ -201,14 +188,5 @@ def check(
         warnings=warnings,
     )
     if problems:
-        return res.CheckResult(
-            "dmarc", domain, res.FAIL, "; ".join(problems), fix=fix, details=details, warnings=warnings
-        )
-    return res.CheckResult(
-        "dmarc",
-        domain,
-        res.WARN if warnings else res.PASS,
-        f"DMARC of {domain}: p={policy}, aligned",
-        details=details,
-        warnings=warnings,
-    )
+        return outcome.fail("; ".join(problems))
+    return outcome.passed(f"DMARC of {domain}: p={policy}, aligned")

@@ -22,30 +22,20 @@ def check(  # noqa: PLR0911 - one return per verdict reads clearest
     helo = relative(helo) if helo else ""
     owner = reverse_name(ip)
     details: dict = {"ip": ip, "ptr_owner": owner, "ptr_names": [], "confirmed_names": [], "forward": {}}
+    outcome = res.Outcome("fcrdns", ip, details)
     request = f"ask the provider of {ip} to set its PTR ({owner}) to {expected or 'the relay name'}"
     ptr = source.query(owner, "PTR")
     if ptr.failed:
-        return res.CheckResult("fcrdns", ip, res.ERROR, ptr.describe(), details=details)
+        return outcome.error(ptr.describe())
     if not ptr.ok:
-        return res.CheckResult(
-            "fcrdns", ip, res.FAIL, f"{ip} has no PTR record ({ptr.describe()})", fix=request, details=details
-        )
+        return outcome.fail(f"{ip} has no PTR record ({ptr.describe()})", fix=request)
     names = sorted(set(ptr.records))
     details["ptr_names"] = names
-    warnings = []
     if len(names) > 1:
-        warnings.append(f"{ip} has {len(names)} PTR records {names}; keep one")
+        outcome.warnings.append(f"{ip} has {len(names)} PTR records {names}; keep one")
     if expected and expected not in names:
         # a definite failure whether or not the other name resolves (often it is the provider's)
-        return res.CheckResult(
-            "fcrdns",
-            ip,
-            res.FAIL,
-            f"PTR of {ip} is {', '.join(names)}, expected {expected}",
-            fix=request,
-            details=details,
-            warnings=warnings,
-        )
+        return outcome.fail(f"PTR of {ip} is {', '.join(names)}, expected {expected}", fix=request)
     unknown = []
     for name in names:
         fwd = source.query(name, rtype)
@@ -58,49 +48,25 @@ def check(  # noqa: PLR0911 - one return per verdict reads clearest
             details["confirmed_names"].append(name)
     confirmed = details["confirmed_names"]
     if not confirmed and unknown:
-        return res.CheckResult(
-            "fcrdns", ip, res.ERROR, "; ".join(unknown), details=details, warnings=warnings
-        )
+        return outcome.error("; ".join(unknown))
     if not confirmed:
         name = names[0]
         got = details["forward"].get(name) or "nothing"
-        return res.CheckResult(
-            "fcrdns",
-            ip,
-            res.FAIL,
+        return outcome.fail(
             f"PTR of {ip} is {name}, but {name} {rtype} is {got}, not {ip}: "
             "reverse DNS is not forward-confirmed",
             fix=f"publish {name}. {rtype} {ip}"
             + (f" (or {request})" if expected and expected != name else ""),
-            details=details,
-            warnings=warnings,
         )
     if expected and expected not in confirmed:
-        return res.CheckResult(
-            "fcrdns",
-            ip,
-            res.FAIL,
+        return outcome.fail(
             f"PTR of {ip} is {expected}, but {expected} {rtype} does not contain {ip}",
             fix=f"publish {expected}. {rtype} {ip}",
-            details=details,
-            warnings=warnings,
         )
     name = expected or confirmed[0]
     if helo and helo != name:
-        return res.CheckResult(
-            "fcrdns",
-            ip,
-            res.FAIL,
+        return outcome.fail(
             f"HELO name {helo} differs from the PTR name {name} of {ip}",
             fix=f"set the relay's HELO (Postfix smtp_helo_name / myhostname) to {name}, or the PTR to {helo}",
-            details=details,
-            warnings=warnings,
         )
-    return res.CheckResult(
-        "fcrdns",
-        ip,
-        res.WARN if warnings else res.PASS,
-        f"{ip} -> {name} -> {ip} (forward-confirmed{', matches HELO' if helo else ''})",
-        details=details,
-        warnings=warnings,
-    )
+    return outcome.passed(f"{ip} -> {name} -> {ip} (forward-confirmed{', matches HELO' if helo else ''})")

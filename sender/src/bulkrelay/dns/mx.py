@@ -17,24 +17,16 @@ def check(
     want = expected[0] if expected else "<your mail server>"
     fix = f"publish {name}. MX 10 {want}."
     details: dict = {"name": name, "mx": [], "targets": {}}
+    outcome = res.Outcome("mx", name, details, fix=fix)
     mx = source.query(name, "MX")
     if mx.failed:
-        return res.CheckResult("mx", name, res.ERROR, mx.describe(), details=details)
+        return outcome.error(mx.describe())
     if not mx.ok:
-        return res.CheckResult(
-            "mx", name, res.FAIL, f"{name} has no MX record ({mx.describe()})", fix=fix, details=details
-        )
+        return outcome.fail(f"{name} has no MX record ({mx.describe()})")
     records = sorted(mx.records)
     details["mx"] = [{"preference": p, "exchange": h} for p, h in records]
     if len(records) == 1 and records[0][1] in ("", "."):
-        return res.CheckResult(
-            "mx",
-            name,
-            res.FAIL,
-            f"{name} publishes a null MX (RFC 7505): it accepts no mail",
-            fix=fix,
-            details=details,
-        )
+        return outcome.fail(f"{name} publishes a null MX (RFC 7505): it accepts no mail")
     targets = [h for _, h in records]
     problems, unknown = [], []
     for target in targets:
@@ -54,9 +46,7 @@ def check(
     if bad:
         problems.append(f"MX of {name} points at {', '.join(bad)}, which accepts no mail")
     if problems:
-        return res.CheckResult("mx", name, res.FAIL, "; ".join(problems), fix=fix, details=details)
+        return outcome.fail("; ".join(problems))
     if unknown:
-        return res.CheckResult("mx", name, res.ERROR, "; ".join(unknown), details=details)
-    return res.CheckResult(
-        "mx", name, res.PASS, f"{name} MX {', '.join(targets)} (all resolve)", details=details
-    )
+        return outcome.error("; ".join(unknown))
+    return outcome.passed(f"{name} MX {', '.join(targets)} (all resolve)")

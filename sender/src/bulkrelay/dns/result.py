@@ -40,3 +40,30 @@ class CheckResult:
         if self.fix:
             text += f" Fix: {self.fix}"
         return text
+
+
+@dataclass
+class Outcome:
+    """The result a check is building: what it checks, the details and warnings found so far,
+    and the fix it suggests. Each verdict returns the finished CheckResult."""
+
+    check: str
+    subject: str
+    details: dict[str, Any]
+    fix: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def _result(self, status: str, message: str, fix: str = "") -> CheckResult:
+        return CheckResult(self.check, self.subject, status, message, fix, self.details, self.warnings)
+
+    def passed(self, message: str) -> CheckResult:
+        """Pass, or warn when a warning was found on the way."""
+        return self._result(WARN if self.warnings else PASS, message)
+
+    def fail(self, message: str, fix: str | None = None) -> CheckResult:
+        """Fail with ``fix`` (default: the check's own fix)."""
+        return self._result(FAIL, message, self.fix if fix is None else fix)
+
+    def error(self, message: str) -> CheckResult:
+        """Could not tell (DNS timeout, SERVFAIL, ...)."""
+        return self._result(ERROR, message)

@@ -306,26 +306,17 @@ def check(
         "records": records,
         "expected": expect,
     }
-    warnings = []
+    outcome = res.Outcome("spf", domain, details)
     if len(records) > 1:
-        warnings.append(f"{domain} has {len(records)} SPF records; receivers return permerror")
+        outcome.warnings.append(f"{domain} has {len(records)} SPF records; receivers return permerror")
     if ev.lookups >= MAX_LOOKUPS - 2 and ev.result != "permerror":
-        warnings.append(
+        outcome.warnings.append(
             f"{ev.lookups} of at most {MAX_LOOKUPS} DNS lookups used; one more include may break SPF"
         )
     if ev.result == "temperror":
-        return res.CheckResult(
-            "spf", domain, res.ERROR, f"could not tell: {ev.explanation}", details=details, warnings=warnings
-        )
+        return outcome.error(f"could not tell: {ev.explanation}")
     if ev.result == expect:
-        return res.CheckResult(
-            "spf",
-            domain,
-            res.WARN if warnings else res.PASS,
-            f"SPF of {domain} gives {ev.result} for {ip} ({ev.lookups} lookups)",
-            details=details,
-            warnings=warnings,
-        )
+        return outcome.passed(f"SPF of {domain} gives {ev.result} for {ip} ({ev.lookups} lookups)")
     if ev.result == "none":
         wanted = merge_spf([], ipv4=ip if version == "ip4" else "", ipv6=ip if version == "ip6" else "")
         fix = f'publish TXT at {domain}: "{wanted.record}"'
@@ -339,4 +330,4 @@ def check(
     message = f"SPF of {domain} gives {ev.result} for {ip}, expected {expect}"
     if ev.explanation:
         message += f" ({ev.explanation})"
-    return res.CheckResult("spf", domain, res.FAIL, message, fix=fix, details=details, warnings=warnings)
+    return outcome.fail(message, fix=fix)

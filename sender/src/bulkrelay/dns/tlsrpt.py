@@ -89,34 +89,19 @@ def check(source: DnsSource, domain: str, *, rua: list[str] | tuple[str, ...] = 
     wanted = [uri.replace("{domain}", domain) for uri in rua]
     fix = f'publish TXT at {name}: "{record(wanted or [f"mailto:tlsrpt@{domain}"])}"'
     details: dict = {"name": name, "record": "", "rua": []}
+    outcome = res.Outcome("tlsrpt", domain, details, fix=fix)
     answer = source.query(name, "TXT")
     if answer.failed:
-        return res.CheckResult("tlsrpt", domain, res.ERROR, answer.describe(), details=details)
+        return outcome.error(answer.describe())
     texts = [t for t in answer.texts() if is_tlsrpt(t)] if answer.ok else []
     if not texts:
-        return res.CheckResult(
-            "tlsrpt", domain, res.FAIL, f"no TLS-RPT record at {name}", fix=fix, details=details
-        )
+        return outcome.fail(f"no TLS-RPT record at {name}")
     if len(texts) > 1:
-        return res.CheckResult(
-            "tlsrpt",
-            domain,
-            res.FAIL,
-            f"{name} has {len(texts)} TLS-RPT records: senders then report to none",
-            fix=fix,
-            details=details,
-        )
+        return outcome.fail(f"{name} has {len(texts)} TLS-RPT records: senders then report to none")
     details["record"] = texts[0]
     tags, errors = parse_record(texts[0])
     if errors:
-        return res.CheckResult(
-            "tlsrpt",
-            domain,
-            res.FAIL,
-            f"TLS-RPT record at {name} is invalid: {'; '.join(errors)}",
-            fix=fix,
-            details=details,
-        )
+        return outcome.fail(f"TLS-RPT record at {name} is invalid: {'; '.join(errors)}")
     details["rua"] = [u.strip(" \t") for u in tags["rua"].split(",")]
     message = f"TLS-RPT of {domain}: reports go to {', '.join(details['rua'])}"
     if wanted and sorted(wanted) != sorted(details["rua"]):
@@ -129,4 +114,4 @@ def check(source: DnsSource, domain: str, *, rua: list[str] | tuple[str, ...] = 
             details=details,
             warnings=[f"{name} lists other report URIs than bulkrelay_tlsrpt_rua"],
         )
-    return res.CheckResult("tlsrpt", domain, res.PASS, message, details=details)
+    return outcome.passed(message)
