@@ -11,6 +11,7 @@ bounces, the RFC 7208 suite) are fetched from PyPI at test time, never copied in
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import smtplib
 import socket
@@ -35,6 +36,7 @@ from support import free_port as pick_free_port
 from bulkrelay.intake import GroupCommitter, start_intake
 from bulkrelay.queue import Queue
 
+PROJECT = Path(__file__).resolve().parent.parent
 KEY = VERP_KEY  # the VERP key of every sender.toml written here
 RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
 
@@ -149,6 +151,34 @@ class LoopbackDns:
 
     def close(self):
         self.sock.close()
+
+
+def run_module(module: str, args: dict, check: bool = False) -> dict:
+    """The result of one of the project's modules run by ``ansible -m`` on localhost, with the
+    venv's python (the modules import bulkrelay); ``check``: in check mode."""
+    env = dict(
+        os.environ,
+        ANSIBLE_LIBRARY=str(PROJECT / "library"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.json",  # no profile_tasks line before the JSON
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+    )
+    ansible = Path(sys.executable).parent / "ansible"
+    cmd = [str(ansible), "localhost", "-i", "localhost,", "-c", "local", "-m", module, "-a", json.dumps(args)]
+    if check:
+        cmd.append("--check")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT, env=env, check=False)
+    data = json.loads(proc.stdout)
+    return next(iter(data["plays"][0]["tasks"][0]["hosts"].values()))
+
+
+@pytest.fixture(scope="module")
+def ns(request) -> str:
+    """``127.0.0.1:port`` of a LoopbackDns answering from the test module's ``DNS_TABLE``."""
+    server = LoopbackDns(request.module.DNS_TABLE)
+    yield f"127.0.0.1:{server.port}"
+    server.close()
 
 
 class FakeDns:

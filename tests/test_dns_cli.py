@@ -2,25 +2,15 @@
 
 import json
 
-import pytest
-from conftest import LoopbackDns
-
 from bulkrelay import cli
 from bulkrelay.dns import cli as dns_cli
 
-TABLE = {
+DNS_TABLE = {
     ("example.test.", "TXT"): '"v=spf1 ip4:198.51.100.25 -all"',
     ("relay.example.test.", "MX"): "10 mail.example.test.",
     ("mail.example.test.", "A"): "198.51.100.54",
     ("broken.example.test.", "TXT"): "servfail",
 }
-
-
-@pytest.fixture(scope="module")
-def ns():
-    server = LoopbackDns(TABLE)
-    yield f"127.0.0.1:{server.port}"
-    server.close()
 
 
 def test_dns_command_is_registered():

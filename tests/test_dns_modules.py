@@ -4,18 +4,11 @@ Each module: a pass, a failure with its fix message, the same in check mode, and
 `changed` is always false.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import LoopbackDns
+from conftest import run_module
 
-ROOT = Path(__file__).resolve().parent.parent
 REV = "25.100.51.198.in-addr.arpa."
-TABLE = {
+DNS_TABLE = {
     ("example.test.", "TXT"): '"v=spf1 ip4:198.51.100.25 mx ~all"',
     ("nospf.example.test.", "TXT"): '"v=spf1 mx ~all"',
     ("relay.example.test.", "A"): "198.51.100.25",
@@ -30,29 +23,6 @@ TABLE = {
     ("_dmarc.bad.test.", "TXT"): '"v=DMARC1; p=sometimes"',
     ("_smtp._tls.example.test.", "TXT"): '"v=TLSRPTv1; rua=mailto:tlsrpt@example.test"',
 }
-
-
-@pytest.fixture(scope="module")
-def ns():
-    server = LoopbackDns(TABLE)
-    yield f"127.0.0.1:{server.port}"
-    server.close()
-
-
-def run(module, args, check=False):
-    env = dict(
-        os.environ, ANSIBLE_LIBRARY=str(ROOT / "library"), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"
-    )
-    env["ANSIBLE_LOAD_CALLBACK_PLUGINS"] = "1"
-    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.builtin.json"
-    # the modules import bulkrelay: they must run with the controller's (venv) python
-    env["ANSIBLE_PYTHON_INTERPRETER"] = sys.executable
-    cmd = ["ansible", "localhost", "-i", "localhost,", "-c", "local", "-m", module, "-a", json.dumps(args)]
-    if check:
-        cmd.append("--check")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
-    data = json.loads(proc.stdout)
-    return next(iter(data["plays"][0]["tasks"][0]["hosts"].values()))
 
 
 CASES = [
@@ -82,7 +52,7 @@ CASES = [
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
 @pytest.mark.parametrize(("module", "args", "failure"), CASES)
 def test_module(ns, module, args, failure, check_mode):
-    result = run(module, {**args, "nameservers": [ns], "timeout": 2}, check=check_mode)
+    result = run_module(module, {**args, "nameservers": [ns], "timeout": 2}, check=check_mode)
     assert result["changed"] is False
     if failure is None:
         assert not result.get("failed"), result.get("msg")
@@ -101,7 +71,7 @@ def test_module(ns, module, args, failure, check_mode):
     ],
 )
 def test_bad_nameserver_is_a_clear_message(module, args):
-    result = run(module, {**args, "nameservers": ["ns1.example.test"]})
+    result = run_module(module, {**args, "nameservers": ["ns1.example.test"]})
     assert result["failed"] is True
     assert "not an IP address" in result["msg"] and "Traceback" not in result["msg"], result
     assert "Traceback" not in result.get("module_stderr", ""), result

@@ -28,6 +28,7 @@ def test_parse_nameserver(text, address, port):
     [
         ("ns1.example.test", "not an IP address"),
         ("198.51.100.53:99999", "invalid port"),
+        ("198.51.100.53:0", "invalid port"),
         ("198.51.100.53:abc", "invalid port"),
         ("[2001:db8::1", "closing"),
         ("[2001:db8::1]x", "unexpected"),

@@ -3,14 +3,13 @@ UDP DNS server on loopback: PASS a valid record, FAIL a missing or invalid one (
 record to publish), ERROR ("could not tell") on SERVFAIL or a timeout."""
 
 import pytest
-from conftest import LoopbackDns
 
 from bulkrelay.dns import records, tlsrpt
 from bulkrelay.dns.rdata import RecordError
 from bulkrelay.dns.resolver import make_resolver
 
 GOOD = '"v=TLSRPTv1; rua=mailto:tlsrpt@example.test"'
-TABLE = {
+DNS_TABLE = {
     ("_smtp._tls.example.test.", "TXT"): GOOD,
     (
         "_smtp._tls.two-uris.test.",
@@ -29,10 +28,8 @@ TABLE = {
 
 
 @pytest.fixture(scope="module")
-def resolver():
-    server = LoopbackDns(TABLE)
-    yield make_resolver([f"127.0.0.1:{server.port}"], 0.5)
-    server.close()
+def resolver(ns):
+    return make_resolver([ns], 0.5)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""Query names: reversed octets, IPv6 nibbles, domains; nameserver parsing."""
+"""Query names: reversed octets, IPv6 nibbles, domains; nameserver errors."""
 
 import pytest
 
+from bulkrelay.dns import resolver
 from bulkrelay.dnsbl.names import (
     InputError,
     parse_nameserver,
@@ -36,18 +37,9 @@ def test_bad_targets_name_the_fix(bad):
         parse_target(bad)
 
 
-@pytest.mark.parametrize(
-    ("text", "address", "port"),
-    [
-        ("198.51.100.60", "198.51.100.60", 53),
-        ("198.51.100.60:5300", "198.51.100.60", 5300),
-        ("2001:db8::53", "2001:db8::53", 53),
-        ("[2001:db8::53]:5353", "2001:db8::53", 5353),
-    ],
-)
-def test_nameserver_forms(text, address, port):
-    ns = parse_nameserver(text)
-    assert (ns.address, ns.port) == (address, port)
+def test_nameserver_is_parsed_by_the_resolver():
+    # the forms are tested with the one parser in test_dns_resolver; here the DNSBL's error type
+    assert parse_nameserver("[2001:db8::53]:5353") == resolver.parse_nameserver("[2001:db8::53]:5353")
 
 
 @pytest.mark.parametrize("bad", ["ns1.example.com", "198.51.100.60:0", "198.51.100.60:99999", "[2001:db8::1"])
