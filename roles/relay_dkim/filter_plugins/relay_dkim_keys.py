@@ -44,11 +44,7 @@ def relay_dkim_public_keys(records: list[dict]) -> dict:
 
 
 class FilterModule:
-    """Ansible entry point."""
+    """Ansible entry point: every relay_dkim_* name of this file is a filter."""
 
     def filters(self) -> dict:
-        return {
-            "relay_dkim_txt": relay_dkim_txt,
-            "relay_dkim_records": relay_dkim_records,
-            "relay_dkim_public_keys": relay_dkim_public_keys,
-        }
+        return {name: value for name, value in globals().items() if name.startswith("relay_dkim_")}

@@ -43,12 +43,7 @@ def relay_firewall_ssh_client(ssh_connection: str) -> str:
 
 
 class FilterModule:
-    """Ansible entry point."""
+    """Ansible entry point: every relay_firewall_* name of this file is a filter."""
 
     def filters(self) -> dict:
-        return {
-            "relay_firewall_bad_cidrs": relay_firewall_bad_cidrs,
-            "relay_firewall_networks": relay_firewall_networks,
-            "relay_firewall_ip_in_networks": relay_firewall_ip_in_networks,
-            "relay_firewall_ssh_client": relay_firewall_ssh_client,
-        }
+        return {name: value for name, value in globals().items() if name.startswith("relay_firewall_")}

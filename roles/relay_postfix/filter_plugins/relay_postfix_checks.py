@@ -65,17 +65,7 @@ def relay_postfix_sasl_hashes(users: list, current: dict, checks: list, fresh: l
 
 
 class FilterModule:
-    """Ansible entry point."""
+    """Ansible entry point: every relay_postfix_* name of this file is a filter."""
 
     def filters(self) -> dict:
-        return {
-            "relay_postfix_is_fqdn": relay_postfix_is_fqdn,
-            "relay_postfix_bad_cidrs": relay_postfix_bad_cidrs,
-            "relay_postfix_cidr": relay_postfix_cidr,
-            "relay_postfix_listen": relay_postfix_listen,
-            "relay_postfix_bad_durations": relay_postfix_bad_durations,
-            "relay_postfix_parse_passwd": relay_postfix_parse_passwd,
-            "relay_postfix_sasl_hashes": relay_postfix_sasl_hashes,
-            "relay_postfix_bad_tls_overrides": relay_postfix_bad_tls_overrides,
-            "relay_postfix_uses_dane": relay_postfix_uses_dane,
-        }
+        return {name: value for name, value in globals().items() if name.startswith("relay_postfix_")}
