@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import smtplib
 import socket
 import subprocess
@@ -44,6 +45,67 @@ RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leadi
 def sink_user() -> list[str]:
     """smtp-sink refuses to run as root without -u."""
     return ["-u", "nobody"] if os.geteuid() == 0 else []
+
+
+def start_smtp_sink(port: int, dump: Path) -> subprocess.Popen:
+    """Postfix's smtp-sink on 127.0.0.1:``port``, writing each transaction to a file in ``dump``
+    (it drops to "nobody": ``dump`` must be writable for that user)."""
+    return subprocess.Popen(
+        ["/usr/sbin/smtp-sink", *sink_user(), "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "64"]
+    )
+
+
+def sink_recipients(dump: Path) -> list[str]:
+    """Recipients of every message smtp-sink wrote to ``dump`` (one file per transaction)."""
+    out = []
+    for f in Path(dump).iterdir():
+        m = re.search(rb"^X-Rcpt-Args: <([^>]+)>", f.read_bytes()[:4096], re.M)
+        if m:
+            out.append(m.group(1).decode())
+    return out
+
+
+def start_serve(config: Path, log: Path) -> subprocess.Popen:
+    """``bulkrelay serve`` (the venv's) with ``config``, its output appended to ``log``."""
+    bulkrelay = Path(sys.executable).parent / "bulkrelay"
+    out = open(log, "ab")  # noqa: SIM115 - the child writes to it until it is killed
+    return subprocess.Popen([str(bulkrelay), "serve", "--config", str(config)], stdout=out, stderr=out)
+
+
+def enqueue_invoices(path: Path, count: int) -> list[str]:
+    """``count`` one-recipient invoices (to c0@customer.test, c1@... ) in the queue at ``path``;
+    returns their recipients."""
+    queue = Queue(path)
+    expected = [f"c{i}@customer.test" for i in range(count)]
+    for i, rcpt in enumerate(expected):
+        raw = f"From: billing@example.test\r\nSubject: Invoice {i}\r\n\r\nInvoice {i}\r\n".encode()
+        queue.enqueue(raw, "billing@example.test", [rcpt], source="test")
+    queue.close()
+    return expected
+
+
+def queued(queue: Queue, address: str) -> int:
+    """Recipient id of one message to ``address``, queued."""
+    message = queue.enqueue(RAW, "billing@example.test", [address], source="test")
+    return queue.message(message)["recipients"][0]["id"]
+
+
+def submitted(queue: Queue, recipients: list[str], qids: list[str]) -> list[int]:
+    """Recipient ids of one message to ``recipients``, taken and marked submitted, each with its
+    Postfix queue id from ``qids``."""
+    queue.enqueue(RAW, "billing@example.test", recipients, source="t")
+    rows = queue.take(len(recipients), now=time.time())
+    for row, qid in zip(rows, qids, strict=True):
+        queue.mark_submitted(row["id"], f"250 2.0.0 Ok: queued as {qid}")
+    return [row["id"] for row in rows]
+
+
+def submitting(queue: Queue, address: str) -> int:
+    """Recipient id of one message to ``address`` taken for submission, its Postfix queue id not
+    known yet (the state a crash leaves), envelope bounces+r1-x@bounce.example.test."""
+    queue.enqueue(RAW, "billing@example.test", [address], source="t")
+    (row,) = queue.take(1, now=time.time(), envelope=lambda r: "bounces+r1-x@bounce.example.test")
+    return row["id"]
 
 
 @pytest.fixture

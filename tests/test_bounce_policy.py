@@ -7,6 +7,7 @@ import quopri
 from pathlib import Path
 
 import pytest
+from conftest import queued
 
 from bulkrelay import suppression, verp
 from bulkrelay.bounces import policy
@@ -40,16 +41,6 @@ def queue(tmp_path, clock):
     q.close()
 
 
-def _recipient(queue, address: str) -> int:
-    message = queue.enqueue(
-        b"From: billing@example.test\r\nSubject: x\r\n\r\nhi\r\n",
-        "billing@example.test",
-        [address],
-        source="test",
-    )
-    return queue.message(message)["recipients"][0]["id"]
-
-
 def _dsn(
     rid: int, address: str, status: str, diagnostic: str, action: str = "failed", mid: str = ""
 ) -> bytes:
@@ -72,7 +63,7 @@ def _apply(queue, raw: bytes, clock, soft_limit=3, days=7) -> str:
 
 
 def test_hard_bounce_suppresses_and_marks_bounced(queue, clock):
-    rid = _recipient(queue, "Nobody@Customer.test")
+    rid = queued(queue, "Nobody@Customer.test")
     outcome = _apply(queue, _dsn(rid, "nobody@customer.test", "5.1.1", "550 5.1.1 User unknown"), clock)
     assert outcome == "suppressed"
     row = queue.recipient(rid)
@@ -82,7 +73,7 @@ def test_hard_bounce_suppresses_and_marks_bounced(queue, clock):
 
 
 def test_same_bounce_twice_counts_once(queue, clock):
-    rid = _recipient(queue, "full@customer.test")
+    rid = queued(queue, "full@customer.test")
     raw = _dsn(rid, "full@customer.test", "4.2.2", "452 4.2.2 Mailbox full")
     assert _apply(queue, raw, clock, soft_limit=2) == "soft-counted"
     assert _apply(queue, raw, clock, soft_limit=2) == "duplicate"
@@ -94,7 +85,7 @@ def test_soft_limit_within_window(queue, clock):
     outcomes = []
     for day, n in ((0, 1), (3, 2), (9, 3), (9.5, 4)):
         clock.now = T0 + day * DAY
-        rid = _recipient(queue, address)
+        rid = queued(queue, address)
         outcomes.append(_apply(queue, _dsn(rid, address, "4.2.2", "Mailbox full", mid=f"m{n}"), clock))
     # day 9 sees days 3 and 9 (day 0 left the window); day 9.5 sees 3, 9 and 9.5: the third
     assert outcomes == ["soft-counted", "soft-counted", "soft-counted", "suppressed"]
@@ -103,14 +94,14 @@ def test_soft_limit_within_window(queue, clock):
 
 
 def test_policy_block_is_soft_not_suppressed(queue, clock):
-    rid = _recipient(queue, "valid@customer.test")
+    rid = queued(queue, "valid@customer.test")
     raw = _dsn(rid, "valid@customer.test", "5.7.1", "554 5.7.1 Client host blocked using zen.dnsbl.test")
     assert _apply(queue, raw, clock) == "soft-counted"
     assert suppression.lookup(queue.connection, "valid@customer.test", now=clock()) is None
 
 
 def test_complaint_suppresses(queue, clock):
-    rid = _recipient(queue, "annoyed@isp.test")
+    rid = queued(queue, "annoyed@isp.test")
     text = (CORPUS / "arf_complaint.eml").read_text()
     corpus_address = verp.make_address(
         "bounces", "bounce.example.test", 115, b"bulkrelay-test-corpus-key-0123456789"
@@ -122,7 +113,7 @@ def test_complaint_suppresses(queue, clock):
 
 
 def test_forged_or_unknown_tokens_do_nothing(queue, clock):
-    rid = _recipient(queue, "x@customer.test")
+    rid = queued(queue, "x@customer.test")
     forged = _dsn(rid, "x@customer.test", "5.1.1", "User unknown").replace(b"+r", b"+r9")
     assert _apply(queue, forged, clock) == "unmatched"
     assert (
@@ -170,7 +161,7 @@ def _block(address: str, action: str, status: str, diagnostic: str = "", origina
 
 
 def test_delay_warnings_never_suppress(queue, clock):
-    rid = _recipient(queue, "slow@customer.test")
+    rid = queued(queue, "slow@customer.test")
     for n in range(4):
         clock.now = T0 + n * 3600
         raw = _report(
@@ -183,7 +174,7 @@ def test_delay_warnings_never_suppress(queue, clock):
 
 @pytest.mark.parametrize("action", ["delivered", "relayed", "expanded"])
 def test_success_actions_never_count(queue, clock, action):
-    rid = _recipient(queue, "fine@customer.test")
+    rid = queued(queue, "fine@customer.test")
     raw = _report(rid, [_block("fine@customer.test", action, "2.0.0")], mid=f"ok-{action}")
     assert _apply(queue, raw, clock) == "notice"
     assert suppression.list_entries(queue.connection) == []
@@ -191,7 +182,7 @@ def test_success_actions_never_count(queue, clock, action):
 
 def test_multi_recipient_dsn_judges_each_recipient_by_its_own_entry(queue, clock):
     ours = "ours@customer.test"
-    rid = _recipient(queue, ours)
+    rid = queued(queue, ours)
     other_failed = _block("other@customer.test", "failed", "5.1.1", "550 user unknown")
     # someone else failed, ours was delivered: nobody of ours is suppressed
     raw = _report(rid, [other_failed, _block(ours, "delivered", "2.0.0")], mid="m1")
@@ -213,7 +204,7 @@ def test_multi_recipient_dsn_judges_each_recipient_by_its_own_entry(queue, clock
 
 
 def test_forwarded_recipient_matches_by_original_recipient(queue, clock):
-    rid = _recipient(queue, "alias@customer.test")
+    rid = queued(queue, "alias@customer.test")
     block = _block(
         "target@elsewhere.test", "failed", "5.1.1", "550 no such user", original="alias@customer.test"
     )
@@ -225,7 +216,7 @@ def test_forwarded_recipient_matches_by_original_recipient(queue, clock):
     "encode", [("base64", base64.encodebytes), ("quoted-printable", quopri.encodestring)], ids=["b64", "qp"]
 )
 def test_transfer_encoded_report_and_latin1_diagnostic(queue, clock, encode):
-    rid = _recipient(queue, "weg@kunde.test")
+    rid = queued(queue, "weg@kunde.test")
     block = _block("weg@kunde.test", "failed", "5.1.1", "550 Empfänger unbekannt")
     raw = _report(rid, [block], mid=f"enc-{encode[0]}", encode=encode)
     analysis = analyse(raw, key=KEY)
@@ -243,7 +234,7 @@ def _daemon_text(rid: int, body: str, *, sender: str = "MAILER-DAEMON@odd.test",
 
 
 def test_verp_address_is_evidence_of_a_bounce_nobody_parses(queue, clock):
-    rid = _recipient(queue, "odd@customer.test")
+    rid = queued(queue, "odd@customer.test")
     vague = _daemon_text(
         rid, "We could not hand over your message. Sorry.", headers="Auto-Submitted: auto-replied\n"
     )
@@ -258,7 +249,7 @@ def test_verp_address_is_evidence_of_a_bounce_nobody_parses(queue, clock):
 
 
 def test_verp_evidence_needs_a_mailer_and_a_valid_token(queue, clock):
-    rid = _recipient(queue, "person@customer.test")
+    rid = queued(queue, "person@customer.test")
     person = _daemon_text(rid, "Thanks, I will pay next week.", sender="Person <person@customer.test>")
     assert analyse(person.replace(b"Return-Path: <>\n", b""), key=KEY).category == "human"
     forged = _daemon_text(rid, "We could not hand over your message.").replace(b"+r", b"+r9")
@@ -268,7 +259,7 @@ def test_verp_evidence_needs_a_mailer_and_a_valid_token(queue, clock):
 def _soft_suppress(queue, clock, address: str, tag: str, expiry_days: int = 30) -> str:
     outcome = ""
     for n in range(3):
-        rid = _recipient(queue, address)
+        rid = queued(queue, address)
         raw = _dsn(rid, address, "4.2.2", "452 4.2.2 Mailbox full", mid=f"{tag}{n}")
         analysis = analyse(raw, key=KEY)
         key = policy.message_key(raw, analysis.message_id)
@@ -287,7 +278,7 @@ def test_soft_suppression_expires_hard_and_complaints_do_not(queue, clock):
     assert _soft_suppress(queue, clock, "kept@customer.test", "k", expiry_days=0) == "suppressed"
     assert suppression.lookup(queue.connection, "kept@customer.test", now=clock())["expires_at"] is None
     # a hard bounce is for good, and later soft bounces do not shorten it
-    rid = _recipient(queue, "gone@customer.test")
+    rid = queued(queue, "gone@customer.test")
     assert (
         _apply(queue, _dsn(rid, "gone@customer.test", "5.1.1", "550 5.1.1 User unknown"), clock)
         == "suppressed"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import smtplib
 
 import pytest
+from conftest import queued
 
 from bulkrelay import suppression, verp
 from bulkrelay.bounces import poller
@@ -84,16 +85,6 @@ def queue(tmp_path):
     q.close()
 
 
-def recipient(queue, address):
-    mid = queue.enqueue(
-        b"From: billing@example.test\r\nSubject: x\r\n\r\nhi\r\n",
-        "billing@example.test",
-        [address],
-        source="test",
-    )
-    return queue.message(mid)["recipients"][0]["id"]
-
-
 def dsn(rid, address, status="5.1.1", diagnostic="550 5.1.1 User unknown", mid="d1"):
     envelope = verp.make_address("bounces", "bounce.example.test", rid, KEY)
     return (
@@ -121,7 +112,7 @@ SETTINGS = poller.PollSettings(
 
 def test_bounce_moved_others_kept_unread_and_forwarded_once(queue):
     imap = FakeIMAP()
-    rid = recipient(queue, "nobody@customer.test")
+    rid = queued(queue, "nobody@customer.test")
     imap.add(dsn(rid, "nobody@customer.test"))
     imap.add(HUMAN)
     imap.add(AUTO)
@@ -162,7 +153,7 @@ def test_failed_forward_is_retried_next_time(queue):
 
 def test_failed_move_never_counts_twice(queue):
     imap = FakeIMAP()
-    rid = recipient(queue, "full@customer.test")
+    rid = queued(queue, "full@customer.test")
     imap.add(dsn(rid, "full@customer.test", "4.2.2", "452 4.2.2 Mailbox full", mid="soft1"))
     imap.fail_move = True
     first = poller.poll_once(imap, queue, key=KEY, settings=SETTINGS, clock=lambda: T0)
@@ -178,7 +169,7 @@ def test_failed_move_never_counts_twice(queue):
 def test_without_move_copy_and_expunge_only_that_uid(queue):
     imap = FakeIMAP(capabilities=("IMAP4REV1", "UIDPLUS"))
     imap.add(b"From: someone@else\nSubject: flagged by a person\n\nx\n", flags={"\\Deleted"})
-    rid = recipient(queue, "nobody@customer.test")
+    rid = queued(queue, "nobody@customer.test")
     imap.add(dsn(rid, "nobody@customer.test"))
     poller.poll_once(imap, queue, key=KEY, settings=poller.PollSettings(), clock=lambda: T0)
     assert ("EXPUNGE", b"2") in imap.commands and ("EXPUNGE", b"1") not in imap.commands
@@ -188,7 +179,7 @@ def test_without_move_copy_and_expunge_only_that_uid(queue):
 
 def test_without_move_or_uidplus_nothing_is_expunged(queue):
     imap = FakeIMAP(capabilities=("IMAP4REV1",))
-    rid = recipient(queue, "nobody@customer.test")
+    rid = queued(queue, "nobody@customer.test")
     imap.add(dsn(rid, "nobody@customer.test"))
     poller.poll_once(imap, queue, key=KEY, settings=poller.PollSettings(), clock=lambda: T0)
     assert not [c for c in imap.commands if c[0] == "EXPUNGE"]
@@ -251,7 +242,7 @@ class MaildirDovecot(FakeIMAP):
     ids=["maildir-dot", "slash", "namespace-prefix"],
 )
 def test_folders_spelled_as_the_server_spells_them(queue, server, folder):
-    rid = recipient(queue, "gone@customer.test")
+    rid = queued(queue, "gone@customer.test")
     server.add(dsn(rid, "gone@customer.test"))
     result = poller.poll_once(server, queue, key=KEY, settings=SETTINGS, forward=lambda *a: None)
     assert result.errors == [] and result.moved == 1

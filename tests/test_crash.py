@@ -8,18 +8,15 @@ most ``connections`` (2), and never more than the rows found in 'submitting' aft
 """
 
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from conftest import enqueue_invoices, sink_recipients, start_serve, start_smtp_sink
 from conftest import pick_free_port as free_port
-from conftest import sink_user
 
 from bulkrelay.queue import Queue
 
@@ -28,44 +25,19 @@ CONNECTIONS = 2
 KILLS = 3
 
 
-def received(dump_dir):
-    """Recipients of every message smtp-sink wrote to disk (one file per transaction)."""
-    rcpts = []
-    for name in os.listdir(dump_dir):
-        with open(os.path.join(dump_dir, name), "rb") as fh:
-            head = fh.read(2048)
-        match = re.search(rb"^X-Rcpt-Args: <([^>]+)>", head, re.M)
-        if match:
-            rcpts.append(match.group(1).decode())
-    return rcpts
-
-
-def serve(config_path, log_path):
-    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
-    log = open(log_path, "ab")  # noqa: SIM115
-    return subprocess.Popen([bulkrelay, "serve", "--config", str(config_path)], stdout=log, stderr=log)
-
-
 def test_kill_9_during_drain_loses_nothing_and_duplicates_at_most_in_flight(tmp_path, sender_config):
     # smtp-sink drops to "nobody": its dump directory must be reachable for that user
     dump = Path(tempfile.mkdtemp(prefix="bulkrelay-crash-", dir="/tmp"))
     dump.chmod(0o777)
     port = free_port()
-    sink = subprocess.Popen(
-        ["/usr/sbin/smtp-sink", *sink_user(), "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "64"]
-    )
+    sink = start_smtp_sink(port, dump)
     config_path = sender_config(port, connections=CONNECTIONS, retry_base=1, batch_size=150, interval=0.3)
-    queue = Queue(tmp_path / "q.sqlite")
-    expected = [f"c{i}@customer.test" for i in range(MESSAGES)]
-    for i, rcpt in enumerate(expected):
-        raw = f"From: billing@example.test\r\nSubject: Invoice {i}\r\n\r\nInvoice {i}\r\n".encode()
-        queue.enqueue(raw, "billing@example.test", [rcpt], source="test")
-    queue.close()
+    expected = enqueue_invoices(tmp_path / "q.sqlite", MESSAGES)
 
     in_flight_at_kill = []
     try:
         for kill in range(KILLS):
-            proc = serve(config_path, tmp_path / "service.log")
+            proc = start_serve(config_path, tmp_path / "service.log")
             target = (kill + 1) * MESSAGES // (KILLS + 1)
             deadline = time.monotonic() + 60
             while len(os.listdir(dump)) < target and time.monotonic() < deadline:
@@ -78,7 +50,7 @@ def test_kill_9_during_drain_loses_nothing_and_duplicates_at_most_in_flight(tmp_
             q.close()
             assert len(os.listdir(dump)) < MESSAGES, "the drain finished before the kill: test proves nothing"
 
-        proc = serve(config_path, tmp_path / "service.log")
+        proc = start_serve(config_path, tmp_path / "service.log")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             q = Queue(tmp_path / "q.sqlite")
@@ -93,7 +65,7 @@ def test_kill_9_during_drain_loses_nothing_and_duplicates_at_most_in_flight(tmp_
     finally:
         sink.terminate()
         sink.wait()
-        got = Counter(received(dump))
+        got = Counter(sink_recipients(dump))
         shutil.rmtree(dump, ignore_errors=True)
 
     lost = set(expected) - set(got)

@@ -14,15 +14,14 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import enqueue_invoices, sink_recipients, start_serve, start_smtp_sink
 from conftest import pick_free_port as free_port
-from conftest import sink_user
 
 from bulkrelay.queue import Queue
 
@@ -105,27 +104,12 @@ default_destination_concurrency_limit = 4
     raise AssertionError("throwaway Postfix did not listen: " + (base / "mail.log").read_text()[-2000:])
 
 
-def serve(config: Path, log: Path) -> subprocess.Popen:
-    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
-    out = open(log, "ab")  # noqa: SIM115
-    return subprocess.Popen([bulkrelay, "serve", "--config", str(config)], stdout=out, stderr=out)
-
-
 def counts(base: Path) -> dict:
     q = Queue(base / "q.sqlite")
     try:
         return q.counts()
     finally:
         q.close()
-
-
-def received(dump: Path) -> list[str]:
-    out = []
-    for f in dump.iterdir():
-        m = re.search(rb"^X-Rcpt-Args: <([^>]+)>", f.read_bytes()[:4096], re.M)
-        if m:
-            out.append(m.group(1).decode())
-    return out
 
 
 def test_kill_9_with_postfix_log_resolves_every_ambiguous_row(sender_config):
@@ -135,23 +119,16 @@ def test_kill_9_with_postfix_log_resolves_every_ambiguous_row(sender_config):
     dump.mkdir()
     dump.chmod(0o777)
     port, sink_port = free_port(), free_port()
-    sink = subprocess.Popen(
-        ["/usr/sbin/smtp-sink", *sink_user(), "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{sink_port}", "64"]
-    )
+    sink = start_smtp_sink(sink_port, dump)
     etc = None
     try:
         etc = start_postfix(base, port, sink_port)
         config = sender_config(port, directory=base, timeout=20, batch_size=200, interval=0.25)
-        queue = Queue(base / "q.sqlite")
-        expected = [f"c{i}@customer.test" for i in range(MESSAGES)]
-        for i, rcpt in enumerate(expected):
-            raw = f"From: billing@example.test\r\nSubject: Invoice {i}\r\n\r\nInvoice {i}\r\n".encode()
-            queue.enqueue(raw, "billing@example.test", [rcpt], source="test")
-        queue.close()
+        expected = enqueue_invoices(base / "q.sqlite", MESSAGES)
 
         in_flight = []
         for kill in range(KILLS):
-            proc = serve(config, base / "service.log")
+            proc = start_serve(config, base / "service.log")
             target = (kill + 1) * MESSAGES // (KILLS + 1)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -164,7 +141,7 @@ def test_kill_9_with_postfix_log_resolves_every_ambiguous_row(sender_config):
             in_flight.append(counts(base)["submitting"])
             time.sleep(0.5)  # like systemd's RestartSec: Postfix's log lines reach the file
 
-        proc = serve(config, base / "service.log")
+        proc = start_serve(config, base / "service.log")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             c = counts(base)
@@ -174,7 +151,7 @@ def test_kill_9_with_postfix_log_resolves_every_ambiguous_row(sender_config):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         final = counts(base)
-        got = Counter(received(dump))
+        got = Counter(sink_recipients(dump))
         service_log = (base / "service.log").read_text()
     finally:
         if etc is not None:

@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import KEY, RAW
+from conftest import KEY, RAW, start_serve
 from conftest import SmtpReceiver as Receiver
 from conftest import pick_free_port as free_port
 
@@ -25,12 +25,6 @@ from bulkrelay.queue import Queue
 
 BATCH = 100
 INTERVAL = 2.0
-
-
-def start_service(config_path, log_path):
-    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
-    log = open(log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
-    return subprocess.Popen([bulkrelay, "serve", "--config", str(config_path)], stdout=log, stderr=log)
 
 
 def wait_for(predicate, timeout, what):
@@ -58,7 +52,7 @@ def test_thousand_messages_leave_in_exact_batches(tmp_path, receiver, sender_con
                       [f"customer{i}@customer.test"], source="test")
         for i in range(1000)
     ]  # fmt: skip
-    proc = start_service(config_path, tmp_path / "service.log")
+    proc = start_serve(config_path, tmp_path / "service.log")
     try:
         wait_for(lambda: len(receiver.messages) >= 1000, 60, "1000 arrivals")
         time.sleep(0.5)  # nothing more may arrive
@@ -121,7 +115,7 @@ def test_status_pause_resume_cli_against_a_running_service(tmp_path, receiver, s
     assert cli("pause", "--reason", "maintenance").returncode == 0
     for i in range(5):
         queue.enqueue(RAW, "billing@example.test", [f"p{i}@customer.test"], source="test")
-    proc = start_service(config_path, tmp_path / "service.log")
+    proc = start_serve(config_path, tmp_path / "service.log")
     try:
         time.sleep(2.5)
         assert receiver.messages == []
@@ -170,7 +164,7 @@ allowed_networks = ["127.0.0.0/8"]
 path = "{hot}"
 """,
     )
-    proc = start_service(config_path, tmp_path / "service.log")
+    proc = start_serve(config_path, tmp_path / "service.log")
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -6,17 +6,17 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 
-from conftest import KEY, RAW
+from conftest import KEY, RAW, start_serve, submitted, submitting
 from conftest import SmtpReceiver as Receiver
 
 from bulkrelay import suppression, tracking, verp
 from bulkrelay.queue import Queue
 from bulkrelay.service import resolve_ambiguous
 
+ABC = ["a@customer.test", "b@customer.test", "c@customer.test"]
 HOST = "2026-11-27T10:00:00.123456+00:00 relay postfix"
 LINES = {
     "client": f"{HOST}/smtpd[811]: 4Fk2ab0XyZz1: client=localhost[127.0.0.1]",
@@ -76,27 +76,17 @@ def test_parse_journal_json():
     assert tracking.parse_journal_line(json.dumps(entry)) == (None, "s=abc;i=1f")
 
 
-def submitted_rows(queue, qids):
-    queue.enqueue(
-        RAW, "billing@example.test", ["a@customer.test", "b@customer.test", "c@customer.test"], source="t"
-    )
-    rows = queue.take(3, now=time.time())
-    for row, qid in zip(rows, qids, strict=True):
-        queue.mark_submitted(row["id"], f"250 2.0.0 Ok: queued as {qid}")
-    return rows
-
-
 def test_file_source_applies_results_follows_rotation_and_remembers_position(tmp_path):
     log = tmp_path / "mail.log"
     queue = Queue(tmp_path / "q.sqlite")
-    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    rows = submitted(queue, ABC, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
     tracker = tracking.Tracker(queue)
     log.write_text("\n".join([LINES["mid"], LINES["sent"], LINES["deferred"]]) + "\n" + LINES["bounced"][:40])
     source = tracking.FileSource(str(log), queue)
     for event in source.events():
         tracker.handle(event)
     source.commit()
-    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "deferred", "submitted"]
+    assert [queue.recipient(r)["state"] for r in rows] == ["delivered", "deferred", "submitted"]
     # the half-written last line is completed, then the file is rotated and a new one started
     with open(log, "a") as fh:
         fh.write(LINES["bounced"][40:] + "\n")
@@ -109,7 +99,7 @@ def test_file_source_applies_results_follows_rotation_and_remembers_position(tmp
     for event in source.events():
         tracker.handle(event)
     source.commit()
-    states = [queue.recipient(r["id"]) for r in rows]
+    states = [queue.recipient(r) for r in rows]
     assert [s["state"] for s in states] == ["delivered", "delivered", "bounced"]
     assert states[2]["dsn"] == "5.1.1" and "User unknown" in states[2]["last_reply"]
     # the hard bounce is on the suppression list; the deferral never was
@@ -127,7 +117,7 @@ def test_file_source_applies_results_follows_rotation_and_remembers_position(tmp
 
 def test_journal_source_uses_and_stores_the_cursor(tmp_path):
     queue = Queue(tmp_path / "q.sqlite")
-    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    rows = submitted(queue, ABC, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
     entries = [
         {"__CURSOR": f"c{i}", "SYSLOG_IDENTIFIER": line.split(" relay ", 1)[1].split("[")[0],
          "MESSAGE": line.split("]: ", 1)[1]}
@@ -150,7 +140,7 @@ print("\\n".join(lines[start:]))
     tracker = tracking.Tracker(queue)
     source = tracking.JournalSource(queue, journalctl=str(fake))
     assert asyncio.run(tracking.catch_up(source, tracker)) == 3
-    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "deferred", "bounced"]
+    assert [queue.recipient(r)["state"] for r in rows] == ["delivered", "deferred", "bounced"]
     assert queue.get_state(tracking.JournalSource.STATE_KEY) == "c2"
     # a new process continues after the stored cursor: nothing is read twice
     source = tracking.JournalSource(queue, journalctl=str(fake))
@@ -177,18 +167,16 @@ def test_restart_resolves_submitting_rows_from_the_postfix_log_before_resending(
         f"{HOST}/cleanup[812]: 4Qqid00001: message-id={queue.message(taken['message'])['message_id']}\n"
         f"{HOST}/qmgr[500]: 4Qqid00001: from=<{taken['envelope_from']}>, size=300, nrcpt=1 (queue active)\n"
     )
-    bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
-    with open(tmp_path / "service.log", "wb") as out:
-        proc = subprocess.Popen([bulkrelay, "serve", "--config", str(config)], stdout=out, stderr=out)
-        try:
-            deadline = time.monotonic() + 15
-            while not receiver.messages and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(1.0)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
-            receiver.stop()
+    proc = start_serve(config, tmp_path / "service.log")
+    try:
+        deadline = time.monotonic() + 15
+        while not receiver.messages and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        receiver.stop()
     assert [m["rcpt_tos"] for m in receiver.messages] == [["lost@customer.test"]]
     assert queue.recipient(taken["id"])["state"] == "submitted"
     assert queue.recipient(taken["id"])["postfix_qid"] == "4Qqid00001"
@@ -208,9 +196,25 @@ def test_resolve_by_message_id_for_single_recipient_messages(tmp_path):
     queue.close()
 
 
+def follow_until_bounced(source, tracker, recipient_id, poll):
+    """Run tracking.follow over ``source`` until the recipient is bounced (5 s at most), then stop it."""
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(tracking.follow(source, tracker, stop, poll=poll))
+        for _ in range(100):
+            if tracker.queue.recipient(recipient_id)["state"] == "bounced":
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(go())
+
+
 def test_journal_follow_applies_new_entries_then_stops(tmp_path):
     queue = Queue(tmp_path / "q.sqlite")
-    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    rows = submitted(queue, ABC, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
     entries = [
         {"__CURSOR": f"f{i}", "SYSLOG_IDENTIFIER": "postfix/smtp", "MESSAGE": line.split("]: ", 1)[1]}
         for i, line in enumerate([LINES["sent"], LINES["bounced"]])
@@ -228,20 +232,10 @@ time.sleep(30)
     tracker = tracking.Tracker(queue)
     source = tracking.JournalSource(queue, journalctl=str(fake))
 
-    async def go():
-        stop = asyncio.Event()
-        task = asyncio.create_task(tracking.follow(source, tracker, stop, poll=0.2))
-        for _ in range(100):
-            if queue.recipient(rows[2]["id"])["state"] == "bounced":
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 5)
-
     started = time.monotonic()
-    asyncio.run(go())
+    follow_until_bounced(source, tracker, rows[2], poll=0.2)
     assert time.monotonic() - started < 5  # the follower stops promptly and reaps journalctl
-    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "submitted", "bounced"]
+    assert [queue.recipient(r)["state"] for r in rows] == ["delivered", "submitted", "bounced"]
     assert queue.get_state(tracking.JournalSource.STATE_KEY) == "f1"
     queue.close()
 
@@ -250,16 +244,15 @@ def test_result_logged_before_the_row_knew_its_queue_id_is_applied_on_resolve(tm
     """After a crash the log may hold the final result before the row is matched to its qid."""
     queue = Queue(tmp_path / "q.sqlite")
     tracker = tracking.Tracker(queue)
-    queue.enqueue(RAW, "billing@example.test", ["c@customer.test"], source="t")
-    (row,) = queue.take(1, now=time.time(), envelope=lambda r: "bounces+r1-x@bounce.example.test")
+    row = submitting(queue, "c@customer.test")
     for line in (
         f"{HOST}/qmgr[500]: 3A7F21C0B2E: from=<bounces+r1-x@bounce.example.test>, size=300, nrcpt=1",
         LINES["bounced"],
     ):
         tracker.handle(tracking.parse_syslog_line(line))
-    assert queue.recipient(row["id"])["state"] == "submitting"  # nothing matched yet
+    assert queue.recipient(row)["state"] == "submitting"  # nothing matched yet
     assert resolve_ambiguous(queue, suppress=tracker.suppress) == (1, 0)
-    done = queue.recipient(row["id"])
+    done = queue.recipient(row)
     assert (done["state"], done["postfix_qid"], done["dsn"]) == ("bounced", "3A7F21C0B2E", "5.1.1")
     assert suppression.lookup(queue.connection, "c@customer.test", now=time.time()) is not None
     queue.close()
@@ -286,7 +279,7 @@ def test_missing_journalctl_is_logged_not_fatal(tmp_path, caplog):
 def test_follow_survives_a_locked_queue_and_loses_no_result(tmp_path, monkeypatch):
     log = tmp_path / "mail.log"
     queue = Queue(tmp_path / "q.sqlite")
-    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    rows = submitted(queue, ABC, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
     tracker = tracking.Tracker(queue)
     log.write_text(LINES["sent"] + "\n" + LINES["bounced"] + "\n")
     monkeypatch.setattr(tracking, "RETRY", 0.1)
@@ -301,27 +294,15 @@ def test_follow_survives_a_locked_queue_and_loses_no_result(tmp_path, monkeypatc
 
     monkeypatch.setattr(queue, "record_result", flaky)
 
-    async def go():
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            tracking.follow(tracking.FileSource(str(log), queue), tracker, stop, poll=0.05)
-        )
-        for _ in range(100):
-            if queue.recipient(rows[2]["id"])["state"] == "bounced":
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(go())
-    assert [queue.recipient(r["id"])["state"] for r in rows] == ["delivered", "submitted", "bounced"]
+    follow_until_bounced(tracking.FileSource(str(log), queue), tracker, rows[2], poll=0.05)
+    assert [queue.recipient(r)["state"] for r in rows] == ["delivered", "submitted", "bounced"]
     queue.close()
 
 
 def test_a_block_of_the_relay_does_not_suppress_the_customer(tmp_path):
     """554 5.7.1 'blocked using a blacklist' is about the relay: the address stays sendable."""
     queue = Queue(tmp_path / "q.sqlite")
-    rows = submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
+    rows = submitted(queue, ABC, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2E"])
     tracker = tracking.Tracker(queue)
     blocked = (
         LINES["bounced"]
@@ -331,13 +312,13 @@ def test_a_block_of_the_relay_does_not_suppress_the_customer(tmp_path):
         )
     )
     tracker.handle(tracking.parse_syslog_line(blocked))
-    assert queue.recipient(rows[2]["id"])["state"] == "bounced"
+    assert queue.recipient(rows[2])["state"] == "bounced"
     assert suppression.lookup(queue.connection, "c@customer.test", now=time.time()) is None
 
 
 def test_log_results_become_events_and_postfix_giving_up_is_expired(tmp_path):
     queue = Queue(tmp_path / "q.sqlite")
-    submitted_rows(queue, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2F"])
+    submitted(queue, ABC, ["4Fk2ab0XyZz1", "3A7F21C0B2D", "3A7F21C0B2F"])
     before = queue.last_event_cursor()
     tracker = tracking.Tracker(queue)
     for name in ("sent", "deferred", "expired", "sent", "deferred"):  # the last two: read again

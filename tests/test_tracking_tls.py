@@ -15,7 +15,7 @@ import json
 import sqlite3
 import time
 
-from conftest import RAW
+from conftest import submitted, submitting
 
 from bulkrelay import metrics, ops, tracking
 from bulkrelay.queue import TLS_LEVELS, Queue
@@ -40,14 +40,6 @@ def sent(qid, to, pid=813, relay=MX):
         f"{HOST}/smtp[{pid}]: {qid}: to=<{to}>, relay={relay}, delay=0.31, delays=0.02/0.01/0.1/0.18, "
         f"dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 9C1D2E)"
     )
-
-
-def submitted(queue, recipients, qids):
-    queue.enqueue(RAW, "billing@example.test", recipients, source="t")
-    rows = queue.take(len(recipients), now=time.time())
-    for row, qid in zip(rows, qids, strict=True):
-        queue.mark_submitted(row["id"], f"250 2.0.0 Ok: queued as {qid}")
-    return [row["id"] for row in rows]
 
 
 def feed(tracker, *lines):
@@ -142,17 +134,16 @@ def test_a_delivery_logged_before_the_row_knew_its_queue_id_keeps_its_tls_level(
     """After a crash the log may hold the delivery before the row is matched to its queue id."""
     queue = Queue(tmp_path / "q.sqlite")
     tracker = tracking.Tracker(queue)
-    queue.enqueue(RAW, "billing@example.test", ["a@customer.test"], source="t")
-    (row,) = queue.take(1, now=time.time(), envelope=lambda r: "bounces+r1-x@bounce.example.test")
+    row = submitting(queue, "a@customer.test")
     feed(
         tracker,
         f"{HOST}/qmgr[500]: 4Fk2ab0XyZz1: from=<bounces+r1-x@bounce.example.test>, size=300, nrcpt=1",
         VERIFIED,
         sent("4Fk2ab0XyZz1", "a@customer.test"),
     )
-    assert queue.recipient(row["id"])["state"] == "submitting"
+    assert queue.recipient(row)["state"] == "submitting"
     assert resolve_ambiguous(queue, suppress=tracker.suppress) == (1, 0)
-    done = queue.recipient(row["id"])
+    done = queue.recipient(row)
     assert (done["state"], done["tls"]) == ("delivered", "verified")
     assert queue.events_since(0)[-1]["tls"] == "verified"
     assert queue.tls_counts()["verified"] == 1
