@@ -32,6 +32,14 @@ GOOD = (
 )
 
 
+def submit(smtp, data=GOOD):
+    """One transaction billing@example.test -> alice@customer.test in an open session: the
+    reply to DATA."""
+    smtp.mail("billing@example.test")
+    smtp.rcpt("alice@customer.test")
+    return smtp.data(data)
+
+
 def make_conf(tmp_path, **intake):
     data = {
         "queue": {"path": str(tmp_path / "queue.sqlite")},
@@ -83,9 +91,7 @@ def test_accepts_and_commits_before_250(intake):
 def test_the_reference_is_kept_out_of_the_message_and_on_its_events(intake):
     with intake.client() as smtp:
         smtp.ehlo("app.example.test")
-        smtp.mail("billing@example.test")
-        smtp.rcpt("alice@customer.test")
-        code, reply = smtp.data(GOOD.replace(b"Subject:", b"X-Bulkrelay-Ref: INV-1\r\nSubject:"))
+        code, reply = submit(smtp, GOOD.replace(b"Subject:", b"X-Bulkrelay-Ref: INV-1\r\nSubject:"))
     assert code == 250
     q = Queue(intake.conf.queue.path)
     try:
@@ -112,14 +118,10 @@ def test_the_reference_is_kept_out_of_the_message_and_on_its_events(intake):
 def test_bad_messages_refused_nothing_queued(intake, raw, code, words):
     with intake.client() as smtp:
         smtp.ehlo("app.example.test")
-        smtp.mail("billing@example.test")
-        smtp.rcpt("alice@customer.test")
-        got, reply = smtp.data(raw)
+        got, reply = submit(smtp, raw)
         assert got == code and words in reply.decode()
         # the session goes on: a good message right after is accepted
-        smtp.mail("billing@example.test")
-        smtp.rcpt("alice@customer.test")
-        assert smtp.data(GOOD)[0] == 250
+        assert submit(smtp)[0] == 250
     assert len(messages(intake.conf)) == 1
 
 
@@ -147,9 +149,7 @@ def test_invalid_sender_refused(intake):
 def test_oversized_refused(intake):
     with intake.client() as smtp:
         smtp.ehlo("app.example.test")
-        smtp.mail("billing@example.test")
-        smtp.rcpt("alice@customer.test")
-        code, _ = smtp.data(GOOD + (b"x" * 900 + b"\r\n") * 6)
+        code, _ = submit(smtp, GOOD + (b"x" * 900 + b"\r\n") * 6)
         assert code == 552
     assert messages(intake.conf) == []
 
@@ -163,17 +163,13 @@ def test_locked_database_gives_451_never_250(tmp_path):
         locker.execute("BEGIN EXCLUSIVE")
         with server.client() as smtp:
             smtp.ehlo("app.example.test")
-            smtp.mail("billing@example.test")
-            smtp.rcpt("alice@customer.test")
-            code, reply = smtp.data(GOOD)
+            code, reply = submit(smtp)
             assert code == 451, reply
             assert reply.startswith(b"4.3.0")
             locker.execute("ROLLBACK")
             locker.close()
             # the client retries (same session) and now it is stored, exactly once
-            smtp.mail("billing@example.test")
-            smtp.rcpt("alice@customer.test")
-            assert smtp.data(GOOD)[0] == 250
+            assert submit(smtp)[0] == 250
     finally:
         server.close()
     assert len(messages(conf)) == 1
@@ -192,9 +188,7 @@ def test_disk_full_gives_451(tmp_path):
     try:
         with server.client() as smtp:
             smtp.ehlo("app.example.test")
-            smtp.mail("billing@example.test")
-            smtp.rcpt("alice@customer.test")
-            code, _ = smtp.data(GOOD + (b"x" * 900 + b"\r\n") * 100)
+            code, _ = submit(smtp, GOOD + (b"x" * 900 + b"\r\n") * 100)
             assert code == 451
     finally:
         server.close()
@@ -279,9 +273,7 @@ def test_starttls_and_auth(tmp_path, tls_files):
             with pytest.raises(smtplib.SMTPAuthenticationError):
                 smtp.login("app1", "wrong")
             smtp.login("app1", "s3cret")
-            smtp.mail("billing@example.test")
-            smtp.rcpt("alice@customer.test")
-            assert smtp.data(GOOD)[0] == 250
+            assert submit(smtp)[0] == 250
     finally:
         server.close()
     rows = messages(conf)

@@ -173,28 +173,37 @@ def test_missing_config_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and b"no such file" in result.stderr and b"Traceback" not in result.stderr
 
 
+TLS_FILES_MISSING = '[intake]\ntls_cert = "/nonexistent/c.pem"\ntls_key = "/nonexistent/k.pem"\n'
+
+
 def test_config_check(conf, tmp_path):
     assert run("config", "check", "--config", str(conf)).returncode == 0
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[intake]\nlisten = ["0.0.0.0:2525"]\n')
-    result = run("config", "check", "--config", str(bad))
-    assert result.returncode == 2 and b"allows no network" in result.stderr
-    bad.write_text('[intake]\nlisten = ["0.0.0.0:25"]\nallowed_networks = ["203.0.113.0/24"]\n')
-    result = run("config", "check", "--config", str(bad))
-    assert result.returncode == 2 and b"intake.listen: port 25" in result.stderr
-    bad.write_text('[hotfolder]\npath = "spool/in"\n')
-    result = run("config", "check", "--config", str(bad))
-    assert result.returncode == 2 and b"hotfolder.path: 'spool/in' is not an absolute path" in result.stderr
-    bad.write_text('[intake]\ntls_cert = "/nonexistent/c.pem"\ntls_key = "/nonexistent/k.pem"\n')
-    result = run("config", "check", "--config", str(bad))
-    assert result.returncode == 2 and b"intake.tls_cert" in result.stderr
     # --settings-only judges the settings without the files (the relay's, checked from the controller)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TLS_FILES_MISSING)
     assert run("config", "check", "--settings-only", "--config", str(bad)).returncode == 0
-    bad.write_text("[intake]\nlistn = []\n")
-    result = run("config", "check", "--config", str(bad))
-    assert result.returncode == 2 and b"intake.listn: unknown key" in result.stderr
-    result = run("config", "check", "--settings-only", "--config", str(bad))
-    assert result.returncode == 2 and b"intake.listn: unknown key" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "words", "flags"),
+    [
+        ('[intake]\nlisten = ["0.0.0.0:2525"]\n', b"allows no network", []),
+        (
+            '[intake]\nlisten = ["0.0.0.0:25"]\nallowed_networks = ["203.0.113.0/24"]\n',
+            b"intake.listen: port 25",
+            [],
+        ),
+        ('[hotfolder]\npath = "spool/in"\n', b"hotfolder.path: 'spool/in' is not an absolute path", []),
+        (TLS_FILES_MISSING, b"intake.tls_cert", []),
+        ("[intake]\nlistn = []\n", b"intake.listn: unknown key", []),
+        ("[intake]\nlistn = []\n", b"intake.listn: unknown key", ["--settings-only"]),
+    ],
+)
+def test_config_check_names_the_bad_setting(tmp_path, toml, words, flags):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml)
+    result = run("config", "check", *flags, "--config", str(bad))
+    assert result.returncode == 2 and words in result.stderr
 
 
 def test_intake_password(tmp_path):

@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand: bad input (UsageError) is one line on stderr and exit 2."""
     try:
         return args.func(args)
     except UsageError as exc:

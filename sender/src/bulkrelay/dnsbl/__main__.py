@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bulkrelay.cli import UsageError
+from bulkrelay.cli import run
 from bulkrelay.dnsbl.cli import register
 
 
@@ -16,12 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["dnsbl", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return args.func(args)
-    except UsageError as exc:
-        print(f"bulkrelay dnsbl: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        return run(args)
     except BrokenPipeError:  # output piped into head & co.
         return 0
 
