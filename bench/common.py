@@ -8,6 +8,7 @@ measured in the same run; absolute numbers are printed for the record only.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -355,6 +356,15 @@ def smtp_source(port: int, message: Path, *, count: int, sessions: int, recipien
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def round_args(doc: str, rounds: int, rounds_help: str) -> argparse.Namespace:
+    """The command line of a benchmark that alternates rounds: --rounds (the figures are their
+    median) and --quick (a tenth of the messages, a smoke test)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the messages (smoke test)")
+    return parser.parse_args()
 
 
 class Report:

@@ -19,7 +19,6 @@ sender cannot pipeline either - the like-for-like protocol comparison) and a thr
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from collections.abc import Callable
@@ -133,10 +132,7 @@ def encode_cost(report: c.Report, work: Path) -> None:
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case (median)")
-    parser.add_argument("--quick", action="store_true", help="a tenth of the messages (smoke test)")
-    args = parser.parse_args()
+    args = c.round_args(__doc__, 2, "alternating rounds per case (median)")
     work = c.workdir("drain")
     c.write_message(work, "small")
     c.write_message(work, "pdf")

@@ -10,7 +10,6 @@ back; the verdict is the ratio of the rates.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common as c
@@ -68,10 +67,7 @@ def parts(report: c.Report, kind: str) -> None:
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per case (median)")
-    parser.add_argument("--quick", action="store_true", help="a tenth of the messages (smoke test)")
-    args = parser.parse_args()
+    args = c.round_args(__doc__, 2, "alternating rounds per case (median)")
     report = c.Report("intake", "smtp-source into the sender's intake vs into Postfix smtpd")
     started = time.monotonic()
     parts(report, "small")

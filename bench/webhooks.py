@@ -18,7 +18,6 @@ ids unique). Verdict: on/off rate ratio >= 0.8 (the loop costs at most a fifth).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sqlite3
 import subprocess
@@ -120,10 +119,7 @@ def drain(report: c.Report, count: int, rounds: int) -> float:
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating off/on rounds (median)")
-    parser.add_argument("--quick", action="store_true", help="a tenth of the messages (smoke test)")
-    args = parser.parse_args()
+    args = c.round_args(__doc__, 3, "alternating off/on rounds (median)")
     report = c.Report("webhooks", "drain and intake with the webhook loop off and on")
     started = time.monotonic()
     scale = 10 if args.quick else 1
