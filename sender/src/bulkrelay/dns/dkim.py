@@ -7,15 +7,12 @@ import binascii
 
 from bulkrelay.dns import result as res
 from bulkrelay.dns.resolver import DnsSource, relative
-from bulkrelay.dns.tags import TagSyntaxError, parse_tags
+from bulkrelay.dns.tags import parse_tag_list, parse_tags
 
 
 def key_of(txt: str) -> str:
     """The ``p=`` value of a DKIM TXT (whitespace removed); '' when absent or unparsable."""
-    try:
-        tags = dict((k.lower(), v) for k, v in parse_tags(txt))
-    except TagSyntaxError:
-        return ""
+    _, tags, _ = parse_tag_list(txt)
     return "".join(tags.get("p", "").split())
 
 
@@ -33,13 +30,10 @@ def parse_record(txt: str) -> tuple[dict[str, str], list[str], list[str]]:  # no
 
     Raises KeySizeUnknown for an RSA key when the cryptography library is missing.
     """
-    errors: list[str] = []
+    pairs, tags, errors = parse_tag_list(txt)
     warnings: list[str] = []
-    try:
-        pairs = parse_tags(txt)
-    except TagSyntaxError as exc:
-        return {}, [f"syntax error: {exc}"], warnings
-    tags = {k.lower(): v for k, v in pairs}
+    if errors:
+        return tags, errors, warnings
     if "v" in tags and (pairs[0][0].lower() != "v" or tags["v"] != "DKIM1"):
         errors.append("v= must be the first tag and exactly DKIM1")
     key_type = tags.get("k", "rsa").lower()

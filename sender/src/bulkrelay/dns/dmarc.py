@@ -11,7 +11,7 @@ from publicsuffix2 import PublicSuffixList
 
 from bulkrelay.dns import result as res
 from bulkrelay.dns.resolver import DnsSource, relative
-from bulkrelay.dns.tags import TagSyntaxError, parse_tags
+from bulkrelay.dns.tags import parse_tag_list
 
 POLICIES = ("none", "quarantine", "reject")
 KNOWN_TAGS = {"v", "p", "sp", "np", "adkim", "aspf", "pct", "rua", "ruf", "fo", "rf", "ri", "psd", "t"}
@@ -51,13 +51,8 @@ def aligned(a: str, b: str, mode: str) -> bool:
 
 def parse_record(txt: str) -> tuple[dict[str, str], list[str], list[str]]:  # noqa: PLR0912 - one branch per rule
     """Parse and validate a DMARC record. Returns (tags, errors, warnings)."""
-    errors: list[str] = []
+    pairs, tags, errors = parse_tag_list(txt)
     warnings: list[str] = []
-    try:
-        pairs = parse_tags(txt)
-    except TagSyntaxError as exc:
-        return {}, [f"syntax error: {exc}"], warnings
-    tags = {k.lower(): v for k, v in pairs}
     for tag, value in pairs:
         if re.search(r"\s[A-Za-z][A-Za-z0-9_]*\s*=", value):
             errors.append(f"'{tag}={value}': a ';' is missing between two tags")

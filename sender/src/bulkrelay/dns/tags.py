@@ -33,3 +33,13 @@ def parse_tags(text: str) -> list[tuple[str, str]]:
         seen.add(tag.lower())
         pairs.append((tag, value))
     return pairs
+
+
+def parse_tag_list(text: str) -> tuple[list[tuple[str, str]], dict[str, str], list[str]]:
+    """A record's tag list read for validation: (pairs, the tags by lower-case name, errors); a
+    list that does not parse has no tags and its syntax error as the one error."""
+    try:
+        pairs = parse_tags(text)
+    except TagSyntaxError as exc:
+        return [], {}, [f"syntax error: {exc}"]
+    return pairs, {tag.lower(): value for tag, value in pairs}, []
