@@ -42,6 +42,15 @@ def make_config(tmp_path, port, **policy):
     )
 
 
+@pytest.fixture
+def relay(tmp_path, receiver):
+    """The sender's config toward ``receiver``, and its queue (closed after the test)."""
+    config = make_config(tmp_path, receiver.port)
+    queue = Queue(config.queue.path)
+    yield config, queue
+    queue.close()
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -55,9 +64,8 @@ def test_backoff_grows_and_caps():
     assert [backoff(n, base=60, maximum=600) for n in (1, 2, 3, 4, 5)] == [60, 120, 240, 480, 600]
 
 
-def test_release_loop_submits_with_verp_sender_and_records_queue_ids(tmp_path, receiver):
-    config = make_config(tmp_path, receiver.port)
-    queue = Queue(config.queue.path)
+def test_release_loop_submits_with_verp_sender_and_records_queue_ids(relay, receiver):
+    config, queue = relay
     mid = queue.enqueue(RAW, "billing@example.test", [f"c{i}@customer.test" for i in range(6)], source="t")
     loop = ReleaseLoop(config, queue)
 
@@ -79,12 +87,10 @@ def test_release_loop_submits_with_verp_sender_and_records_queue_ids(tmp_path, r
         assert b"\r\n.leading dot\r\n" in msg["content"]  # dot-stuffing undone by the server
     # connections are reused: six transactions over at most two sessions
     assert len({m["session"] for m in receiver.messages}) <= 2
-    queue.close()
 
 
-def test_4xx_is_retried_with_backoff_and_5xx_fails_with_the_reply(tmp_path, receiver, caplog):
-    config = make_config(tmp_path, receiver.port)
-    queue = Queue(config.queue.path)
+def test_4xx_is_retried_with_backoff_and_5xx_fails_with_the_reply(relay, receiver, caplog):
+    config, queue = relay
     queue.enqueue(RAW, "billing@example.test", ["tempfail@customer.test", "reject@customer.test"], source="t")
     ok = queue.enqueue(RAW, "billing@example.test", ["fine@customer.test"], source="t")
     loop = ReleaseLoop(config, queue)
@@ -108,7 +114,6 @@ def test_4xx_is_retried_with_backoff_and_5xx_fails_with_the_reply(tmp_path, rece
     text = caplog.text
     assert f"event=submit_failed message=1 recipient={failed['id']} address=reject@customer.test" in text
     assert "event=submit_deferred message=1" in text and "451 4.3.0" in text
-    queue.close()
 
 
 def test_receiver_down_keeps_everything_queued_then_drains(tmp_path):
@@ -138,9 +143,8 @@ def test_receiver_down_keeps_everything_queued_then_drains(tmp_path):
         queue.close()
 
 
-def test_suppressed_recipients_are_skipped(tmp_path, receiver):
-    config = make_config(tmp_path, receiver.port)
-    queue = Queue(config.queue.path)
+def test_suppressed_recipients_are_skipped(relay, receiver):
+    config, queue = relay
     suppression.ensure_schema(queue.connection)
     suppression.add(queue.connection, "gone@customer.test", reason="5.1.1 user unknown", source="dsn", now=0)
     queue.enqueue(RAW, "billing@example.test", ["gone@CUSTOMER.test", "here@customer.test"], source="t")
@@ -154,7 +158,6 @@ def test_suppressed_recipients_are_skipped(tmp_path, receiver):
     assert [m["rcpt_tos"] for m in receiver.messages] == [["here@customer.test"]]
     (row,) = queue.list_recipients(state="suppressed")
     assert row["address"] == "gone@CUSTOMER.test" and "5.1.1 user unknown" in row["last_reply"]
-    queue.close()
 
 
 class DropAfterDot:
@@ -242,9 +245,8 @@ def test_client_uses_pipelining_when_offered():
         proc.wait()
 
 
-def test_idle_connections_are_closed_between_batches(tmp_path, receiver):
-    config = make_config(tmp_path, receiver.port)
-    queue = Queue(config.queue.path)
+def test_idle_connections_are_closed_between_batches(relay):
+    config, queue = relay
     queue.enqueue(RAW, "billing@example.test", ["a@customer.test"], source="t")
     loop = ReleaseLoop(config, queue)
 
@@ -257,7 +259,6 @@ def test_idle_connections_are_closed_between_batches(tmp_path, receiver):
         assert loop.submitter.pool == []
 
     run(go())
-    queue.close()
 
 
 class PipeliningServer:

@@ -91,6 +91,11 @@ def _wait_for_mail(sink, rcpt, timeout=60):
     return []
 
 
+def _auth_plain(password=SASL_PASS):
+    """swaks arguments: AUTH PLAIN as the app's SASL user."""
+    return ["--auth", "PLAIN", "--auth-user", SASL_USER, "--auth-password", password]
+
+
 def _swaks(client, server, *args, port=587):
     cmd = ["swaks", "--server", server, "--port", str(port), "--timeout", "15", *args]
     return client.run(" ".join(_q(a) for a in cmd))
@@ -161,12 +166,7 @@ def test_app_submission_arrives_at_sink_with_valid_dkim(relay, app, sink):
         app,
         RELAY_APPS_V4,
         "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        SASL_USER,
-        "--auth-password",
-        SASL_PASS,
+        *_auth_plain(),
         "--from",
         f"billing@{DOMAIN}",
         "--to",
@@ -201,12 +201,7 @@ def test_submission_refuses_auth_without_tls(app):
     res = _swaks(
         app,
         RELAY_APPS_V4,
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        SASL_USER,
-        "--auth-password",
-        SASL_PASS,
+        *_auth_plain(),
         "--to",
         "x@customer.test",
         "--quit-after",
@@ -221,12 +216,7 @@ def test_submission_refuses_a_wrong_password(app):
         app,
         RELAY_APPS_V4,
         "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        SASL_USER,
-        "--auth-password",
-        "wrong",
+        *_auth_plain("wrong"),
         "--to",
         "x@customer.test",
         "--quit-after",
