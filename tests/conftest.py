@@ -109,6 +109,12 @@ def submitting(queue: Queue, address: str) -> int:
 
 
 @pytest.fixture
+def clock() -> Callable[[], float]:
+    """The queue fixture's clock: the real one, unless the test module has its own."""
+    return time.time
+
+
+@pytest.fixture
 def queue(tmp_path, clock):
     """A queue in tmp_path on the test module's ``clock`` fixture (its injected time)."""
     q = Queue(tmp_path / "q.sqlite", clock=clock)

@@ -9,19 +9,10 @@ import smtplib
 import time
 from types import SimpleNamespace
 
-import pytest
-
 from bulkrelay.bounces import cli as bounces_cli
 from bulkrelay.bounces import health
 from bulkrelay.cli import main
 from bulkrelay.queue import Queue
-
-
-@pytest.fixture
-def queue(tmp_path):
-    q = Queue(tmp_path / "q.sqlite")
-    yield q
-    q.close()
 
 
 def test_never_polled_reads_none(queue):

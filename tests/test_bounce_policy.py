@@ -12,7 +12,6 @@ from conftest import queued
 from bulkrelay import suppression, verp
 from bulkrelay.bounces import policy
 from bulkrelay.bounces.parse import analyse
-from bulkrelay.queue import Queue
 
 KEY = b"policy-test-key-0123456789abcdef"
 DAY = 86400.0
@@ -34,11 +33,10 @@ def clock():
 
 
 @pytest.fixture
-def queue(tmp_path, clock):
-    q = Queue(tmp_path / "queue.sqlite", clock=clock)
-    policy.ensure_schema(q.connection)
-    yield q
-    q.close()
+def queue(queue):
+    """conftest's queue (on this module's clock), with the bounce policy's tables."""
+    policy.ensure_schema(queue.connection)
+    return queue
 
 
 def _dsn(

@@ -12,7 +12,6 @@ from conftest import queued
 from bulkrelay import suppression, verp
 from bulkrelay.bounces import poller
 from bulkrelay.bounces.policy import Policy
-from bulkrelay.queue import Queue
 
 KEY = b"poller-test-key-0123456789abcdef"
 T0 = 1_800_000_000.0
@@ -79,10 +78,8 @@ class FakeIMAP:
 
 
 @pytest.fixture
-def queue(tmp_path):
-    q = Queue(tmp_path / "q.sqlite", clock=lambda: T0)
-    yield q
-    q.close()
+def clock():
+    return lambda: T0
 
 
 def dsn(rid, address, status="5.1.1", diagnostic="550 5.1.1 User unknown", mid="d1"):

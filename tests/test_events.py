@@ -33,10 +33,9 @@ def now():
 
 
 @pytest.fixture
-def queue(tmp_path, now):
-    q = Queue(tmp_path / "q.sqlite", clock=lambda: now[0])
-    yield q
-    q.close()
+def clock(now):
+    """The clock of conftest's queue fixture: ``now[0]``, which the tests move."""
+    return lambda: now[0]
 
 
 def events(q, **kw):
