@@ -5,16 +5,17 @@ from __future__ import annotations
 import ipaddress
 
 # The CIDR rule lives in the bulkrelay package (installed in the controller's venv, as the
-# library/ modules that import it need too): relay_firewall_bad_cidrs is bulkrelay.names.bad_cidrs.
-from bulkrelay.names import bad_cidrs as relay_firewall_bad_cidrs
-from bulkrelay.names import network as _network
+# library/ modules that import it need too).
+from bulkrelay import names
+
+relay_firewall_bad_cidrs = names.bad_cidrs
 
 
 def relay_firewall_networks(values: list, family: int) -> list[str]:
     """Valid networks of one IP family (4 or 6), in canonical form, duplicates removed."""
     seen: list[str] = []
     for value in values:
-        net = _network(value)
+        net = names.network(value)
         if net is not None and net.version == int(family) and str(net) not in seen:
             seen.append(str(net))
     return seen
@@ -28,7 +29,9 @@ def relay_firewall_ip_in_networks(address: str, values: list) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return any((net := _network(v)) is not None and ip.version == net.version and ip in net for v in values)
+    return any(
+        (net := names.network(v)) is not None and ip.version == net.version and ip in net for v in values
+    )
 
 
 def relay_firewall_ssh_client(ssh_connection: str) -> str:

@@ -8,10 +8,12 @@ import re
 # The FQDN, CIDR and TLS-level rules live in the bulkrelay package (installed in the controller's
 # venv, as the library/ modules that import it need too), shared with the sender, the DNS records
 # and the audit.
-from bulkrelay.names import bad_cidrs as relay_postfix_bad_cidrs
-from bulkrelay.names import is_fqdn as relay_postfix_is_fqdn
-from bulkrelay.tlspolicy import bad_overrides as relay_postfix_bad_tls_overrides
-from bulkrelay.tlspolicy import uses_dane as relay_postfix_uses_dane
+from bulkrelay import names, tlspolicy
+
+relay_postfix_bad_cidrs = names.bad_cidrs
+relay_postfix_is_fqdn = names.is_fqdn
+relay_postfix_bad_tls_overrides = tlspolicy.bad_overrides
+relay_postfix_uses_dane = tlspolicy.uses_dane
 
 _DURATION = re.compile(r"^\d+[smhdw]?$")
 
