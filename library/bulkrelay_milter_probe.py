@@ -11,8 +11,8 @@ short_description: Hand a test message to the running DKIM milter and return the
 description:
   - Speaks the milter protocol (version 6) to the socket Postfix uses, as Postfix would for a
     message from loopback, and returns the message with the headers the milter inserted.
-  - Nothing is queued or sent: the message never reaches Postfix. Read-only; supports check mode.
-  - Self-contained (standard library only): runs on the relay with its system Python.
+  - Nothing is queued or sent, the message never reaches Postfix. Read-only; supports check mode.
+  - Self-contained (standard library only), so it runs on the relay with its system Python.
 version_added: "0.1.0"
 author: bulkrelay
 options:
