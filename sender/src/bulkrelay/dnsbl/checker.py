@@ -243,9 +243,10 @@ class Checker:
             # so a list that has started to list everything is never taken at its word.
             confirm = test.ask if test is not None and test.cached == "" else None
             name = query_name(target, zone)
-            probe = _Probe(lookup, name, True, confirm, key=selftest_key(name, servers))
-            run.probes[target.value] = probe
-            probe.expect_hit = cache is not None and cache.hit_last_time(probe.key)
+            probe = run.probes[target.value] = _Probe(lookup, name, True, confirm)
+            if cache is not None:
+                probe.key = selftest_key(name, servers)
+                probe.expect_hit = cache.hit_last_time(probe.key)
             run.asked.append(_guarded(probe))
         return run
 
@@ -306,13 +307,12 @@ class _Probe:
         name: str,
         want_reason: bool,
         confirm: Callable[[], Awaitable[object]] | None = None,
-        key: str = "",
     ) -> None:
         self.lookup = lookup
         self.name = name
         self.want_reason = want_reason
         self.confirm = confirm
-        self.key = key  # names this question in the cache's hits
+        self.key = ""  # names this question in the cache's hits (with a cache file)
         self.expect_hit = False
         self.answer = Answer("error", error=f"no answer within the check deadline ({lookup.timeout:g}s)")
         self.reason = ""
