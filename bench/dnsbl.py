@@ -15,8 +15,10 @@ Measured, each ``--rounds`` times (median):
 - slowest single query: every list's A query for the target asked alone, one after another
   (dnspython, through the proxy) - the floor for any checker that asks all lists;
 - ``Checker.check`` in process (the code the CLI, cron and Ansible module run): wall time, with
-  the lists' self-tests cached (the steady state: a run asks one question per list) and without
-  (a run that asks all three: the first one, then one every two hours);
+  the cache file a previous run left (the steady state: a run asks one question per list, and a
+  listing known from that run has its TXT reason and self-test asked at once with it) and
+  without (a run that asks all three, and a listing's reason after its answer: the first one,
+  then one every two hours);
 - the Nagios plugins as Nagios runs them, each a fresh process: ``check_dnsbl -H IP`` (self-tests
   cached) and Debian's ``check_rbl -H IP -n 127.0.0.153 -s zone ...`` (monitoring-plugins-contrib),
   both on the same 40 zones; check_rbl with its default 20 workers and with 40. The package is

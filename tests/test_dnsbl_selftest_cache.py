@@ -2,19 +2,27 @@
 per list while a self-test is cached, the cache's age, damaged files, cached failures, and the
 UDP socket pool against a real DNS server on loopback."""
 
+import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 from conftest import FakeDns, LoopbackDns
+from support import free_port
 
 from bulkrelay.dnsbl.checker import Checker
 from bulkrelay.dnsbl.lists import Settings
@@ -305,3 +313,157 @@ def test_a_truncated_answer_is_asked_again_over_tcp():
         tcp.close()
     assert [(r.zone, r.codes) for r in result.listings] == [("bl.test", ("127.0.0.2",))]
     assert f"{RELAY_REV}.bl.test." in asked_over_tcp and len(asked_over_tcp) == 4  # A x3 + TXT
+
+
+# --- a listing seen last run: its reason and self-test asked with it (issue 16) --------------
+
+
+class Rounds:
+    """A transport that answers from `fake` after `delay`, noting for each question how many
+    answers had arrived when it was asked (0 for every question: one round trip)."""
+
+    def __init__(self, fake, delay=0.02):
+        self.fake, self.delay = fake, delay
+        self.answered = 0
+        self.asked = []
+
+    async def __call__(self, query, server, timeout):
+        question = query.question[0]
+        self.asked.append((question.name.to_text(), dns.rdatatype.to_text(question.rdtype), self.answered))
+        await asyncio.sleep(self.delay)
+        response = await self.fake(query, server, timeout)
+        self.answered += 1
+        return response
+
+
+@pytest.mark.parametrize("listed", [0, 1, 2])
+def test_a_known_listing_costs_no_second_round_trip(tmp_path, listed):
+    zones = ["bl0.test", "bl1.test"]
+    answers = {}
+    for i, zone in enumerate(zones):
+        answers |= healthy(zone, relay={"A": ["127.0.0.2"], "TXT": [f"why {zone}"]} if i < listed else None)
+    settings = Settings.from_mapping({"lists": [{"zone": z} for z in zones], "nameservers": ["192.0.2.53"]})
+    cache = tmp_path / "selftest.json"
+
+    def run(minute, fake):
+        transport = Rounds(fake)
+        when = T0 + timedelta(minutes=minute)
+        result = Checker(settings, transport=transport, clock=lambda: when, selftest_cache=cache).run([RELAY])
+        return result, transport.asked
+
+    fake = FakeDns(answers)
+    first, asked = run(0, fake)  # the self-tests asked at once, the reasons after the A answers
+    assert sum(1 for _n, _t, after in asked if after) == listed
+    # A listing new since the last run (no hit in the file): reason and confirmation wait.
+    cache.write_text(json.dumps(json.loads(cache.read_text()) | {"hits": {}}))
+    _new, asked = run(1, fake)
+    assert sum(1 for _n, _t, after in asked if after) == 3 * listed
+    second, asked = run(2, fake)  # the hits of the last run: everything leaves at once
+    assert [after for _n, _t, after in asked] == [0] * (2 + 3 * listed)
+    expected = [(zone, ("127.0.0.2",), f"why {zone}") for zone in zones[:listed]]
+    assert [(r.zone, r.codes, r.reason) for r in first.listings] == expected
+    assert [(r.zone, r.codes, r.reason) for r in second.listings] == expected
+    assert outcomes(second) == outcomes(first)
+    # The listings end: one run pays the questions asked on the hint, the next asks one per list.
+    fake.answers = {k.lower(): v for z in zones for k, v in healthy(z).items()}
+    third, asked = run(3, fake)
+    assert len(asked) == 2 + 3 * listed and not third.listings and not third.errors
+    _fourth, asked = run(4, fake)
+    assert len(asked) == 2
+
+
+def test_hits_expire_and_bad_hits_are_ignored(tmp_path):
+    fake = FakeDns(healthy("bl.test", relay={"A": ["127.0.0.2"], "TXT": ["spam"]}))
+    cache = tmp_path / "selftest.json"
+    check(fake, ["bl.test"], cache)
+    data = json.loads(cache.read_text())
+    (key,) = data["hits"]
+    assert RELAY_REV not in cache.read_text()  # hashed, as the self-test keys
+    check(fake, ["bl.test"], cache, at=T0 + timedelta(minutes=1))
+    assert len(fake.asked) == 4  # A, TXT and the confirming self-test, all at once
+    for hits in ({key: {"asked_at": "now"}}, [key], {key: {"asked_at": T0.timestamp() - MAX_AGE}}):
+        cache.write_text(json.dumps(data | {"hits": hits}))
+        result = check(fake, ["bl.test"], cache, at=T0 + timedelta(minutes=2))
+        assert [r.reason for r in result.listings] == ["spam"], hits
+
+
+@pytest.fixture
+def rbldnsd():
+    """Debian's rbldnsd on loopback serving bl.test, which lists RELAY with a reason."""
+    if not Path("/usr/sbin/rbldnsd").exists():
+        pytest.skip("rbldnsd is not installed (apt-get install rbldnsd)")
+    with tempfile.TemporaryDirectory() as data:
+        os.chmod(data, 0o755)
+        Path(data, "bl.test").write_text(":127.0.0.2:Listed for spam trap hits\n127.0.0.2\n" + RELAY + "\n")
+        port = free_port()
+        argv = ["/usr/sbin/rbldnsd", "-n", "-q", "-b", f"127.0.0.1/{port}", "-w", data, "-u", "nobody"]
+        proc = subprocess.Popen([*argv, "bl.test:ip4set:bl.test"], stderr=subprocess.PIPE)
+        try:
+            ask = dns.message.make_query("2.0.0.127.bl.test.", "A")
+            for _ in range(50):
+                with contextlib.suppress(OSError, dns.exception.Timeout):
+                    dns.query.udp(ask, "127.0.0.1", port=port, timeout=0.2)
+                    break
+            yield f"127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+def test_rbldnsd_listing_keeps_its_reason_with_and_without_the_hint(tmp_path, rbldnsd):
+    settings = Settings.from_mapping({"lists": [{"zone": "bl.test"}], "nameservers": [rbldnsd]})
+    cache = tmp_path / "selftest.json"
+    for minute in (0, 1, 2):  # nothing cached; then the self-test cached and the hit known
+        when = T0 + timedelta(minutes=minute)
+        checker = Checker(settings, clock=lambda when=when: when, selftest_cache=cache)
+        result = checker.run([RELAY, "198.51.100.26"])
+        assert [(r.target, r.codes, r.reason) for r in result.listings] == [
+            (RELAY, ("127.0.0.2",), "Listed for spam trap hits")
+        ], minute
+        assert outcomes(result)[1] == ("bl.test", "clean", "") and not result.errors
+    assert len(json.loads(cache.read_text())["hits"]) == 1
+
+
+def lost_answer_table(lost):
+    table = {("2.0.0.127.bl.test.", "A"): "127.0.0.2", (f"{RELAY_REV}.bl.test.", "A"): "127.0.0.2"}
+    table[(f"{RELAY_REV}.bl.test.", "TXT")] = '"spam trap"'
+    table[(f"{RELAY_REV}.bl.test.", lost)] = "drop"
+    return table
+
+
+@pytest.mark.parametrize("hinted", [False, True])
+def test_a_lost_reason_never_undoes_the_listing(tmp_path, hinted):
+    cache = tmp_path / "selftest.json"
+    server = LoopbackDns(lost_answer_table("TXT"))
+    try:
+        settings = Settings.from_mapping(
+            {"lists": [{"zone": "bl.test"}], "nameservers": [f"127.0.0.1:{server.port}"], "timeout": 0.4}
+        )
+        if hinted:  # a run that had the reason, so the next one asks it with the A question
+            server.table = lost_answer_table("AAAA")
+            Checker(settings, selftest_cache=cache).run([RELAY])
+            server.table = lost_answer_table("TXT")
+        result = Checker(settings, selftest_cache=cache).run([RELAY])
+    finally:
+        server.close()
+    assert [(r.zone, r.outcome, r.codes, r.reason) for r in result.results] == [
+        ("bl.test", "listed", ("127.0.0.2",), "")
+    ]
+    assert "TXT" not in str(result.results[0].as_dict())  # no reason made up
+
+
+def test_a_lost_answer_is_could_not_tell_even_when_its_reason_came(tmp_path):
+    cache = tmp_path / "selftest.json"
+    server = LoopbackDns(lost_answer_table("AAAA"))
+    try:
+        settings = Settings.from_mapping(
+            {"lists": [{"zone": "bl.test"}], "nameservers": [f"127.0.0.1:{server.port}"], "timeout": 0.4}
+        )
+        assert Checker(settings, selftest_cache=cache).run([RELAY]).listings  # the hint
+        server.table = lost_answer_table("A")
+        result = Checker(settings, selftest_cache=cache).run([RELAY])
+    finally:
+        server.close()
+    (error,) = result.errors
+    assert not result.listings and "timeout" in error.error and error.reason == ""
+    assert len(json.loads(cache.read_text())["hits"]) == 1  # a timeout forgets nothing

@@ -13,8 +13,10 @@ a missing reason never undoes a listing.
 With a self-test cache file (`selftest_cache`), a self-test answered in the last two hours is
 not asked again, so a run asks one question per list; a cached failure keeps the list an error,
 and a cached pass is asked again in the same run as soon as the list answers anything but
-NXDOMAIN (a list that lists everything is never believed). All questions of a run leave at
-once, over one UDP socket per nameserver (`UdpPool`).
+NXDOMAIN (a list that lists everything is never believed). A question the cache says was
+answered with a record last time (a listing, usually days long) has that TXT reason and self-test
+asked with it rather than after it, so a known listing costs no second round trip. All
+questions of a run leave at once, over one UDP socket per nameserver (`UdpPool`).
 """
 
 from __future__ import annotations
@@ -240,7 +242,11 @@ class Checker:
             # A cached pass is confirmed afresh when the list answers anything but NXDOMAIN,
             # so a list that has started to list everything is never taken at its word.
             confirm = test.ask if test is not None and test.cached == "" else None
-            probe = run.probes[target.value] = _Probe(lookup, query_name(target, zone), True, confirm)
+            name = query_name(target, zone)
+            probe = run.probes[target.value] = _Probe(lookup, name, True, confirm)
+            if cache is not None:
+                probe.key = selftest_key(name, servers)
+                probe.expect_hit = cache.hit_last_time(probe.key)
             run.asked.append(_guarded(probe))
         return run
 
@@ -283,12 +289,17 @@ class _ListRun:
         for version, test in self.selftests.items():
             if test.definite():
                 cache.put(test.key, self.dnsbl.label, family or f"ip{version}", test.problem())
+        for probe in self.probes.values():
+            if probe.answer.status in ("found", "nxdomain"):
+                cache.put_hit(probe.key, self.dnsbl.label, probe.answer.status == "found")
 
 
 class _Probe:
     """One A question (and the TXT reason when the A answer is a hit), filled in as answers arrive,
     so what arrived before the deadline is kept when the rest is cancelled. `confirm` is awaited
-    alongside the reason when the A answer is anything but NXDOMAIN."""
+    alongside the reason when the A answer is anything but NXDOMAIN. With `expect_hit` (the
+    question was a hit last time) both are asked at once with the A question, not after it;
+    the verdict still comes from the A answer alone."""
 
     def __init__(
         self,
@@ -301,18 +312,27 @@ class _Probe:
         self.name = name
         self.want_reason = want_reason
         self.confirm = confirm
+        self.key = ""  # names this question in the cache's hits (with a cache file)
+        self.expect_hit = False
         self.answer = Answer("error", error=f"no answer within the check deadline ({lookup.timeout:g}s)")
         self.reason = ""
 
     async def run(self) -> None:
-        answer = await self.lookup.query(self.name)
-        self.answer = answer
-        if answer.status != "found":
-            return
-        await asyncio.gather(
+        if self.expect_hit:
+            await asyncio.gather(self._ask(), *self._follow_ups())
+        elif await self._ask():
+            await asyncio.gather(*self._follow_ups())
+
+    async def _ask(self) -> bool:
+        """The A question; whether it was answered with a record."""
+        self.answer = await self.lookup.query(self.name)
+        return self.answer.status == "found"
+
+    def _follow_ups(self) -> list[Awaitable[object]]:
+        return [
             *([self._fetch_reason()] if self.want_reason else []),
             *([self.confirm()] if self.confirm is not None else []),
-        )
+        ]
 
     async def _fetch_reason(self) -> None:
         txt = await self.lookup.query(self.name, "TXT")

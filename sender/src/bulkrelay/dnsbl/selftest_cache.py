@@ -17,6 +17,11 @@ at once lose one run's news, which only costs the next run a question.
 Entries are keyed by a hash of everything that decides the self-test - the zone asked (with
 the DQS key), the test points, the list's codes and the nameservers - so changing any of them
 asks again, and the file names no DQS key.
+
+The file also keeps, for `MAX_AGE`, which questions were answered with a record last time
+(`hits`, keyed by a hash of the question name): a listing usually lasts days, so the next run
+asks such a question's TXT reason and the list's self-test together with it instead of one
+round trip later (issue 16). A hint that has gone stale costs those questions, never a verdict.
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ class Entry:
     problem: str  # "" = passed
 
 
+@dataclass(frozen=True)
+class Hit:
+    zone: str  # for people reading the file
+    asked_at: float
+
+
 class SelftestCache:
     """Entries read from `path` at creation; `put` what a run asked, then `save()`."""
 
@@ -56,10 +67,12 @@ class SelftestCache:
         self.path = Path(path)
         self.now = now
         self.max_age = max_age
-        self.entries = {key: entry for key, entry in _read(self.path).items() if self._fresh(entry)}
+        entries, hits = _read(self.path)
+        self.entries = {key: entry for key, entry in entries.items() if self._fresh(entry)}
+        self.hits = {key: hit for key, hit in hits.items() if self._fresh(hit)}
         self.changed = False
 
-    def _fresh(self, entry: Entry) -> bool:
+    def _fresh(self, entry: Entry | Hit) -> bool:
         return 0 <= self.now - entry.asked_at < self.max_age
 
     def get(self, key: str) -> str | None:
@@ -71,6 +84,18 @@ class SelftestCache:
         self.entries[key] = Entry(zone, family, self.now, problem)
         self.changed = True
 
+    def hit_last_time(self, key: str) -> bool:
+        """Whether this question was answered with a record by a recent run."""
+        return key in self.hits
+
+    def put_hit(self, key: str, zone: str, hit: bool) -> None:
+        """Remember (or forget) that this question was answered with a record."""
+        if hit:
+            self.hits[key] = Hit(zone, self.now)
+            self.changed = True
+        elif self.hits.pop(key, None) is not None:
+            self.changed = True
+
     def save(self) -> None:
         """Write the entries when this run added any; never fails the check."""
         if not self.changed or not self.path.parent.is_dir():
@@ -81,6 +106,7 @@ class SelftestCache:
                 key: {"zone": e.zone, "family": e.family, "asked_at": e.asked_at, "problem": e.problem}
                 for key, e in sorted(self.entries.items())
             },
+            "hits": {key: {"zone": h.zone, "asked_at": h.asked_at} for key, h in sorted(self.hits.items())},
         }
         try:
             write_atomic(self.path, json.dumps(data, indent=1) + "\n")
@@ -90,24 +116,32 @@ class SelftestCache:
             self.changed = False
 
 
-def _read(path: Path) -> dict[str, Entry]:
+def _read(path: Path) -> tuple[dict[str, Entry], dict[str, Hit]]:
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
+        return {}, {}
     if (
         not isinstance(data, dict)
         or data.get("format") != FORMAT
         or not isinstance(data.get("entries"), dict)
     ):
-        return {}
-    entries = {}
+        return {}, {}
+    entries, hits = {}, {}
     for key, item in data["entries"].items():
         if not isinstance(item, dict):
             continue
         asked_at, problem = item.get("asked_at"), item.get("problem")
-        if isinstance(asked_at, int | float) and not isinstance(asked_at, bool) and isinstance(problem, str):
+        if _is_time(asked_at) and isinstance(problem, str):
             entries[str(key)] = Entry(
                 str(item.get("zone", "")), str(item.get("family", "")), float(asked_at), problem
             )
-    return entries
+    found = data.get("hits")  # absent from files written before issue 16's hints
+    for key, item in (found if isinstance(found, dict) else {}).items():
+        if isinstance(item, dict) and _is_time(item.get("asked_at")):
+            hits[str(key)] = Hit(str(item.get("zone", "")), float(item["asked_at"]))
+    return entries, hits
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

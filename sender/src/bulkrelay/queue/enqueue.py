@@ -7,14 +7,13 @@ never sent, and kept in ``messages.ref``; without the header the reference is th
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
+import functools
 import logging
 import re
 import sqlite3
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from bulkrelay.message import REF_HEADER, read_ref
 from bulkrelay.queue.events import Events, intake_source
 from bulkrelay.queue.storage import domain_of
 
@@ -34,9 +33,15 @@ def _has_header(headers: bytes, name: bytes) -> bytes | None:
     return match.group(1).strip() if match else None
 
 
-_REF_FIELD = re.compile(
-    rb"^" + REF_HEADER.encode() + rb"[ \t]*:(?P<value>[^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)", re.I | re.M
-)
+# bulkrelay.message and the email package are imported where a message is stored, not with the
+# queue: every `bulkrelay status` opens the queue, and they were a fifth of its imports (issue 16).
+@functools.cache
+def _ref_field() -> re.Pattern[bytes]:
+    from bulkrelay.message import REF_HEADER  # noqa: PLC0415 - see above
+
+    return re.compile(
+        rb"^" + REF_HEADER.encode() + rb"[ \t]*:(?P<value>[^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)", re.I | re.M
+    )
 
 
 def take_ref(raw: bytes) -> tuple[bytes, str | None]:
@@ -44,13 +49,15 @@ def take_ref(raw: bytes) -> tuple[bytes, str | None]:
 
     Raises bulkrelay.message.BadMessage (a ValueError) for a malformed reference; the intake's
     validation refuses those first, with the same reason."""
+    from bulkrelay.message import read_ref  # noqa: PLC0415 - see _ref_field
+
     match = _HEADER_END.search(raw)
     end = match.start() + (2 if raw[match.start() : match.start() + 1] == b"\r" else 1) if match else len(raw)
     head = raw[:end]
-    found = _REF_FIELD.search(head)
+    found = _ref_field().search(head)
     if found is None:
         return raw, None
-    return _REF_FIELD.sub(b"", head) + raw[end:], read_ref(found.group("value"))
+    return _ref_field().sub(b"", head) + raw[end:], read_ref(found.group("value"))
 
 
 _TRACE = re.compile(rb"(?:(?:Received|Return-Path)[ \t]*:.*\r?\n(?:[ \t].*\r?\n)*)*", re.I)
@@ -59,6 +66,8 @@ _TRACE = re.compile(rb"(?:(?:Received|Return-Path)[ \t]*:.*\r?\n(?:[ \t].*\r?\n)
 def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
     """Add Message-ID and Date when missing, below the trace headers (Received:, Return-Path:)
     at the top, as RFC 5322 3.6.7 wants them first; return (raw, message_id)."""
+    import email.utils  # noqa: PLC0415 - see _ref_field
+
     headers = _header_block(raw)
     newline = b"\r\n" if b"\r\n" in headers or not headers else b"\n"
     added = b""
