@@ -220,6 +220,83 @@ def judge_tls_policy(postconf: Mapping[str, Any] | None, table: Mapping[str, Any
     )
 
 
+def judge_mta_sts(
+    postconf: Mapping[str, Any] | None,
+    unit: Mapping[str, Any] | None,
+    query: Mapping[str, Any] | None,
+    expected: bool,
+    domain: str,
+) -> CheckResult:
+    """Outbound MTA-STS lookups in effect (roles/relay_mta_sts): `postconf smtp_tls_policy_maps`
+    names a socketmap after tlspolicy.TABLE (the overrides win), `systemctl show -p
+    Id,ActiveState,SubState,Result` of tlspolicy.MTA_STS_UNIT says it runs, and `postmap -q
+    DOMAIN <socketmap>` answers: a policy (rc 0) or none (rc 1, silent). A stopped resolver or a
+    map that errs FAILs: Postfix then defers every mail ("TLS policy lookup error")."""
+    subject = "mta-sts"
+    rc, out, _ = _cmd(postconf)
+    values = parse_postconf(out)
+    if rc != 0 or "smtp_tls_policy_maps" not in values:
+        return _unread("postfix", subject, "postconf", postconf)
+    maps = _tokens(values["smtp_tls_policy_maps"])
+    sockets = [m for m in maps if m.startswith("socketmap:")]
+    fix = "re-run site.yml --tags relay_mta_sts,relay_postfix"
+    if not sockets:
+        if not expected:
+            return CheckResult("postfix", subject, PASS, "MTA-STS lookups are off (bulkrelay_mta_sts: false)")
+        return CheckResult(
+            "postfix",
+            subject,
+            FAIL,
+            f"MTA-STS lookups are off: smtp_tls_policy_maps = {values['smtp_tls_policy_maps'] or '(empty)'} "
+            "names no socketmap, so receivers' enforce policies are ignored (clear text or a wrong MX possible)",
+            fix,
+        )
+    socket = sockets[0]
+    if tlspolicy.TABLE in maps and maps.index(tlspolicy.TABLE) > maps.index(socket):
+        return CheckResult(
+            "postfix",
+            subject,
+            FAIL,
+            f"smtp_tls_policy_maps asks {socket} before {tlspolicy.TABLE}: the per-domain overrides no longer win",
+            fix,
+        )
+    name = tlspolicy.MTA_STS_UNIT
+    state = parse_units(_cmd(unit)[1]).get(name) if _cmd(unit)[0] == 0 else None
+    if state is None:
+        return _unread("postfix", subject, f"systemctl show {name}", unit)
+    if (state.get("ActiveState"), state.get("SubState")) != ("active", "running"):
+        return CheckResult(
+            "postfix",
+            subject,
+            FAIL,
+            f"{name} is {state.get('ActiveState')}/{state.get('SubState')}: Postfix's lookups in {socket} fail, "
+            "so mail is deferred with 'TLS policy lookup error'",
+            f"see journalctl -u {name}; systemctl restart {name} or {fix}",
+        )
+    if query is None:
+        return CheckResult("postfix", subject, ERROR, f"could not tell: {socket} was not asked")
+    qrc, qout, qerr = _cmd(query)
+    if qrc == 0 and qout.strip():
+        answer = qout.strip()
+    elif qrc == 1 and not qerr.strip():
+        answer = "no policy enforced"
+    else:
+        reason = (qerr.strip().splitlines() or ["no output"])[-1]
+        return CheckResult(
+            "postfix",
+            subject,
+            FAIL,
+            f"{socket} does not answer (postmap -q {domain}: {reason}): Postfix defers mail it cannot look up",
+            f"see journalctl -u {name}; systemctl restart {name} or {fix}",
+        )
+    return CheckResult(
+        "postfix",
+        subject,
+        PASS,
+        f"MTA-STS lookups in effect: {name} runs and {socket} answers ({domain}: {answer})",
+    )
+
+
 def judge_dkim_key_age(
     raw: Mapping[str, Any] | None, files: Mapping[str, str], now: float, max_age_days: int
 ) -> list[CheckResult]:
@@ -641,6 +718,15 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
     now = float(params["now"])
     results = judge_postfix(raw.get("postconf"), params["fqdn"])
     results.append(judge_tls_policy(raw.get("postconf"), raw.get("tls_policy")))
+    results.append(
+        judge_mta_sts(
+            raw.get("postconf"),
+            raw.get("mta_sts_unit"),
+            raw.get("mta_sts_query"),
+            bool(params.get("mta_sts", True)),
+            str(params.get("mta_sts_domain", "")),
+        )
+    )
     results.extend(
         judge_dkim_key_age(
             raw.get("dkim_keys"),
