@@ -191,8 +191,10 @@ def judge_tls_policy(postconf: Mapping[str, Any] | None, table: Mapping[str, Any
             "the table the audit reads",
             fix,
         )
-    others = [m for m in maps if m != tlspolicy.TABLE]
+    others = [m for m in maps if m != tlspolicy.TABLE and not m.startswith("socketmap:")]
     also = f" (also consults {', '.join(others)}, not read by the audit)" if others else ""
+    if len(others) < len(maps) - 1:
+        also += " (then the MTA-STS socketmap: see the mta-sts check)"
     rc, out, _ = _cmd(table)
     if rc != 0:
         return _unread("postfix", subject, f"postmap -s {tlspolicy.TABLE}", table)
