@@ -155,7 +155,8 @@ def test_enforce_policy_that_does_not_match_keeps_mail_deferred(sent):
 
 
 def run_audit(report_dir):
-    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_LIBRARY=str(PROJECT / "library"))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"))
+    env["ANSIBLE_LIBRARY"] = str(PROJECT / "library")
     env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     subprocess.run(
         [
