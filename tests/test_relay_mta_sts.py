@@ -26,7 +26,8 @@ MAP = "socketmap:inet:127.0.0.1:8461:postfix"
 def defaults(**overrides) -> dict:
     values = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()) | overrides
     # the one derived default, as Ansible resolves it
-    values["relay_mta_sts__postfix_map"] = jinja2.Template(values["relay_mta_sts__postfix_map"]).render(values)
+    derived = jinja2.Template(values["relay_mta_sts__postfix_map"])
+    values["relay_mta_sts__postfix_map"] = derived.render(values)
     return values
 
 
@@ -49,7 +50,9 @@ def test_default_configuration_listens_on_loopback_and_caches_on_disk():
 
 
 def test_internal_cache_and_no_background_refresh():
-    cfg = config(relay_mta_sts__cache_type="internal", relay_mta_sts__cache_size=5, relay_mta_sts__refresh_interval=0)
+    cfg = config(
+        relay_mta_sts__cache_type="internal", relay_mta_sts__cache_size=5, relay_mta_sts__refresh_interval=0
+    )
     assert cfg["cache"] == {"type": "internal", "options": {"cache_size": 5}}
     assert cfg["proactive_policy_fetching"]["enabled"] is False
 
@@ -63,13 +66,15 @@ def test_the_map_postfix_is_given_is_where_the_daemon_listens():
 
 
 def test_argument_specs_cover_every_default():
-    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    specs = specs["main"]["options"]
     assert set(specs) == set(defaults())
     assert specs["relay_mta_sts__cache_type"]["choices"] == ["sqlite", "internal"]
 
 
 def test_the_sandbox_keeps_only_the_cache_writable():
-    text = (ROLE / "templates/etc/systemd/system/postfix-mta-sts-resolver.service.d/bulkrelay.conf.j2").read_text()
+    dropin = ROLE / "templates/etc/systemd/system/postfix-mta-sts-resolver.service.d/bulkrelay.conf.j2"
+    text = dropin.read_text()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     # the empty assignment resets Debian's list (which also allows Postfix's spool)
     assert lines.index("ReadWritePaths=") + 1 == lines.index("ReadWritePaths=/var/lib/mta-sts")
@@ -216,9 +221,8 @@ def test_the_judge_reads_real_postmap_output(tmp_path):
     socketmap = f"socketmap:inet:127.0.0.1:{server.port}:postfix"
 
     def ask(domain):
-        proc = subprocess.run(
-            [POSTMAP, "-c", str(tmp_path), "-q", domain, socketmap], capture_output=True, text=True, check=False
-        )
+        argv = [POSTMAP, "-c", str(tmp_path), "-q", domain, socketmap]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
 
     maps = postconf(f"{tlspolicy.TABLE}, {socketmap}")

@@ -222,6 +222,9 @@ def judge_tls_policy(postconf: Mapping[str, Any] | None, table: Mapping[str, Any
     )
 
 
+MTA_STS_FIX = "re-run site.yml --tags relay_mta_sts,relay_postfix"
+
+
 def judge_mta_sts(
     postconf: Mapping[str, Any] | None,
     unit: Mapping[str, Any] | None,
@@ -234,66 +237,72 @@ def judge_mta_sts(
     Id,ActiveState,SubState,Result` of tlspolicy.MTA_STS_UNIT says it runs, and `postmap -q
     DOMAIN <socketmap>` answers: a policy (rc 0) or none (rc 1, silent). A stopped resolver or a
     map that errs FAILs: Postfix then defers every mail ("TLS policy lookup error")."""
-    subject = "mta-sts"
     rc, out, _ = _cmd(postconf)
     values = parse_postconf(out)
     if rc != 0 or "smtp_tls_policy_maps" not in values:
-        return _unread("postfix", subject, "postconf", postconf)
+        return _unread("postfix", "mta-sts", "postconf", postconf)
     maps = _tokens(values["smtp_tls_policy_maps"])
-    sockets = [m for m in maps if m.startswith("socketmap:")]
-    fix = "re-run site.yml --tags relay_mta_sts,relay_postfix"
-    if not sockets:
+    socket = next((m for m in maps if m.startswith("socketmap:")), "")
+    if not socket:
         if not expected:
-            return CheckResult("postfix", subject, PASS, "MTA-STS lookups are off (bulkrelay_mta_sts: false)")
+            return CheckResult(
+                "postfix", "mta-sts", PASS, "MTA-STS lookups are off (bulkrelay_mta_sts: false)"
+            )
         return CheckResult(
             "postfix",
-            subject,
+            "mta-sts",
             FAIL,
             f"MTA-STS lookups are off: smtp_tls_policy_maps = {values['smtp_tls_policy_maps'] or '(empty)'} "
-            "names no socketmap, so receivers' enforce policies are ignored (clear text or a wrong MX possible)",
-            fix,
+            "names no socketmap: receivers' enforce policies are ignored",
+            MTA_STS_FIX,
         )
-    socket = sockets[0]
     if tlspolicy.TABLE in maps and maps.index(tlspolicy.TABLE) > maps.index(socket):
         return CheckResult(
             "postfix",
-            subject,
+            "mta-sts",
             FAIL,
-            f"smtp_tls_policy_maps asks {socket} before {tlspolicy.TABLE}: the per-domain overrides no longer win",
-            fix,
+            f"smtp_tls_policy_maps asks {socket} before {tlspolicy.TABLE}: the overrides no longer win",
+            MTA_STS_FIX,
         )
+    return _judge_mta_sts_resolver(socket, unit, query, domain)
+
+
+def _judge_mta_sts_resolver(
+    socket: str, unit: Mapping[str, Any] | None, query: Mapping[str, Any] | None, domain: str
+) -> CheckResult:
+    """The resolver behind ``socket`` runs and answers (judge_mta_sts)."""
     name = tlspolicy.MTA_STS_UNIT
-    state = parse_units(_cmd(unit)[1]).get(name) if _cmd(unit)[0] == 0 else None
+    fix = f"see journalctl -u {name}; systemctl restart {name} or {MTA_STS_FIX}"
+    rc, out, _ = _cmd(unit)
+    state = parse_units(out).get(name) if rc == 0 else None
     if state is None:
-        return _unread("postfix", subject, f"systemctl show {name}", unit)
+        return _unread("postfix", "mta-sts", f"systemctl show {name}", unit)
     if (state.get("ActiveState"), state.get("SubState")) != ("active", "running"):
         return CheckResult(
             "postfix",
-            subject,
+            "mta-sts",
             FAIL,
-            f"{name} is {state.get('ActiveState')}/{state.get('SubState')}: Postfix's lookups in {socket} fail, "
-            "so mail is deferred with 'TLS policy lookup error'",
-            f"see journalctl -u {name}; systemctl restart {name} or {fix}",
+            f"{name} is {state.get('ActiveState')}/{state.get('SubState')}: Postfix's lookups in "
+            f"{socket} fail, so mail is deferred with 'TLS policy lookup error'",
+            fix,
         )
     if query is None:
-        return CheckResult("postfix", subject, ERROR, f"could not tell: {socket} was not asked")
-    qrc, qout, qerr = _cmd(query)
-    if qrc == 0 and qout.strip():
-        answer = qout.strip()
-    elif qrc == 1 and not qerr.strip():
-        answer = "no policy enforced"
-    else:
-        reason = (qerr.strip().splitlines() or ["no output"])[-1]
+        return CheckResult("postfix", "mta-sts", ERROR, f"could not tell: {socket} was not asked")
+    rc, out, err = _cmd(query)
+    if not (rc == 0 and out.strip()) and not (rc == 1 and not err.strip()):
+        reason = (err.strip().splitlines() or ["no output"])[-1]
         return CheckResult(
             "postfix",
-            subject,
+            "mta-sts",
             FAIL,
-            f"{socket} does not answer (postmap -q {domain}: {reason}): Postfix defers mail it cannot look up",
-            f"see journalctl -u {name}; systemctl restart {name} or {fix}",
+            f"{socket} does not answer (postmap -q {domain}: {reason}): Postfix defers mail it cannot "
+            "look up",
+            fix,
         )
+    answer = out.strip() or "no policy enforced"
     return CheckResult(
         "postfix",
-        subject,
+        "mta-sts",
         PASS,
         f"MTA-STS lookups in effect: {name} runs and {socket} answers ({domain}: {answer})",
     )
