@@ -12,6 +12,8 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 from support import render_template
 
 from bulkrelay import audit, tlspolicy
@@ -235,3 +237,52 @@ def test_the_judge_reads_real_postmap_output(tmp_path):
     assert missing.status == "pass" and "(other.example: no policy enforced)" in missing.message
     refused = audit.judge_mta_sts(maps, unit(), ask("partner.example"), True, "partner.example")
     assert refused.status == "fail" and "Connection refused" in refused.message
+
+
+# --- the role's validation (tasks/validate.yml), evaluated by Ansible's own templar -------------
+
+
+def validate(**overrides) -> tuple[bool, str]:
+    """Whether tasks/validate.yml's assert holds for the defaults with ``overrides``, and its
+    fail_msg, both evaluated as Ansible does."""
+    (check, _) = yaml.safe_load((ROLE / "tasks" / "validate.yml").read_text())
+    # the task's vars are templates, as Ansible's YAML loader marks them
+    variables = defaults(**overrides) | {name: trust_as_template(v) for name, v in check["vars"].items()}
+    templar = Templar(loader=DataLoader(), variables=variables)
+    holds = all(
+        templar.template(trust_as_template("{{ (" + condition + ") | bool }}"))
+        for condition in check["ansible.builtin.assert"]["that"]
+    )
+    message = templar.template(trust_as_template(check["ansible.builtin.assert"]["fail_msg"]))
+    return holds, " ".join(message.split())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"relay_mta_sts__listen_host": "127.0.0.53", "relay_mta_sts__refresh_interval": 0}],
+)
+def test_good_settings_pass_validation(overrides):
+    assert validate(**overrides)[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            {"relay_mta_sts__listen_host": "0.0.0.0"},
+            'relay_mta_sts__listen_host is "0.0.0.0": the policy map',
+        ),
+        ({"relay_mta_sts__listen_host": "198.51.100.70"}, "set an IPv4 loopback address such as 127.0.0.1"),
+        ({"relay_mta_sts__listen_host": "127.0.0.256"}, 'relay_mta_sts__listen_host is "127.0.0.256"'),
+        ({"relay_mta_sts__listen_port": 0}, "relay_mta_sts__listen_port out of range"),
+        (
+            {"relay_mta_sts__timeout": 61, "relay_mta_sts__cache_grace": -1},
+            "relay_mta_sts__timeout, relay_mta_sts__cache_grace out of range",
+        ),
+    ],
+)
+def test_bad_settings_are_named_with_the_fix(overrides, words):
+    holds, message = validate(**overrides)
+    assert not holds
+    assert message.startswith("relay_mta_sts: invalid settings.")
+    assert words in message, message
