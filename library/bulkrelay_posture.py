@@ -82,8 +82,8 @@ options:
     default: 180
   mta_sts:
     description:
-      - Outbound MTA-STS is meant to be on (playbooks/relay.yml, bulkrelay_mta_sts): a
-        smtp_tls_policy_maps without the socketmap then fails.
+      - Outbound MTA-STS is meant to be on (playbooks/relay.yml, bulkrelay_mta_sts), so a
+        smtp_tls_policy_maps without the socketmap fails.
     type: bool
     default: true
   mta_sts_domain:
