@@ -11,7 +11,7 @@ export ANSIBLE_PIPELINING := true
 # cores that keeps a clean-clone CI run under 45 minutes. `default` (site.yml on a bare
 # inventory) is the bench's playbook timing; `sender` runs the same site.yml with tests, so CI
 # leaves it out. One scenario: `make molecule SCENARIOS=relay`.
-SCENARIOS ?= lab sender relay dnsbl bounces dns
+SCENARIOS ?= lab sender tls relay dnsbl bounces dns
 export MOLECULE_LANES ?= 2
 
 .PHONY: help venv lab-up lab lab-down lint unit molecule test bench

@@ -80,6 +80,16 @@ options:
     description: Days a DKIM key may be old before the audit warns (rotate it).
     type: int
     default: 180
+  mta_sts:
+    description:
+      - Outbound MTA-STS is meant to be on (playbooks/relay.yml, bulkrelay_mta_sts), so a
+        smtp_tls_policy_maps without the socketmap fails.
+    type: bool
+    default: true
+  mta_sts_domain:
+    description: Domain whose policy the socketmap was asked for (raw.mta_sts_query).
+    type: str
+    default: ""
 requirements:
   - dkimpy on the controller
 extends_documentation_fragment:
@@ -126,6 +136,8 @@ def main():
             "dkim": {"type": "list", "elements": "dict", "default": []},
             "dkim_key_files": {"type": "dict", "default": {}},
             "dkim_key_max_age_days": {"type": "int", "default": 180},
+            "mta_sts": {"type": "bool", "default": True},
+            "mta_sts_domain": {"type": "str", "default": ""},
             **DNS_OPTIONS,
         }
     )

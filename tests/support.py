@@ -11,9 +11,21 @@ import threading
 import time
 from pathlib import Path
 
+import jinja2
+
 from bulkrelay.webhooks import signing
 
 VERP_KEY = b"k" * 32  # the key every test and benchmark writes to verp.key
+
+
+def render_template(role: Path, template: str, values: dict, filters: dict | None = None) -> str:
+    """A role's template rendered as Ansible's template module does (trim_blocks); an undefined
+    variable is an error."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(role / "templates"), trim_blocks=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters.update(filters or {})
+    return env.get_template(template).render(values)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

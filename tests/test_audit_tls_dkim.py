@@ -52,7 +52,13 @@ def test_a_global_level_of_none_fails():
             "dane",
             f"{tlspolicy.TABLE}, socketmap:inet:127.0.0.1:8461:postfix",
             dump(**{"partner.example": "secure"}),
-            "also consults socketmap:inet:127.0.0.1:8461:postfix, not read by the audit",
+            "(then the MTA-STS socketmap: see the mta-sts check)",
+        ),
+        (
+            "may",
+            f"{tlspolicy.TABLE}, hash:/etc/postfix/other",
+            dump(),
+            "also consults hash:/etc/postfix/other, not read by the audit",
         ),
     ],
 )

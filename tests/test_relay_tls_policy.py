@@ -6,9 +6,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
+from support import render_template
 
 from bulkrelay import tlspolicy
 
@@ -28,15 +28,11 @@ def _filters() -> dict:
 
 def render(template: str, **overrides) -> str:
     """A role template rendered as the template module does (trim_blocks), over the role defaults."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(ROLE / "templates"), trim_blocks=True, undefined=jinja2.StrictUndefined
-    )
-    env.filters.update(_filters())
     values = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     values["relay_postfix__hostname"] = "relay.example.test"
     values["relay_postfix__admin_email"] = "postmaster@example.test"
     values["relay_postfix__all_limits"] = values["relay_postfix__destination_limits"]
-    return env.get_template(template).render(values | overrides)
+    return render_template(ROLE, template, values | overrides, _filters())
 
 
 @pytest.mark.parametrize(

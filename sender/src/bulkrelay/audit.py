@@ -191,8 +191,10 @@ def judge_tls_policy(postconf: Mapping[str, Any] | None, table: Mapping[str, Any
             "the table the audit reads",
             fix,
         )
-    others = [m for m in maps if m != tlspolicy.TABLE]
+    others = [m for m in maps if m != tlspolicy.TABLE and not m.startswith("socketmap:")]
     also = f" (also consults {', '.join(others)}, not read by the audit)" if others else ""
+    if len(others) < len(maps) - 1:
+        also += " (then the MTA-STS socketmap: see the mta-sts check)"
     rc, out, _ = _cmd(table)
     if rc != 0:
         return _unread("postfix", subject, f"postmap -s {tlspolicy.TABLE}", table)
@@ -217,6 +219,92 @@ def judge_tls_policy(postconf: Mapping[str, Any] | None, table: Mapping[str, Any
         PASS,
         f"per-domain TLS overrides: {listed}; none below smtp_tls_security_level = {level}{also}",
         details={"overrides": overrides, "lowered": {}},
+    )
+
+
+MTA_STS_FIX = "re-run site.yml --tags relay_mta_sts,relay_postfix"
+
+
+def judge_mta_sts(
+    postconf: Mapping[str, Any] | None,
+    unit: Mapping[str, Any] | None,
+    query: Mapping[str, Any] | None,
+    expected: bool,
+    domain: str,
+) -> CheckResult:
+    """Outbound MTA-STS lookups in effect (roles/relay_mta_sts): `postconf smtp_tls_policy_maps`
+    names a socketmap after tlspolicy.TABLE (the overrides win), `systemctl show -p
+    Id,ActiveState,SubState,Result` of tlspolicy.MTA_STS_UNIT says it runs, and `postmap -q
+    DOMAIN <socketmap>` answers: a policy (rc 0) or none (rc 1, silent). A stopped resolver or a
+    map that errs FAILs: Postfix then defers every mail ("TLS policy lookup error")."""
+    rc, out, _ = _cmd(postconf)
+    values = parse_postconf(out)
+    if rc != 0 or "smtp_tls_policy_maps" not in values:
+        return _unread("postfix", "mta-sts", "postconf", postconf)
+    maps = _tokens(values["smtp_tls_policy_maps"])
+    socket = next((m for m in maps if m.startswith("socketmap:")), "")
+    if not socket:
+        if not expected:
+            return CheckResult(
+                "postfix", "mta-sts", PASS, "MTA-STS lookups are off (bulkrelay_mta_sts: false)"
+            )
+        return CheckResult(
+            "postfix",
+            "mta-sts",
+            FAIL,
+            f"MTA-STS lookups are off: smtp_tls_policy_maps = {values['smtp_tls_policy_maps'] or '(empty)'} "
+            "names no socketmap: receivers' enforce policies are ignored",
+            MTA_STS_FIX,
+        )
+    if tlspolicy.TABLE in maps and maps.index(tlspolicy.TABLE) > maps.index(socket):
+        return CheckResult(
+            "postfix",
+            "mta-sts",
+            FAIL,
+            f"smtp_tls_policy_maps asks {socket} before {tlspolicy.TABLE}: the overrides no longer win",
+            MTA_STS_FIX,
+        )
+    return _judge_mta_sts_resolver(socket, unit, query, domain)
+
+
+def _judge_mta_sts_resolver(
+    socket: str, unit: Mapping[str, Any] | None, query: Mapping[str, Any] | None, domain: str
+) -> CheckResult:
+    """The resolver behind ``socket`` runs and answers (judge_mta_sts)."""
+    name = tlspolicy.MTA_STS_UNIT
+    fix = f"see journalctl -u {name}; systemctl restart {name} or {MTA_STS_FIX}"
+    rc, out, _ = _cmd(unit)
+    state = parse_units(out).get(name) if rc == 0 else None
+    if state is None:
+        return _unread("postfix", "mta-sts", f"systemctl show {name}", unit)
+    if (state.get("ActiveState"), state.get("SubState")) != ("active", "running"):
+        return CheckResult(
+            "postfix",
+            "mta-sts",
+            FAIL,
+            f"{name} is {state.get('ActiveState')}/{state.get('SubState')}: Postfix's lookups in "
+            f"{socket} fail, so mail is deferred with 'TLS policy lookup error'",
+            fix,
+        )
+    if query is None:
+        return CheckResult("postfix", "mta-sts", ERROR, f"could not tell: {socket} was not asked")
+    rc, out, err = _cmd(query)
+    if not (rc == 0 and out.strip()) and not (rc == 1 and not err.strip()):
+        reason = (err.strip().splitlines() or ["no output"])[-1]
+        return CheckResult(
+            "postfix",
+            "mta-sts",
+            FAIL,
+            f"{socket} does not answer (postmap -q {domain}: {reason}): Postfix defers mail it cannot "
+            "look up",
+            fix,
+        )
+    answer = out.strip() or "no policy enforced"
+    return CheckResult(
+        "postfix",
+        "mta-sts",
+        PASS,
+        f"MTA-STS lookups in effect: {name} runs and {socket} answers ({domain}: {answer})",
     )
 
 
@@ -641,6 +729,15 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
     now = float(params["now"])
     results = judge_postfix(raw.get("postconf"), params["fqdn"])
     results.append(judge_tls_policy(raw.get("postconf"), raw.get("tls_policy")))
+    results.append(
+        judge_mta_sts(
+            raw.get("postconf"),
+            raw.get("mta_sts_unit"),
+            raw.get("mta_sts_query"),
+            bool(params.get("mta_sts", True)),
+            str(params.get("mta_sts_domain", "")),
+        )
+    )
     results.extend(
         judge_dkim_key_age(
             raw.get("dkim_keys"),

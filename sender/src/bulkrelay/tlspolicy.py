@@ -15,6 +15,8 @@ from bulkrelay.names import is_domain
 # The table relay_postfix renders (templates/etc/postfix/tls_policy.j2) and main.cf names first in
 # smtp_tls_policy_maps; the audit dumps it with `postmap -s`.
 TABLE = "texthash:/etc/postfix/tls_policy"
+# Debian's postfix-mta-sts-resolver (roles/relay_mta_sts): the MTA-STS socketmap after TABLE.
+MTA_STS_UNIT = "postfix-mta-sts-resolver.service"
 
 # Postfix's smtp_tls_security_level values in TLS_README's order ("TLS security levels"): the
 # two that allow clear text first.
