@@ -1,5 +1,11 @@
+import sys
+from pathlib import Path
+
 import pytest
-from labhosts import run_audit
+
+# the scenarios' shared test helpers (labexec)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared" / "tests"))
+from labexec import run_audit
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from pathlib import Path
 import dkim
 import dns.resolver
 import pytest
-from labhosts import APP, BIND, MAILHOST, OUTSIDER, RELAY, RELAY_APP_IP, RELAY_IP, sh, wait_for
+from labexec import sh, wait_for
+from labhosts import APP, BIND, MAILHOST, OUTSIDER, RELAY, RELAY_APP_IP, RELAY_IP
 from labhosts import set_relay_listed as set_listed
 
 from bulkrelay.dns import resolver as bulk_resolver

@@ -20,7 +20,8 @@ import dns.update
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from labhosts import BIND, PROJECT, RELAY, RELAY_IP, ansible, run_audit, set_relay_listed, sh
+from labexec import PROJECT, ansible, run_audit, sh
+from labhosts import BIND, RELAY, RELAY_IP, set_relay_listed
 
 TSIG_SECRET = "0wVmlbKLxUDjX0hRGi0o2vBj9tjnAfs3bnyzDPj6QHg="  # the lab fixture's (group_vars/all.yml)
 TSIG = dns.tsigkeyring.from_text({"bulkrelay-lab": TSIG_SECRET})
