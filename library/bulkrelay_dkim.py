@@ -32,6 +32,13 @@ options:
         C(relay_dkim__public_keys). Empty = only check that the record is valid.
     type: str
     default: ""
+  authoritative:
+    description:
+      - Ask each authoritative nameserver of the zone directly (found through O(nameservers)) and
+        pass only when every one serves the record; RV(servers) has one verdict per server. A
+        server that times out or answers SERVFAIL is "could not tell", never "served".
+    type: bool
+    default: false
 extends_documentation_fragment:
   - bulkrelay_dns_check
 """
@@ -67,6 +74,11 @@ record:
   description: The published DKIM record (strings joined).
   type: str
   returned: always
+servers:
+  description: With O(authoritative), one C({server, status, message}) per nameserver address.
+  type: list
+  elements: dict
+  returned: always
 """
 
 import traceback
@@ -76,6 +88,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 try:
     from bulkrelay.dns import dkim
     from bulkrelay.dns.module import run_check
+    from bulkrelay.dns.resolver import make_resolver
 except ImportError:
     IMPORT_ERROR = traceback.format_exc()
 else:
@@ -90,6 +103,7 @@ def main() -> None:
             "expected": {"type": "str", "default": "", "no_log": False},
             "nameservers": {"type": "list", "elements": "str", "default": []},
             "timeout": {"type": "float", "default": 5.0},
+            "authoritative": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -100,8 +114,18 @@ def main() -> None:
     run_check(
         module,
         "bulkrelay_dkim",
-        lambda resolver, p: dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"]),
-        details={"record": ""},
+        lambda resolver, p: (
+            dkim.check_authoritative(
+                resolver,
+                p["domain"],
+                p["selector"],
+                expected=p["expected"],
+                ask=lambda address: make_resolver([address], p["timeout"]),
+            )
+            if p["authoritative"]
+            else dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"])
+        ),
+        details={"record": "", "servers": []},
     )
 
 
