@@ -70,15 +70,18 @@ def rotate(*extra):
 def relay_json(module, args):
     """Run one module on the relay; its result."""
     env = ansible_env() | {"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
-    env["ANSIBLE_CALLBACKS_ENABLED"] = ""  # profile_tasks would print before the JSON
     proc = subprocess.run(
         ["ansible", "relay-dns", "-i", inventory(), "-m", module, "-a", args],
         capture_output=True,
         text=True,
         env=env,
-        check=True,
+        check=False,
     )
-    return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["relay-dns"]
+    assert proc.returncode == 0, f"ansible -m {module}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    # ansible.cfg's profile_tasks prints lines before and after the JSON
+    out = "\n" + proc.stdout
+    data, _ = json.JSONDecoder().raw_decode(out, out.index("\n{") + 1)
+    return data["plays"][0]["tasks"][0]["hosts"]["relay-dns"]
 
 
 def sign(label):
