@@ -32,6 +32,13 @@ options:
         C(relay_dkim__public_keys). Empty = only check that the record is valid.
     type: str
     default: ""
+  authoritative:
+    description:
+      - Ask each authoritative nameserver of the zone directly (found through O(nameservers)) and
+        pass only when every one serves the record; RV(servers) has one verdict per server. A
+        server that times out or answers SERVFAIL is "could not tell", never "served".
+    type: bool
+    default: false
 extends_documentation_fragment:
   - bulkrelay_dns_check
   - bulkrelay_read_only
@@ -68,12 +75,18 @@ record:
   description: The published DKIM record (strings joined).
   type: str
   returned: always
+servers:
+  description: With O(authoritative), one C({server, status, message}) per nameserver address.
+  type: list
+  elements: dict
+  returned: always
 """
 
 from ansible.module_utils.bulkrelay import bulkrelay_imports, run_dns_check
 
 with bulkrelay_imports():
     from bulkrelay.dns import dkim
+    from bulkrelay.dns.resolver import make_resolver
 
 
 def main() -> None:
@@ -82,9 +95,20 @@ def main() -> None:
             "domain": {"type": "str", "required": True},
             "selector": {"type": "str", "required": True},
             "expected": {"type": "str", "default": "", "no_log": False},
+            "authoritative": {"type": "bool", "default": False},
         },
-        lambda resolver, p: dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"]),
-        details={"record": ""},
+        lambda resolver, p: (
+            dkim.check_authoritative(
+                resolver,
+                p["domain"],
+                p["selector"],
+                expected=p["expected"],
+                ask=lambda address: make_resolver([address], p["timeout"]),
+            )
+            if p["authoritative"]
+            else dkim.check(resolver, p["domain"], p["selector"], expected=p["expected"])
+        ),
+        details={"record": "", "servers": []},
     )
 
 

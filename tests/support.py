@@ -4,6 +4,7 @@ sender.toml writer for `bulkrelay serve` on loopback, a webhook receiver."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import socket
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import jinja2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bulkrelay.webhooks import signing
 
@@ -164,3 +167,12 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def dkim_txt(bits: int = 2048) -> str:
+    """The DKIM TXT of a fresh RSA key (``v=DKIM1; k=rsa; p=...``)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()

@@ -1,11 +1,9 @@
 """The DNS checks (SPF, FCrDNS, MX, DKIM, DMARC) against a static zone: good and broken."""
 
-import base64
 import sys
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from support import dkim_txt
 
 from bulkrelay.dns import dkim, dmarc, fcrdns, mx, spf
 from bulkrelay.dns.resolver import StaticResolver, relative, reverse_name
@@ -13,14 +11,6 @@ from bulkrelay.dns.resolver import StaticResolver, relative, reverse_name
 RELAY = "relay.example.test"
 IP4 = "198.51.100.25"
 IP6 = "2001:db8:100::25"
-
-
-def dkim_txt(bits=2048):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
 
 
 KEY = dkim_txt()

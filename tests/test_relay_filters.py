@@ -142,6 +142,32 @@ def test_dkim_records_and_contract_fact():
     }
 
 
+def test_rotation_records_to_publish_and_remove():
+    records = dk.relay_dkim_records([{"item": ["example.test", "bulk1"], "rc": 0, "stdout": PEM}], "lab2026")
+    assert dk.relay_dkim_rrsets(records, 300) == [
+        {
+            "fqdn": "bulk1._domainkey.example.test.",
+            "type": "TXT",
+            "ttl": 300,
+            "rdata": ['"v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEF"'],
+        }
+    ]
+    assert dk.relay_dkim_rrsets_absent(["example.test", "b.test"], "lab2026") == [
+        {"fqdn": "lab2026._domainkey.example.test.", "type": "TXT", "ttl": 0, "rdata": [], "state": "absent"},
+        {"fqdn": "lab2026._domainkey.b.test.", "type": "TXT", "ttl": 0, "rdata": [], "state": "absent"},
+    ]
+    assert dk.relay_dkim_rrsets_absent([], "lab2026") == []
+
+
+def test_rotation_filter_names_the_state_file_on_a_broken_state():
+    from ansible.errors import AnsibleFilterError  # noqa: PLC0415 - only this test needs Ansible
+
+    plan = dk.relay_dkim_rotation({}, "lab2026", 1_764_500_000, 7, "bulk")
+    assert plan["step"] == "start" and plan["after_start"]["next"] == "bulk20251130"
+    with pytest.raises(AnsibleFilterError, match=r"fix or remove /etc/ansible/facts\.d/bulkrelay_dkim\.fact"):
+        dk.relay_dkim_rotation({"active": "a", "next": "b", "previous": "c"}, "a", 0, 7, "bulk")
+
+
 def test_parse_passwd_file():
     text = "# managed by bulkrelay\n\napp1:{SHA512-CRYPT}$6$abc$def\napp2:{PLAIN}x::::\nbroken\n"
     assert pf.relay_postfix_parse_passwd(text) == {"app1": "{SHA512-CRYPT}$6$abc$def", "app2": "{PLAIN}x"}

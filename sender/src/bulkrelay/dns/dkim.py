@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 from bulkrelay.dns import result as res
 from bulkrelay.dns.resolver import DnsSource, relative
@@ -120,3 +121,73 @@ def check(source: DnsSource, domain: str, selector: str, *, expected: str = "") 
         )
     what = "matches the relay's key" if want else "parses"
     return outcome.passed(f"DKIM key at {name} {what}")
+
+
+def authoritative_addresses(source: DnsSource, name: str) -> tuple[str, list[tuple[str, str]], str]:
+    """The zone holding ``name`` and the address of each of its nameservers, asked through
+    ``source``: (zone, [(ns host, address)], error). ``error`` is set when DNS could not tell
+    (a failed query, or no nameserver with an address); the list is then incomplete."""
+    labels = relative(name).split(".")
+    for start in range(len(labels) - 1):
+        zone = ".".join(labels[start:])
+        ans = source.query(zone, "NS")
+        if ans.failed:
+            return zone, [], ans.describe()
+        if ans.ok:
+            break
+    else:
+        return relative(name), [], f"could not tell: no NS record above {relative(name)}"
+    servers: list[tuple[str, str]] = []
+    for host in sorted(ans.records):
+        found = [source.query(host, rdtype) for rdtype in ("A", "AAAA")]
+        failed = [a for a in found if a.failed]
+        if failed:
+            return zone, servers, failed[0].describe()
+        servers += [(host, address) for a in found if a.ok for address in a.records]
+    if not servers:
+        return (
+            zone,
+            [],
+            f"could not tell: no address for the nameservers of {zone} ({', '.join(ans.records)})",
+        )
+    return zone, servers, ""
+
+
+def check_authoritative(
+    source: DnsSource,
+    domain: str,
+    selector: str,
+    *,
+    expected: str = "",
+    ask: Callable[[str], DnsSource],
+) -> res.CheckResult:
+    """:func:`check` asked of every authoritative nameserver of the zone directly (``ask(address)``
+    gives a source that asks only that address), found through ``source``. Passes only when each
+    one passes; one server without the key fails; a server that could not be asked (timeout,
+    SERVFAIL) is "could not tell", never "served". ``details["servers"]`` has one verdict each."""
+    name = f"{selector}._domainkey.{relative(domain)}"
+    zone, servers, error = authoritative_addresses(source, name)
+    details: dict = {"name": name, "record": "", "tags": {}, "zone": zone, "servers": []}
+    outcome = res.Outcome("dkim", name, details)
+    if error:
+        return outcome.error(error)
+    verdicts = []
+    for host, address in servers:
+        one = check(ask(address), domain, selector, expected=expected)
+        verdicts.append(one)
+        details["servers"].append(
+            {"server": f"{host} ({address})", "status": one.status, "message": one.message}
+        )
+    details["record"] = verdicts[0].details.get("record", "")
+    listing = "; ".join(f"{s['server']}: {s['status']}" for s in details["servers"])
+
+    def servers_that(status: str) -> str:
+        return ", ".join(s["server"] for s in details["servers"] if s["status"] == status)
+
+    if failing := servers_that(res.FAIL):
+        fix = next((v.fix for v in verdicts if v.fix), "")
+        return outcome.fail(f"{name}: {failing} does not serve the key ({listing})", fix)
+    if unknown := servers_that(res.ERROR):
+        return outcome.error(f"{name}: {unknown} could not tell ({listing})")
+    outcome.warnings = sorted({w for v in verdicts for w in v.warnings})
+    return outcome.passed(f"{verdicts[0].message} on every authoritative nameserver of {zone} ({listing})")

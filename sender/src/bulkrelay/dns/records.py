@@ -139,6 +139,13 @@ def _relay_records(out: RecordSet, fqdn: str, *, ipv4: str, ipv6: str, relay_mx:
     out.add(fqdn, "TXT", quote_txt(helo_spf), ttl, "relay", "SPF for the HELO name", txt=helo_spf)
 
 
+def dkim_rrset(domain: str, selector: str, txt: str, ttl: int) -> dict[str, Any]:
+    """The RRset of one DKIM key, as :func:`plan` gives RRsets (for a selector published on its
+    own, e.g. by a rotation). Raises TagSyntaxError when ``txt`` is not a tag list."""
+    value = quote_txt(dkim.normalize(txt))
+    return {"fqdn": f"{selector}._domainkey.{relative(domain)}.", "type": "TXT", "ttl": ttl, "rdata": [value]}
+
+
 def _dkim_dmarc_records(
     out: RecordSet, name: str, *, key: dict[str, str], live_dmarc: list[str], policy: str, rua: str, ttl: int
 ) -> None:
