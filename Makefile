@@ -7,11 +7,10 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 # molecule writes its own ansible.cfg for a scenario; ansible.cfg's pipelining reaches it here
 export ANSIBLE_PIPELINING := true
-# Scenarios run by `make test`, longest first (the measured times: lab 24 min, dns 15, sender
-# 11, bounces 9, tls 8, relay 7, dnsbl 6), two at a time (scripts/molecule-all.sh): on two
-# cores that keeps a clean-clone CI run under 45 minutes. `default` (site.yml on a bare
-# inventory) is the bench's playbook timing; `sender` runs the same site.yml with tests, so CI
-# leaves it out. One scenario: `make molecule SCENARIOS=relay`.
+# Scenarios run by `make test`, longest first as a CI run measures them (its log ends with
+# "scenario times"), two at a time (scripts/molecule-all.sh), so both lanes end together.
+# `default` (site.yml on a bare inventory) is the bench's playbook timing; `sender` runs the
+# same site.yml with tests, so CI leaves it out. One scenario: `make molecule SCENARIOS=relay`.
 SCENARIOS ?= lab dns sender bounces tls relay dnsbl
 export MOLECULE_LANES ?= 2
 
