@@ -233,8 +233,8 @@ def judge_mta_sts(
     domain: str,
 ) -> CheckResult:
     """Outbound MTA-STS lookups in effect (roles/relay_mta_sts): `postconf smtp_tls_policy_maps`
-    names a socketmap after tlspolicy.TABLE (the overrides win), `systemctl show -p
-    Id,ActiveState,SubState,Result` of tlspolicy.MTA_STS_UNIT says it runs, and `postmap -q
+    names a socketmap after tlspolicy.TABLE (the overrides win), `systemctl show` of the units
+    (tlspolicy.MTA_STS_UNIT among them) says it runs, and `postmap -q
     DOMAIN <socketmap>` answers: a policy (rc 0) or none (rc 1, silent). A stopped resolver or a
     map that errs FAILs: Postfix then defers every mail ("TLS policy lookup error")."""
     rc, out, _ = _cmd(postconf)
@@ -732,7 +732,7 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
     results.append(
         judge_mta_sts(
             raw.get("postconf"),
-            raw.get("mta_sts_unit"),
+            raw.get("units"),
             raw.get("mta_sts_query"),
             bool(params.get("mta_sts", True)),
             str(params.get("mta_sts_domain", "")),

@@ -18,15 +18,13 @@ selector is the configured one (``bulkrelay_dkim_selector``).
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-START, SWITCH, WAIT, RETIRE = "start", "switch", "wait", "retire"
+from bulkrelay.names import is_label
 
-# a DNS label (lower case), as roles/relay_dkim/tasks/validate.yml requires of every selector
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+START, SWITCH, WAIT, RETIRE = "start", "switch", "wait", "retire"
 
 
 class RotationError(ValueError):
@@ -66,7 +64,7 @@ def load(
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RotationError(f"{where} is not readable ({type(exc).__name__}: {exc}): {fix}") from None
-    bad = [s for s in state.selectors() if not _LABEL.match(s)]
+    bad = [s for s in state.selectors() if not is_label(s)]
     if not state.active or bad:
         raise RotationError(f"{where} names invalid selectors {bad or [state.active]}: {fix}")
     if state.next and state.previous:
@@ -88,7 +86,7 @@ def step(state: RotationState, now: int, grace_seconds: int) -> str:
 def next_selector(prefix: str, day: dt.date, taken: Iterable[str]) -> str:
     """``<prefix><yyyymmdd>``, with ``-2``, ``-3``... when that is taken (two rotations a day)."""
     base = f"{prefix}{day:%Y%m%d}"
-    if not _LABEL.match(base):
+    if not is_label(base):
         raise RotationError(
             f"the DKIM selector prefix {prefix!r} gives {base!r}, not a DNS label: use a-z, 0-9 and '-'"
         )
