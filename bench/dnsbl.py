@@ -6,7 +6,7 @@ Set-up, all on loopback and stopped at the end:
 - a throwaway rbldnsd on 127.0.0.152:5353 serving 40 ip4set zones ``blNN.bench.test``, each
   with the RFC 5782 test point 127.0.0.2 listed; ``--listed`` of them also list the target;
 - a delay proxy on 127.0.0.153:53 (UDP): every query waits ``--delay`` (100 ms) before it is
-  forwarded to rbldnsd, like a resolver in front of distant list servers. (A proxy, not
+  forwarded to rbldnsd over one socket, like a resolver in front of distant list servers. (A proxy, not
   ``tc netem``: this kernel has no netem qdisc, and on ``lo`` it would slow every other
   process on this shared machine.)
 
@@ -57,46 +57,52 @@ TARGET = "198.51.100.10"
 
 
 class DelayProxy(asyncio.DatagramProtocol):
-    """Holds every query ``delay`` seconds, then forwards it and relays the answer back."""
+    """Holds every query ``delay`` seconds, then forwards it over the one upstream socket and
+    relays the answer back: the instrument's cost per question is a timer and two sends, so
+    40-120 questions released together are not serialised behind socket set-ups.
 
-    def __init__(self, upstream: tuple[str, int], delay: float):
-        self.upstream = upstream
+    Each forwarded query gets a proxy-wide id (clients pick theirs at random, and two of 120 may
+    match); the answer goes back with the client's id to the client's address."""
+
+    def __init__(self, delay: float):
         self.delay = delay
-        self.transport: asyncio.DatagramTransport | None = None
+        self.clients: asyncio.DatagramTransport | None = None
+        self.upstream: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[bytes, tuple[str, int]]] = {}  # our id -> client's id, address
+        self.next_id = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.clients = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        asyncio.get_running_loop().create_task(self.forward(data, addr))
+        if len(data) >= 12:  # a DNS header; anything shorter is dropped
+            asyncio.get_running_loop().call_later(self.delay, self.forward, data, addr)
 
-    async def forward(self, data: bytes, addr: tuple[str, int]) -> None:
-        await asyncio.sleep(self.delay)
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[bytes] = loop.create_future()
+    def forward(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.next_id = (self.next_id + 1) % 65536  # reused only after 65536 newer queries
+        self.pending[self.next_id] = (data[:2], addr)
+        assert self.upstream is not None
+        self.upstream.sendto(self.next_id.to_bytes(2, "big") + data[2:])
 
-        class Upstream(asyncio.DatagramProtocol):
-            def datagram_received(self, reply: bytes, _addr: tuple[str, int]) -> None:
-                if not answer.done():
-                    answer.set_result(reply)
+    def answer(self, reply: bytes) -> None:
+        client = self.pending.pop(int.from_bytes(reply[:2], "big"), None)
+        if client is not None and self.clients is not None:
+            self.clients.sendto(client[0] + reply[2:], client[1])
 
-        transport, _ = await loop.create_datagram_endpoint(Upstream, remote_addr=self.upstream)
-        try:
-            transport.sendto(data)
-            reply = await asyncio.wait_for(answer, 5)
-            assert self.transport is not None
-            self.transport.sendto(reply, addr)
-        except TimeoutError:
-            pass
-        finally:
-            transport.close()
+
+class Upstream(asyncio.DatagramProtocol):
+    def __init__(self, proxy: DelayProxy):
+        self.proxy = proxy
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.proxy.answer(data)
 
 
 async def serve_proxy(delay: float) -> None:
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(
-        lambda: DelayProxy(RBLDNSD_ADDR, delay), local_addr=PROXY_ADDR, reuse_port=False
-    )
+    proxy = DelayProxy(delay)
+    proxy.upstream, _ = await loop.create_datagram_endpoint(lambda: Upstream(proxy), remote_addr=RBLDNSD_ADDR)
+    await loop.create_datagram_endpoint(lambda: proxy, local_addr=PROXY_ADDR, reuse_port=False)
     print("proxy ready", flush=True)
     await asyncio.Event().wait()
 

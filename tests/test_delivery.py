@@ -325,9 +325,8 @@ class PipeliningServer:
 
 
 def _submit_to(server, tmp_path, addresses, connections=1):
-    config = make_config(tmp_path, server.port)
-    config = type(config)(
-        **{**config.__dict__, "submit": SubmitConfig(port=server.port, connections=connections)}
+    config = make_config(tmp_path, server.port)._replace(
+        submit=SubmitConfig(port=server.port, connections=connections)
     )
     queue = Queue(config.queue.path)
     for i, address in enumerate(addresses):

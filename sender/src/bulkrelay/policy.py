@@ -21,8 +21,9 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple, Protocol
 
 from bulkrelay.config import PolicyConfig, zone
 
@@ -37,11 +38,10 @@ class Ledger(Protocol):
     def get_state(self, key: str) -> str | None: ...
 
 
-@dataclass
-class Decision:
+class Decision(NamedTuple):  # not a dataclass: `status` runs without importing dataclasses
     allowed: int
     # Remaining allowance for each domain with a per-domain limit (0 = blocked this window).
-    per_domain: dict[str, int] = field(default_factory=dict)
+    per_domain: Mapping[str, int] = MappingProxyType({})
     # Earliest time anything blocked now may change (None: only an operator action will).
     next_at: float | None = None
     reason: str = "ok"

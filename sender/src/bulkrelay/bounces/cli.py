@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import imaplib
 import json
 import logging
@@ -126,7 +125,7 @@ def _report_health(b, queue, *, ok: bool, detail: str, mail_from: str, send) -> 
 def run_poll(args) -> int:
     config = _config(args.config)
     if args.bounces_config:
-        config = dataclasses.replace(config, bounces=_config(args.bounces_config).bounces)
+        config = config._replace(bounces=_config(args.bounces_config).bounces)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="level=%(levelname)s logger=%(name)s %(message)s"
     )

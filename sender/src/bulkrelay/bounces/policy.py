@@ -48,11 +48,11 @@ DAY = 86400.0
 class Policy:
     """Soft-bounce policy; the defaults are the [bounces] section's (bulkrelay.config)."""
 
-    soft_limit: int = BouncesConfig.soft_limit
-    soft_window_days: int = BouncesConfig.soft_window_days
+    soft_limit: int = BouncesConfig().soft_limit
+    soft_window_days: int = BouncesConfig().soft_window_days
     # a suppression for soft bounces lapses after this many days (0 = never); hard bounces and
     # complaints never lapse
-    soft_expiry_days: int = BouncesConfig.soft_expiry_days
+    soft_expiry_days: int = BouncesConfig().soft_expiry_days
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

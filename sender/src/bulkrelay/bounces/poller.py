@@ -47,9 +47,9 @@ class PollError(Exception):
 
 @dataclass
 class PollSettings:
-    mailbox: str = BouncesConfig.mailbox
-    processed_folder: str = BouncesConfig.processed_folder
-    other_folder: str = BouncesConfig.other_folder
+    mailbox: str = BouncesConfig().mailbox
+    processed_folder: str = BouncesConfig().processed_folder
+    other_folder: str = BouncesConfig().other_folder
     forward_to: str = ""
     forward_from: str = ""
     verp_prefix: str = "bounces"

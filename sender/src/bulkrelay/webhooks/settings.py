@@ -9,9 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bulkrelay.config import ConfigError, fail, read_toml, want_int, want_number, want_str, want_str_list
 from bulkrelay.queue import EVENT_TYPES
@@ -21,8 +20,9 @@ MIN_SECRET = 16
 _NAME = re.compile(r"^[a-z0-9_-]+$")
 
 
-@dataclass(frozen=True)
-class Delivery:
+# Named tuples, not dataclasses: `bulkrelay status` reads this file and runs without importing
+# dataclasses (issue 16, its start-up time).
+class Delivery(NamedTuple):
     batch: int = 100  # events per POST
     timeout: float = 10.0  # seconds per request
     retry_base: float = 5.0  # backoff retry_base * 2**(failures-1) ...
@@ -30,28 +30,31 @@ class Delivery:
     dead_after: float = 86400.0  # a batch failing this long is parked as dead
 
 
-@dataclass(frozen=True)
-class Webhook:
+class Webhook(NamedTuple):
     name: str
     url: str
-    secret: str = field(repr=False)
+    secret: str
     events: tuple[str, ...] = ()  # () = every type
     ca_file: str = ""
 
     def wants(self, event: dict[str, Any]) -> bool:
         return not self.events or event["type"] in self.events
 
+    def __repr__(self) -> str:  # without the secret
+        return (
+            f"Webhook(name={self.name!r}, url={self.url!r}, events={self.events!r}, ca_file={self.ca_file!r})"
+        )
 
-@dataclass(frozen=True)
-class Settings:
-    delivery: Delivery = field(default_factory=Delivery)
+
+class Settings(NamedTuple):
+    delivery: Delivery = Delivery()
     webhooks: tuple[Webhook, ...] = ()
 
 
 def _delivery(body: Any) -> Delivery:
     if not isinstance(body, dict):
         raise fail("delivery", "expected a [delivery] table", "write [delivery] and its keys below it")
-    known = {f.name for f in fields(Delivery)}
+    known = set(Delivery._fields)
     values: dict[str, Any] = {}
     for name, value in body.items():
         key = f"delivery.{name}"
@@ -114,7 +117,7 @@ def _webhook(i: int, body: Any) -> Webhook:
     where = f"webhook[{i}]"
     if not isinstance(body, dict):
         raise fail(where, "expected a [[webhook]] table", "write [[webhook]] and its keys below it")
-    known = {f.name for f in fields(Webhook)}
+    known = set(Webhook._fields)
     for name in body:
         if name not in known:
             raise fail(
