@@ -238,3 +238,11 @@ def test_what_cannot_be_read_or_times_out_is_could_not_tell(postconf_raw, unit_r
     result = audit.judge_dane(postconf_raw, ok(""), unit_raw, probe, "dane.test.")
     assert result.status == "error", result
     assert result.message.startswith("could not tell")
+
+
+def test_an_unread_override_table_is_could_not_tell_unless_the_global_level_is_dane():
+    unread = ok("", rc=1)
+    result = audit.judge_dane(postconf("may"), unread, unit(), None, "")
+    assert result.status == "error", result
+    assert result.message.startswith("could not tell")
+    assert audit.judge_dane(postconf("dane"), unread, unit(), ok(VALIDATED), "dane.test.").status == "pass"

@@ -344,7 +344,11 @@ def judge_dane(
     if rc != 0 or "smtp_tls_security_level" not in values:
         return _unread("postfix", "dane", "postconf", postconf)
     level = values["smtp_tls_security_level"] or "none"
-    overrides = tlspolicy.parse_table(_cmd(table)[1]) if _cmd(table)[0] == 0 else {}
+    rc, out, _ = _cmd(table)
+    overrides = tlspolicy.parse_table(out) if rc == 0 else {}
+    if rc != 0 and not tlspolicy.uses_dane(level, {}):
+        # an override might say dane: unread, "not in use" would be a guess
+        return _unread("postfix", "dane", f"postmap -s {tlspolicy.TABLE}", table)
     if not tlspolicy.uses_dane(level, overrides):
         return CheckResult("postfix", "dane", PASS, f"DANE is not in use (smtp_tls_security_level = {level})")
     return _judge_dane_resolver(unit, probe, probe_name)
