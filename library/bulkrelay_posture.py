@@ -90,6 +90,12 @@ options:
     description: Domain whose policy the socketmap was asked for (raw.mta_sts_query).
     type: str
     default: ""
+  dane_probe_name:
+    description:
+      - Name the local validating resolver was asked for (raw.dane_probe, dig); empty when
+        roles/relay_resolver never ran (ansible_local.bulkrelay_resolver missing).
+    type: str
+    default: ""
 requirements:
   - dkimpy on the controller
 extends_documentation_fragment:
@@ -138,6 +144,7 @@ def main():
             "dkim_key_max_age_days": {"type": "int", "default": 180},
             "mta_sts": {"type": "bool", "default": True},
             "mta_sts_domain": {"type": "str", "default": ""},
+            "dane_probe_name": {"type": "str", "default": ""},
             **DNS_OPTIONS,
         }
     )

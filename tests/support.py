@@ -31,6 +31,25 @@ def render_template(role: Path, template: str, values: dict, filters: dict | Non
     return env.get_template(template).render(values)
 
 
+def role_validation(role: Path, variables: dict) -> tuple[bool, str]:
+    """Whether the first task of a role's tasks/validate.yml (an assert) holds for
+    ``variables``, and its fail_msg on one line, both evaluated by Ansible's own templar."""
+    import yaml  # noqa: PLC0415 - Ansible only for the tests that need it, not the benchmarks
+    from ansible.parsing.dataloader import DataLoader  # noqa: PLC0415
+    from ansible.template import Templar, trust_as_template  # noqa: PLC0415
+
+    check = yaml.safe_load((role / "tasks" / "validate.yml").read_text())[0]
+    # the task's vars are templates, as Ansible's YAML loader marks them
+    variables = variables | {name: trust_as_template(v) for name, v in check["vars"].items()}
+    templar = Templar(loader=DataLoader(), variables=variables)
+    holds = all(
+        templar.template(trust_as_template("{{ (" + condition + ") | bool }}"))
+        for condition in check["ansible.builtin.assert"]["that"]
+    )
+    message = templar.template(trust_as_template(check["ansible.builtin.assert"]["fail_msg"]))
+    return holds, " ".join(message.split())
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A currently unused TCP port on ``host``."""
     with socket.socket() as s:

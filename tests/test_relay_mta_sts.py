@@ -12,9 +12,7 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
-from support import render_template
+from support import render_template, role_validation
 
 from bulkrelay import audit, tlspolicy
 
@@ -243,18 +241,7 @@ def test_the_judge_reads_real_postmap_output(tmp_path):
 
 
 def validate(**overrides) -> tuple[bool, str]:
-    """Whether tasks/validate.yml's assert holds for the defaults with ``overrides``, and its
-    fail_msg, both evaluated as Ansible does."""
-    (check, _) = yaml.safe_load((ROLE / "tasks" / "validate.yml").read_text())
-    # the task's vars are templates, as Ansible's YAML loader marks them
-    variables = defaults(**overrides) | {name: trust_as_template(v) for name, v in check["vars"].items()}
-    templar = Templar(loader=DataLoader(), variables=variables)
-    holds = all(
-        templar.template(trust_as_template("{{ (" + condition + ") | bool }}"))
-        for condition in check["ansible.builtin.assert"]["that"]
-    )
-    message = templar.template(trust_as_template(check["ansible.builtin.assert"]["fail_msg"]))
-    return holds, " ".join(message.split())
+    return role_validation(ROLE, defaults(**overrides))
 
 
 @pytest.mark.parametrize(

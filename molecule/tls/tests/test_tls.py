@@ -3,13 +3,18 @@
 sts-ok.test publishes an enforce policy whose mx: names its MX: the mail leaves over verified
 TLS, as Postfix's log and the sender's tracking say. sts-bad.test publishes an enforce policy
 whose mx: names another host: its mail stays deferred with the policy's reason and never reaches
-the MX. The audit's MTA-STS check passes, and fails when the resolver is stopped."""
+the MX. The audit's MTA-STS check passes, and fails when the resolver is stopped.
+
+DANE (bulkrelay_tls_policy: dane): unbound on the relay validates the signed lab zone dane.test.
+ok.dane.test's MX matches its TLSA record (verified TLS); bad.dane.test's does not (deferred,
+never delivered). A converge whose trust anchor does not match is refused before Postfix
+changes; the audit's dane check fails when unbound is stopped."""
 
 import json
 import uuid
 
 import pytest
-from labexec import run_audit, sh, wait_for
+from labexec import ansible, run_audit, sh, wait_for
 
 testinfra_hosts = ["docker://br-tls-relay"]
 
@@ -46,7 +51,12 @@ def postfix_log(pattern):
 @pytest.fixture(scope="module")
 def sent():
     """One mail to each destination, queued together."""
-    return {"ok": enqueue("alice@sts-ok.test"), "bad": enqueue("bob@sts-bad.test")}
+    return {
+        "ok": enqueue("alice@sts-ok.test"),
+        "bad": enqueue("bob@sts-bad.test"),
+        "dane-ok": enqueue("alice@ok.dane.test"),
+        "dane-bad": enqueue("bob@bad.dane.test"),
+    }
 
 
 # --- the resolver, as the role set it up ------------------------------------------------------
@@ -84,44 +94,105 @@ def test_the_map_answers_each_policy(host):
 # --- mail by MX to the two destinations ------------------------------------------------------
 
 
-def test_enforce_policy_that_matches_gets_verified_tls(sent):
-    ref = sent["ok"]
+def assert_verified_delivery(ref, user, domain, mx):
+    """``ref`` reached ``user``@``domain`` by its MX over TLS Postfix verified, as the log and
+    the sender's tracking say."""
     delivered = wait_for(
         f"{ref} delivered", lambda: [e for e in events(ref) if e["type"] == "delivered"], timeout=120
     )
     assert delivered[0]["tls"] == "verified", delivered
     qid = queue_id(ref)
     assert qid
-    line = wait_for(f"Postfix's log of {qid}", lambda: postfix_log(f"{qid}: to=<alice@sts-ok.test>"))
-    assert "relay=mx.sts-ok.test[198.51.100.72]:25" in line and "status=sent" in line
-    assert "Verified TLS connection established to mx.sts-ok.test[198.51.100.72]:25" in postfix_log(
-        "Verified TLS connection established to mx.sts-ok.test"
+    line = wait_for(f"Postfix's log of {qid}", lambda: postfix_log(f"{qid}: to=<{user}@{domain}>"))
+    assert f"relay={mx}[198.51.100.72]:25" in line and "status=sent" in line
+    assert f"Verified TLS connection established to {mx}[198.51.100.72]:25" in postfix_log(
+        f"Verified TLS connection established to {mx}"
     )
-    # and the mail is in alice's mailbox on the MX
-    assert sh(DEST, f"grep -rlF 'Subject: {ref}' /home/alice/Maildir/new", check=False).stdout.strip()
+    # and the mail is in the mailbox on the MX
+    assert sh(DEST, f"grep -rlF 'Subject: {ref}' /home/{user}/Maildir/new", check=False).stdout.strip()
     shown = json.loads(sh(RELAY, f"runuser -u bulkrelay -- {SENDER} message show {ref} --json").stdout)
     assert [r["state"] for m in shown["messages"] for r in m["recipients"]] == ["delivered"]
     status = json.loads(sh(RELAY, f"runuser -u bulkrelay -- {SENDER} status --json").stdout)
     assert status["deliveries_by_tls"]["verified"] >= 1, status["deliveries_by_tls"]
 
 
-def test_enforce_policy_that_does_not_match_keeps_mail_deferred(sent):
-    ref = sent["bad"]
+def assert_deferred_unverified(ref, user, domain):
+    """``ref`` stays deferred ("Server certificate not verified") and never reaches the MX."""
     qid = wait_for(f"{ref} handed to Postfix", lambda: queue_id(ref))
     reason = wait_for(
-        f"the deferral of {qid}", lambda: postfix_log(f"{qid}: to=<bob@sts-bad.test>"), timeout=120
+        f"the deferral of {qid}", lambda: postfix_log(f"{qid}: to=<{user}@{domain}>"), timeout=120
     )
     assert "status=deferred" in reason and "certificate" in reason.lower(), reason
     queue = [json.loads(line) for line in sh(RELAY, "postqueue -j").stdout.splitlines()]
     entry = next(q for q in queue if q["queue_id"] == qid)
     assert entry["queue_name"] == "deferred"
     (recipient,) = entry["recipients"]
-    assert recipient["address"] == "bob@sts-bad.test"
+    assert recipient["address"] == f"{user}@{domain}"
     assert "Server certificate not verified" in recipient["delay_reason"], recipient
     assert "delivered" not in {e["type"] for e in events(ref)}
-    # never reached the MX: nothing in bob's mailbox, no delivery to him in the MX's log
-    assert sh(DEST, f"grep -rlF 'Subject: {ref}' /home/bob/Maildir 2>/dev/null", check=False).stdout == ""
-    assert "bob@sts-bad.test" not in sh(DEST, "journalctl --no-pager -o cat -t postfix/local").stdout
+    # never reached the MX: nothing in the mailbox, no delivery in the MX's log
+    assert sh(DEST, f"grep -rlF 'Subject: {ref}' /home/{user}/Maildir 2>/dev/null", check=False).stdout == ""
+    assert f"{user}@{domain}" not in sh(DEST, "journalctl --no-pager -o cat -t postfix/local").stdout
+
+
+def test_enforce_policy_that_matches_gets_verified_tls(sent):
+    assert_verified_delivery(sent["ok"], "alice", "sts-ok.test", "mx.sts-ok.test")
+
+
+def test_enforce_policy_that_does_not_match_keeps_mail_deferred(sent):
+    assert_deferred_unverified(sent["bad"], "bob", "sts-bad.test")
+
+
+# --- DANE ----------------------------------------------------------------------------------------
+
+
+def test_postfix_uses_dane_through_the_local_validating_resolver(host):
+    assert host.check_output("postconf -h smtp_tls_security_level smtp_dns_support_level").split() == [
+        "dane",
+        "dnssec",
+    ]
+    assert host.service("unbound.service").is_running
+    listeners = host.check_output("ss -Hlun 'sport = :53'").splitlines()
+    assert [line.split()[3] for line in listeners] == ["127.0.0.1:53"]
+    resolv = [line for line in host.file("/etc/resolv.conf").content_string.splitlines() if line[:1] != "#"]
+    assert resolv == ["nameserver 127.0.0.1", "options edns0 trust-ad"]
+    assert " ad;" in host.check_output("dig +dnssec dane.test. SOA | grep '^;; flags'")
+    assert "status: SERVFAIL" in host.check_output("dig +dnssec bogus.test. SOA")
+
+
+def test_tlsa_that_matches_gets_verified_tls(sent):
+    assert_verified_delivery(sent["dane-ok"], "alice", "ok.dane.test", "mx-ok.dane.test")
+
+
+def test_tlsa_that_does_not_match_keeps_mail_deferred(sent):
+    assert_deferred_unverified(sent["dane-bad"], "bob", "bad.dane.test")
+
+
+def test_a_resolver_that_does_not_validate_is_refused_before_postfix_changes():
+    """An operator turning DANE on (Postfix at may) with a trust anchor that does not match the
+    zone's key: the run stops at the probe, and Postfix stays at may."""
+    sh(
+        RELAY,
+        "cp /etc/unbound/unbound.conf /root/unbound.conf.good && postconf -e smtp_tls_security_level=may",
+    )
+    wrong = json.dumps({"relay_resolver__trust_anchors": ["dane.test. DS 12345 13 2 " + "cd" * 32]})
+    try:
+        run = ansible("playbooks/relay.yml", "--limit", RELAY, "-e", wrong)
+        assert run.returncode != 0
+        out = run.stdout + run.stderr
+        assert (
+            "relay_resolver: unbound on 127.0.0.1 does not validate DNSSEC (not validated: dane.test. SOA "
+            in out
+        )
+        assert "DANE stays off; fix the trust anchors" in out
+        assert "TASK [relay_postfix : Write main.cf" not in out  # the role never ran
+        assert sh(RELAY, "postconf -h smtp_tls_security_level").stdout.strip() == "may"
+    finally:
+        sh(
+            RELAY,
+            "cp /root/unbound.conf.good /etc/unbound/unbound.conf && systemctl restart unbound "
+            "&& postconf -e smtp_tls_security_level=dane && postfix reload",
+        )
 
 
 # --- the audit ----------------------------------------------------------------------------------
@@ -131,6 +202,26 @@ def audit_mta_sts(report_dir):
     """The audit's MTA-STS check of this relay (the DNSBL checks have no lab lists here)."""
     _, checks = run_audit(report_dir, "--limit", f"{RELAY},localhost", "-e", "audit__dnsbl=false")
     return checks[("postfix", "mta-sts")]
+
+
+def test_audit_sees_dane_validated_and_a_stopped_unbound_fails(tmp_path):
+    _, checks = run_audit(tmp_path / "good", "--limit", f"{RELAY},localhost", "-e", "audit__dnsbl=false")
+    good = checks[("postfix", "dane")]
+    assert good["status"] == "pass", good
+    assert (
+        "unbound.service runs and validates (dane.test. SOA came back validated (AD flag))" in good["message"]
+    )
+    sh(RELAY, "systemctl stop unbound.service")
+    try:
+        _, checks = run_audit(
+            tmp_path / "broken", "--limit", f"{RELAY},localhost", "-e", "audit__dnsbl=false"
+        )
+    finally:
+        sh(RELAY, "systemctl start unbound.service")
+    broken = checks[("postfix", "dane")]
+    assert broken["status"] == "fail", broken
+    assert "unbound.service is inactive/dead" in broken["message"]
+    assert "journalctl -u unbound.service" in broken["fix"]
 
 
 def test_audit_sees_mta_sts_in_effect_and_a_stopped_resolver_fails(tmp_path):

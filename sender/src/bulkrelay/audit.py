@@ -225,6 +225,26 @@ def judge_tls_policy(postconf: Mapping[str, Any] | None, table: Mapping[str, Any
 MTA_STS_FIX = "re-run site.yml --tags relay_mta_sts,relay_postfix"
 
 
+def _unit_down(
+    subject: str, unit: Mapping[str, Any] | None, name: str, consequence: str, fix: str
+) -> CheckResult | None:
+    """None when `systemctl show` (the audit's units read) says ``name`` runs, else the postfix
+    ``subject`` check's result: could-not-tell when unread, FAIL with ``consequence`` when down."""
+    rc, out, _ = _cmd(unit)
+    state = parse_units(out).get(name) if rc == 0 else None
+    if state is None:
+        return _unread("postfix", subject, f"systemctl show {name}", unit)
+    if (state.get("ActiveState"), state.get("SubState")) != ("active", "running"):
+        return CheckResult(
+            "postfix",
+            subject,
+            FAIL,
+            f"{name} is {state.get('ActiveState')}/{state.get('SubState')}: {consequence}",
+            fix,
+        )
+    return None
+
+
 def judge_mta_sts(
     postconf: Mapping[str, Any] | None,
     unit: Mapping[str, Any] | None,
@@ -273,19 +293,15 @@ def _judge_mta_sts_resolver(
     """The resolver behind ``socket`` runs and answers (judge_mta_sts)."""
     name = tlspolicy.MTA_STS_UNIT
     fix = f"see journalctl -u {name}; systemctl restart {name} or {MTA_STS_FIX}"
-    rc, out, _ = _cmd(unit)
-    state = parse_units(out).get(name) if rc == 0 else None
-    if state is None:
-        return _unread("postfix", "mta-sts", f"systemctl show {name}", unit)
-    if (state.get("ActiveState"), state.get("SubState")) != ("active", "running"):
-        return CheckResult(
-            "postfix",
-            "mta-sts",
-            FAIL,
-            f"{name} is {state.get('ActiveState')}/{state.get('SubState')}: Postfix's lookups in "
-            f"{socket} fail, so mail is deferred with 'TLS policy lookup error'",
-            fix,
-        )
+    down = _unit_down(
+        "mta-sts",
+        unit,
+        name,
+        f"Postfix's lookups in {socket} fail, so mail is deferred with 'TLS policy lookup error'",
+        fix,
+    )
+    if down:
+        return down
     if query is None:
         return CheckResult("postfix", "mta-sts", ERROR, f"could not tell: {socket} was not asked")
     rc, out, err = _cmd(query)
@@ -306,6 +322,75 @@ def _judge_mta_sts_resolver(
         PASS,
         f"MTA-STS lookups in effect: {name} runs and {socket} answers ({domain}: {answer})",
     )
+
+
+DANE_FIX = "re-run site.yml --tags relay_resolver,relay_postfix"
+
+
+def judge_dane(
+    postconf: Mapping[str, Any] | None,
+    table: Mapping[str, Any] | None,
+    unit: Mapping[str, Any] | None,
+    probe: Mapping[str, Any] | None,
+    probe_name: str,
+) -> CheckResult:
+    """DANE's local validating resolver (roles/relay_resolver), judged when the live
+    smtp_tls_security_level or an override (`postmap -s` of tlspolicy.TABLE) says dane or
+    dane-only: `systemctl show` of the units says tlspolicy.RESOLVER_UNIT runs, and `dig` of the
+    role's probe name (the local fact) comes back validated (tlspolicy.judge_dig). Without a
+    validating resolver Postfix finds no secure TLSA and DANE silently degrades to may."""
+    rc, out, _ = _cmd(postconf)
+    values = parse_postconf(out)
+    if rc != 0 or "smtp_tls_security_level" not in values:
+        return _unread("postfix", "dane", "postconf", postconf)
+    level = values["smtp_tls_security_level"] or "none"
+    rc, out, _ = _cmd(table)
+    overrides = tlspolicy.parse_table(out) if rc == 0 else {}
+    if rc != 0 and not tlspolicy.uses_dane(level, {}):
+        # an override might say dane: unread, "not in use" would be a guess
+        return _unread("postfix", "dane", f"postmap -s {tlspolicy.TABLE}", table)
+    if not tlspolicy.uses_dane(level, overrides):
+        return CheckResult("postfix", "dane", PASS, f"DANE is not in use (smtp_tls_security_level = {level})")
+    return _judge_dane_resolver(unit, probe, probe_name)
+
+
+def _judge_dane_resolver(
+    unit: Mapping[str, Any] | None, probe: Mapping[str, Any] | None, probe_name: str
+) -> CheckResult:
+    """The validating resolver runs and validates its probe name (judge_dane)."""
+    name = tlspolicy.RESOLVER_UNIT
+    fix = f"see journalctl -u {name}; systemctl restart {name} or {DANE_FIX}"
+    down = _unit_down(
+        "dane",
+        unit,
+        name,
+        "Postfix cannot resolve (mail is deferred) or gets no validated answers (DANE degrades to may)",
+        fix,
+    )
+    if down:
+        return down
+    if probe is None or not probe_name:
+        return CheckResult(
+            "postfix",
+            "dane",
+            FAIL,
+            "DANE is in use but bulkrelay set up no local validating resolver (no "
+            "ansible_local.bulkrelay_resolver): TLSA records are never trusted",
+            f"set bulkrelay_tls_policy: dane, then {DANE_FIX}",
+        )
+    verdict, why = tlspolicy.judge_dig(*_cmd(probe)[:2], probe_name)
+    if verdict == tlspolicy.UNKNOWN:
+        return CheckResult("postfix", "dane", ERROR, f"could not tell: {why}", fix)
+    if verdict == tlspolicy.NOT_VALIDATED:
+        return CheckResult(
+            "postfix",
+            "dane",
+            FAIL,
+            f"DANE is in use but the local resolver does not validate: {why}; TLSA records are never trusted",
+            "check unbound's trust anchors (relay_resolver__root_anchor, relay_resolver__trust_anchors); "
+            + fix,
+        )
+    return CheckResult("postfix", "dane", PASS, f"DANE in effect: {name} runs and validates ({why})")
 
 
 def judge_dkim_key_age(
@@ -736,6 +821,15 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
             raw.get("mta_sts_query"),
             bool(params.get("mta_sts", True)),
             str(params.get("mta_sts_domain", "")),
+        )
+    )
+    results.append(
+        judge_dane(
+            raw.get("postconf"),
+            raw.get("tls_policy"),
+            raw.get("units"),
+            raw.get("dane_probe"),
+            str(params.get("dane_probe_name", "")),
         )
     )
     results.extend(

@@ -88,3 +88,36 @@ def lowered(global_level: str, table: Mapping[str, str]) -> dict[str, str]:
         for domain, level in sorted(table.items())
         if level in CLEAR_TEXT and rank[level] < floor
     }
+
+
+# DANE's local validating resolver (roles/relay_resolver): Debian's unbound on loopback, which
+# Postfix asks through /etc/resolv.conf. The role and the audit ask it with
+# `dig +dnssec +tries=1 +time=N @127.0.0.1 NAME SOA` and judge the reply with judge_dig.
+RESOLVER_UNIT = "unbound.service"
+VALIDATED, NOT_VALIDATED, UNKNOWN = "validated", "not validated", "could not tell"
+_DIG_STATUS = re.compile(r"->>HEADER<<-.*\bstatus: ([A-Z]+)")
+_DIG_FLAGS = re.compile(r"^;; flags: ([a-z ]*);", re.MULTILINE)
+
+
+def judge_dig(rc: int, stdout: str, name: str, *, bogus: bool = False) -> tuple[str, str]:
+    """One dig reply from the validating resolver as (VALIDATED | NOT_VALIDATED | UNKNOWN, why).
+    A probe name (bogus=False) validates when it comes back NOERROR with the AD flag; a name
+    that must fail validation (bogus=True) passes only as SERVFAIL. No reply (a timeout, a
+    refused connection: dig exits 9) or output without a header is UNKNOWN, never a pass."""
+    status = _DIG_STATUS.search(stdout)
+    flags = _DIG_FLAGS.search(stdout)
+    if rc != 0 or not status or not flags:
+        last = (stdout.strip().splitlines() or ["no output"])[-1].lstrip("; ")
+        return UNKNOWN, f"{name} SOA got no reply (dig exit {rc}: {last})"
+    rcode, ad = status.group(1), "ad" in flags.group(1).split()
+    if bogus:
+        if rcode == "SERVFAIL":
+            return VALIDATED, f"{name} (must fail validation) came back SERVFAIL"
+        return NOT_VALIDATED, (
+            f"{name} must fail validation but came back {rcode}{' with AD' if ad else ''}: forged "
+            "answers would be passed on"
+        )
+    if rcode == "NOERROR" and ad:
+        return VALIDATED, f"{name} SOA came back validated (AD flag)"
+    why = "without the AD flag (not validated)" if rcode == "NOERROR" else "(validation failed or no answer)"
+    return NOT_VALIDATED, f"{name} SOA came back {rcode} {why}"
