@@ -185,8 +185,19 @@ def unit(active="active", sub="running"):
     return ok(f"Id={tlspolicy.RESOLVER_UNIT}\nActiveState={active}\nSubState={sub}\nResult=success\n")
 
 
-def judge(level="dane", table=ok(""), unit_raw=None, probe=ok(VALIDATED), name="dane.test."):  # noqa: B008
-    return audit.judge_dane(postconf(level), table, unit_raw or unit(), probe, name)
+RESOLV_CONF = "# managed by bulkrelay\nnameserver 127.0.0.1\noptions edns0 trust-ad\n"
+
+
+def judge(level="dane", table=None, unit_raw=None, probe=VALIDATED, name="dane.test.", resolv=RESOLV_CONF):
+    """judge_dane on readable answers; probe is dig's output (None: the role never ran)."""
+    return audit.judge_dane(
+        postconf(level),
+        table or ok(""),
+        unit_raw or unit(),
+        probe=None if probe is None else ok(probe),
+        probe_name=name,
+        resolv_conf=ok(resolv),
+    )
 
 
 def test_dane_in_use_with_a_validating_resolver_passes():
@@ -214,10 +225,43 @@ def test_a_stopped_resolver_fails():
 
 @pytest.mark.parametrize("reply", [INSECURE, SERVFAIL])
 def test_a_resolver_that_does_not_validate_fails(reply):
-    result = judge(probe=ok(reply))
+    result = judge(probe=reply)
     assert result.status == "fail", result
     assert "the local resolver does not validate: dane.test. SOA came back" in result.message
     assert "trust anchors" in result.fix
+
+
+@pytest.mark.parametrize(
+    ("resolv", "problem"),
+    [
+        ("nameserver 127.0.0.1\n", "lacks `options trust-ad`"),
+        (
+            "options trust-ad\nnameserver 127.0.0.1\nnameserver 192.0.2.53\n",
+            "names 127.0.0.1, 192.0.2.53, not 127.0.0.1 alone",
+        ),
+        ("nameserver 192.0.2.53\noptions trust-ad\n", "names 192.0.2.53, not 127.0.0.1 alone"),
+        ("# nameserver 127.0.0.1\noptions trust-ad\n", "names no nameserver"),
+    ],
+)
+def test_a_resolv_conf_that_bypasses_the_validating_resolver_fails(resolv, problem):
+    """The probe asks unbound directly; Postfix asks glibc, which reads resolv.conf."""
+    result = judge(resolv=resolv)
+    assert result.status == "fail", result
+    assert problem in result.message
+    assert "/etc/resolv.conf" in result.fix
+
+
+def test_an_unreadable_resolv_conf_is_could_not_tell():
+    result = audit.judge_dane(
+        postconf("dane"),
+        ok(""),
+        unit(),
+        probe=ok(VALIDATED),
+        probe_name="dane.test.",
+        resolv_conf=ok("", rc=1),
+    )
+    assert result.status == "error", result
+    assert result.message.startswith("could not tell: /etc/resolv.conf failed")
 
 
 def test_dane_without_the_roles_resolver_fails():
@@ -235,14 +279,18 @@ def test_dane_without_the_roles_resolver_fails():
     ],
 )
 def test_what_cannot_be_read_or_times_out_is_could_not_tell(postconf_raw, unit_raw, probe):
-    result = audit.judge_dane(postconf_raw, ok(""), unit_raw, probe, "dane.test.")
+    result = audit.judge_dane(
+        postconf_raw, ok(""), unit_raw, probe=probe, probe_name="dane.test.", resolv_conf=ok(RESOLV_CONF)
+    )
     assert result.status == "error", result
     assert result.message.startswith("could not tell")
 
 
 def test_an_unread_override_table_is_could_not_tell_unless_the_global_level_is_dane():
     unread = ok("", rc=1)
-    result = audit.judge_dane(postconf("may"), unread, unit(), None, "")
+    result = audit.judge_dane(
+        postconf("may"), unread, unit(), probe=None, probe_name="", resolv_conf=ok(RESOLV_CONF)
+    )
     assert result.status == "error", result
     assert result.message.startswith("could not tell")
-    assert audit.judge_dane(postconf("dane"), unread, unit(), ok(VALIDATED), "dane.test.").status == "pass"
+    assert judge(table=unread).status == "pass"

@@ -224,6 +224,21 @@ def test_audit_sees_dane_validated_and_a_stopped_unbound_fails(tmp_path):
     assert "journalctl -u unbound.service" in broken["fix"]
 
 
+def test_audit_fails_dane_when_resolv_conf_drops_trust_ad(tmp_path):
+    """unbound still validates, but glibc would clear the AD flag Postfix needs."""
+    saved = sh(RELAY, "cat /etc/resolv.conf").stdout
+    # written in place: the container runtime bind-mounts the file
+    sh(RELAY, "sed 's/ trust-ad//' /etc/resolv.conf > /tmp/resolv && cat /tmp/resolv > /etc/resolv.conf")
+    try:
+        _, checks = run_audit(tmp_path, "--limit", f"{RELAY},localhost", "-e", "audit__dnsbl=false")
+    finally:
+        sh(RELAY, "cat > /etc/resolv.conf", stdin=saved)
+    broken = checks[("postfix", "dane")]
+    assert broken["status"] == "fail", broken
+    assert "/etc/resolv.conf lacks `options trust-ad`" in broken["message"]
+    assert sh(RELAY, "cat /etc/resolv.conf").stdout == saved
+
+
 def test_audit_sees_mta_sts_in_effect_and_a_stopped_resolver_fails(tmp_path):
     good = audit_mta_sts(tmp_path / "good")
     assert good["status"] == "pass", good

@@ -331,13 +331,16 @@ def judge_dane(
     postconf: Mapping[str, Any] | None,
     table: Mapping[str, Any] | None,
     unit: Mapping[str, Any] | None,
+    *,
     probe: Mapping[str, Any] | None,
     probe_name: str,
+    resolv_conf: Mapping[str, Any] | None,
 ) -> CheckResult:
     """DANE's local validating resolver (roles/relay_resolver), judged when the live
     smtp_tls_security_level or an override (`postmap -s` of tlspolicy.TABLE) says dane or
-    dane-only: `systemctl show` of the units says tlspolicy.RESOLVER_UNIT runs, and `dig` of the
-    role's probe name (the local fact) comes back validated (tlspolicy.judge_dig). Without a
+    dane-only: `systemctl show` of the units says tlspolicy.RESOLVER_UNIT runs, `dig` of the
+    role's probe name (the local fact) comes back validated (tlspolicy.judge_dig), and
+    /etc/resolv.conf sends Postfix to it alone (tlspolicy.resolv_conf_problem). Without a
     validating resolver Postfix finds no secure TLSA and DANE silently degrades to may."""
     rc, out, _ = _cmd(postconf)
     values = parse_postconf(out)
@@ -351,11 +354,14 @@ def judge_dane(
         return _unread("postfix", "dane", f"postmap -s {tlspolicy.TABLE}", table)
     if not tlspolicy.uses_dane(level, overrides):
         return CheckResult("postfix", "dane", PASS, f"DANE is not in use (smtp_tls_security_level = {level})")
-    return _judge_dane_resolver(unit, probe, probe_name)
+    return _judge_dane_resolver(unit, probe, probe_name, resolv_conf)
 
 
 def _judge_dane_resolver(
-    unit: Mapping[str, Any] | None, probe: Mapping[str, Any] | None, probe_name: str
+    unit: Mapping[str, Any] | None,
+    probe: Mapping[str, Any] | None,
+    probe_name: str,
+    resolv_conf: Mapping[str, Any] | None,
 ) -> CheckResult:
     """The validating resolver runs and validates its probe name (judge_dane)."""
     name = tlspolicy.RESOLVER_UNIT
@@ -390,7 +396,26 @@ def _judge_dane_resolver(
             "check unbound's trust anchors (relay_resolver__root_anchor, relay_resolver__trust_anchors); "
             + fix,
         )
-    return CheckResult("postfix", "dane", PASS, f"DANE in effect: {name} runs and validates ({why})")
+    return _judge_resolv_conf(resolv_conf) or CheckResult(
+        "postfix", "dane", PASS, f"DANE in effect: {name} runs and validates ({why})"
+    )
+
+
+def _judge_resolv_conf(resolv_conf: Mapping[str, Any] | None) -> CheckResult | None:
+    """Postfix asks glibc, not the probe's resolver: resolv.conf must name it alone (judge_dane)."""
+    rc, text, _ = _cmd(resolv_conf)
+    if rc != 0:
+        return _unread("postfix", "dane", "/etc/resolv.conf", resolv_conf)
+    problem = tlspolicy.resolv_conf_problem(text, tlspolicy.RESOLVER_ADDRESS)
+    if problem:
+        return CheckResult(
+            "postfix",
+            "dane",
+            FAIL,
+            f"DANE is in use but Postfix does not get validated answers: {problem}",
+            f"{DANE_FIX} (it writes /etc/resolv.conf)",
+        )
+    return None
 
 
 def judge_dkim_key_age(
@@ -828,8 +853,9 @@ def judge_posture(params: Mapping[str, Any], source: Any) -> list[CheckResult]:
             raw.get("postconf"),
             raw.get("tls_policy"),
             raw.get("units"),
-            raw.get("dane_probe"),
-            str(params.get("dane_probe_name", "")),
+            probe=raw.get("dane_probe"),
+            probe_name=str(params.get("dane_probe_name", "")),
+            resolv_conf=raw.get("resolv_conf"),
         )
     )
     results.extend(

@@ -94,9 +94,29 @@ def lowered(global_level: str, table: Mapping[str, str]) -> dict[str, str]:
 # Postfix asks through /etc/resolv.conf. The role and the audit ask it with
 # `dig +dnssec +tries=1 +time=N @127.0.0.1 NAME SOA` and judge the reply with judge_dig.
 RESOLVER_UNIT = "unbound.service"
+RESOLVER_ADDRESS = "127.0.0.1"  # where roles/relay_resolver's unbound listens
 VALIDATED, NOT_VALIDATED, UNKNOWN = "validated", "not validated", "could not tell"
 _DIG_STATUS = re.compile(r"->>HEADER<<-.*\bstatus: ([A-Z]+)")
 _DIG_FLAGS = re.compile(r"^;; flags: ([a-z ]*);", re.MULTILINE)
+
+
+def resolv_conf_problem(text: str, resolver: str) -> str:
+    """Why /etc/resolv.conf keeps Postfix's lookups away from the validating resolver, or "".
+    Postfix asks glibc, which tries every `nameserver` in turn (a SERVFAIL for a forged answer
+    would be retried on the next, non-validating one) and clears the AD flag without
+    `options trust-ad`: either way DANE silently degrades to may."""
+    servers, options = [], []
+    for line in text.splitlines():
+        words = line.split("#")[0].split(";")[0].split()
+        if words[:1] == ["nameserver"]:
+            servers += words[1:2]
+        elif words[:1] == ["options"]:
+            options += words[1:]
+    if servers != [resolver]:
+        return f"/etc/resolv.conf names {', '.join(servers) or 'no nameserver'}, not {resolver} alone"
+    if "trust-ad" not in options:
+        return "/etc/resolv.conf lacks `options trust-ad`: glibc clears the AD flag Postfix needs"
+    return ""
 
 
 def judge_dig(rc: int, stdout: str, name: str, *, bogus: bool = False) -> tuple[str, str]:
