@@ -86,6 +86,15 @@ def test_relay_playbook_puts_the_map_after_the_overrides_and_runs_the_role_befor
     assert "relay_mta_sts__postfix_map" in play["vars"]["relay_postfix__tls_policy_maps_extra"]
     roles = [r["role"] for r in play["roles"]]
     assert roles.index("relay_mta_sts") < roles.index("relay_postfix")
+    # opted out, the resolver stops only after the roles' handlers (Postfix reloaded without the map)
+    off = [
+        t
+        for t in play["post_tasks"]
+        if t.get("ansible.builtin.include_role", {}).get("name") == "relay_mta_sts"
+    ]
+    assert [(t["ansible.builtin.include_role"]["tasks_from"], t["when"]) for t in off] == [
+        ("off.yml", "not relay_mta_sts_on")
+    ]
     main_cf = (ROOT / "roles/relay_postfix/templates/etc/postfix/main.cf.j2").read_text()
     assert (
         "smtp_tls_policy_maps = {{ (['" + tlspolicy.TABLE + "'] + relay_postfix__tls_policy_maps_extra)"

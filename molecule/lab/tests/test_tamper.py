@@ -1,8 +1,9 @@
 """Every audit check proves it can fail (issue 14): break the relay the lab built, one fault
 at a time, and run playbooks/audit.yml after each. It must exit non-zero with that fault's
-check FAIL or ERROR (PASS in the audit before), naming the fault and the fix. Then one
-site.yml re-run (plus the steps that are not site.yml's: the PTR at the provider, delisting,
-the queue) repairs them all and the audit passes again.
+check FAIL or ERROR (PASS in the audit before), naming the fault and the fix; a check whose
+verdict is a warning (an old DKIM key) must WARN. Then one site.yml re-run (plus the steps that
+are not site.yml's: the PTR at the provider, delisting, the queue, the key's age) repairs them
+all and every check that turned passes again.
 
 Runs after test_story.py (file order). Faults pile up so one site.yml run repairs them; each is
 ordered so that no earlier fault hides its check. The table of results goes to
@@ -26,8 +27,9 @@ from labhosts import BIND, RELAY, RELAY_IP, set_relay_listed
 TSIG_SECRET = "0wVmlbKLxUDjX0hRGi0o2vBj9tjnAfs3bnyzDPj6QHg="  # the lab fixture's (group_vars/all.yml)
 TSIG = dns.tsigkeyring.from_text({"bulkrelay-lab": TSIG_SECRET})
 QUEUE_MAX_AGE = 5  # seconds: the threshold the queue fault and the final audit use
+DKIM_KEY = "/etc/dkimkeys/example.test/lab2026.private"  # roles/relay_dkim: <dir>/<domain>/<selector>
 
-STATE = {"before": None, "rows": [], "timings": []}
+STATE = {"before": None, "rows": [], "timings": [], "dkim_key_mtime": None}
 
 
 def audit(tmp_path, *extra):
@@ -73,6 +75,12 @@ def start_failing_poller():
     sh(RELAY, "systemctl start bulkrelay-bounces.service", check=False)
 
 
+def age_the_dkim_key():
+    # The audit reads the key's mtime (stat); past audit__dkim_max_age_days (180) it warns.
+    STATE["dkim_key_mtime"] = sh(RELAY, f"stat -c %y {DKIM_KEY}").stdout.strip()
+    sh(RELAY, f"touch -m -d '200 days ago' {DKIM_KEY}")
+
+
 def change_a_rule():
     handle = sh(
         RELAY, "nft -a list chain inet bulkrelay input | grep 'tcp dport 25 counter' | sed 's/.*# handle //'"
@@ -80,7 +88,8 @@ def change_a_rule():
     sh(RELAY, f"nft delete rule inet bulkrelay input handle {handle.stdout.strip()}")
 
 
-# (fault, how to break it, [(check, subject), words its message must hold], extra audit arguments)
+# (fault, how to break it, [((check, subject), words its message must hold[, verdict])], extra
+# audit arguments); the verdict is fail or error unless named.
 FAULTS = [
     (
         "deferred mail older than the threshold",
@@ -106,6 +115,12 @@ FAULTS = [
         "outbound TLS off",
         lambda: sh(RELAY, "postconf -e smtp_tls_security_level=none && postfix reload"),
         [(("postfix", "smtp_tls_security_level"), "clear text")],
+        [],
+    ),
+    (
+        "DKIM key older than the limit",
+        age_the_dkim_key,
+        [(("dkim-key-age", "example.test"), f"({DKIM_KEY}) is 200 days old", "warn")],
         [],
     ),
     (
@@ -182,6 +197,14 @@ FAULTS = [
         [],
     ),
     (
+        "TLS-RPT record invalid",
+        lambda: dns_update(
+            "example.test.", ("replace", "_smtp._tls", 300, "TXT", '"v=TLSRPTv1; rua=tlsrpt@example.test"')
+        ),
+        [(("tlsrpt", "example.test"), "TLS-RPT record at _smtp._tls.example.test is invalid")],
+        [],
+    ),
+    (
         "relay listed on a DNSBL",
         lambda: set_relay_listed(True),
         [(("dnsbl", RELAY_IP), "bl.lab.test")],
@@ -200,7 +223,7 @@ def test_the_healthy_relay_passes_before_any_fault(healthy_audit):
 # Faults whose checks cannot hide each other share one audit run (each audit costs ~25 s);
 # a fault that would hide another's check (the deleted table hides the changed rule) waits
 # for the next run.
-BATCHES = [FAULTS[0:4], FAULTS[4:7], FAULTS[7:9], FAULTS[9:10], FAULTS[10:16]]
+BATCHES = [FAULTS[0:5], FAULTS[5:8], FAULTS[8:10], FAULTS[10:11], FAULTS[11:18]]
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=[" + ".join(f[0] for f in b) for b in BATCHES])
@@ -212,15 +235,15 @@ def test_each_fault_is_caught(tmp_path, batch):
     STATE["before"] = checks
     missing = {"status": "missing", "message": "", "fix": ""}
     for fault, _, expect, _ in batch:
-        for key, _ in expect:
+        for key, *_ in expect:
             STATE["rows"].append(
                 [fault, " ".join(key), checks.get(key, missing)["status"], result.returncode]
             )
     assert result.returncode != 0
     for _, _, expect, _ in batch:
-        for key, words in expect:
+        for key, words, *verdict in expect:
             check, earlier = checks.get(key, missing), before.get(key, missing)
-            assert check["status"] in ("fail", "error"), check
+            assert check["status"] in (verdict or ["fail", "error"]), check
             # this fault, not an earlier one, turned the check (or changed what it says)
             assert (earlier["status"], earlier["message"]) != (check["status"], check["message"]), check
             assert words in check["message"], check
@@ -234,6 +257,12 @@ DQS_CANARY = "dqs-canary-5f1c0a9e"
 WEBHOOK_SECRET = "lab-webhook-secret-not-a-real-one"  # the fixture's (group_vars/all.yml)
 SECRETS = [DQS_CANARY, "lab-bounce-imap-secret", TSIG_SECRET.rstrip("="), WEBHOOK_SECRET, "PRIVATE KEY"]
 WEBHOOKS_TOML = "/etc/bulkrelay/webhooks.toml"
+
+
+def task_output(run, task):
+    """What ansible-playbook printed for one task (from its TASK line to the next)."""
+    assert f"TASK [{task}" in run.stdout, run.stdout[-4000:]
+    return run.stdout.split(f"TASK [{task}", 1)[1].split("TASK [", 1)[0]
 
 
 def test_site_yml_check_diff_reports_what_it_would_fix_and_prints_no_secret():
@@ -257,8 +286,7 @@ def test_site_yml_check_diff_reports_what_it_would_fix_and_prints_no_secret():
         "bounce_poller : Write the IMAP password",
         "relay_sender : Write the webhooks' settings",
     ):
-        assert f"TASK [{task}" in out, out[-4000:]
-        result = out.split(f"TASK [{task}", 1)[1].split("TASK [", 1)[0]
+        result = task_output(check, task)
         assert "changed: [br-lab-relay]" in result, f"{task}: {result[:1000]}"
     leaked = [secret for secret in SECRETS if secret in out or secret in check.stderr]
     assert not leaked, f"site.yml --check --diff printed {leaked}"
@@ -282,6 +310,36 @@ def test_no_webhooks_stops_the_service_and_removes_its_files():
     assert sh(RELAY, f"ls -d {files}", check=False).stdout.strip() == ""
 
 
+def test_mta_sts_off_stops_the_resolver_and_the_audit_accepts_it(tmp_path):
+    """bulkrelay_mta_sts: false drops Postfix's map, then stops and disables the resolver: check
+    mode says so and changes nothing, a second run changes nothing, and the audit's mta-sts
+    check passes as "off". The repair below turns it back on. The check and the second run
+    take the role's tag alone: relay_postfix's check mode and idempotence are the converge's."""
+    relay, unit = str(PROJECT / "playbooks/relay.yml"), "postfix-mta-sts-resolver"
+    off = ["-e", '{"bulkrelay_mta_sts": false}']
+    stop = "relay_mta_sts : Stop and disable the resolver (MTA-STS is off)"
+    started = time.monotonic()
+    check = ansible(relay, "--check", "--tags", "relay_mta_sts", *off)
+    assert check.returncode == 0, check.stdout[-4000:]
+    assert "changed: [br-lab-relay]" in task_output(check, stop)
+    assert sh(RELAY, f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
+    run = ansible(relay, "--tags", "relay_mta_sts,relay_postfix", *off)
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "changed: [br-lab-relay]" in task_output(run, stop)
+    assert sh(RELAY, f"systemctl is-active {unit}", check=False).stdout.strip() != "active"
+    assert sh(RELAY, f"systemctl is-enabled {unit}", check=False).stdout.strip() == "disabled"
+    assert "socketmap:" not in sh(RELAY, "postconf -h smtp_tls_policy_maps").stdout
+    again = ansible(relay, "--tags", "relay_mta_sts", *off)
+    assert again.returncode == 0 and "ok: [br-lab-relay]" in task_output(again, stop), again.stdout[-4000:]
+    assert " changed=0 " in again.stdout.split("PLAY RECAP", 1)[1], again.stdout[-2000:]
+    STATE["timings"].append(
+        ("relay.yml without MTA-STS (check, run, again)", round(time.monotonic() - started, 1))
+    )
+    _, checks = audit(tmp_path, *off)
+    mta_sts = checks[("postfix", "mta-sts")]
+    assert mta_sts["status"] == "pass" and "lookups are off" in mta_sts["message"], mta_sts
+
+
 def test_site_yml_repairs_and_the_audit_passes_again(tmp_path):
     started = time.monotonic()
     site = ansible(str(PROJECT / "site.yml"), timeout=1200)
@@ -292,10 +350,15 @@ def test_site_yml_repairs_and_the_audit_passes_again(tmp_path):
     dns_update("100.51.198.in-addr.arpa.", ("replace", "101", 300, "PTR", "relay.example.test."))
     set_relay_listed(False)
     sh(RELAY, "postsuper -d ALL deferred")
+    # an operator would rotate the key; the lab gives it its own mtime back, to the nanosecond
+    sh(RELAY, f"touch -m -d '{STATE['dkim_key_mtime']}' {DKIM_KEY}")
+    assert sh(RELAY, f"stat -c %y {DKIM_KEY}").stdout.strip() == STATE["dkim_key_mtime"]
     # The poller's last result stays failed until it runs again: one pass now, as its timer
     # (every 30 s) or an operator would start it.
     sh(RELAY, "systemctl start bulkrelay-bounces.service", check=False)
-    assert sh(RELAY, "systemctl is-active bulkrelay-webhooks", check=False).stdout.strip() == "active"
+    for unit in ("bulkrelay-webhooks", "postfix-mta-sts-resolver"):
+        assert sh(RELAY, f"systemctl is-active {unit}", check=False).stdout.strip() == "active", unit
+        assert sh(RELAY, f"systemctl is-enabled {unit}", check=False).stdout.strip() == "enabled", unit
     assert WEBHOOK_SECRET in sh(RELAY, f"cat {WEBHOOKS_TOML}").stdout
     poller = sh(RELAY, "systemctl show -p Result --value bulkrelay-bounces.service").stdout.strip()
     assert poller == "success", sh(RELAY, "journalctl -u bulkrelay-bounces.service -n 20 --no-pager").stdout
@@ -306,6 +369,9 @@ def test_site_yml_repairs_and_the_audit_passes_again(tmp_path):
     write_table()
     bad = [c for c in checks.values() if c["status"] in ("fail", "error")]
     assert result.returncode == 0 and not bad, json.dumps(bad, indent=1)
+    # every check a fault turned (a warning too) is back to pass; MTA-STS is on again
+    assert [row for row in STATE["rows"] if row[4] != "pass"] == [], STATE["rows"]
+    assert "MTA-STS lookups in effect" in checks[("postfix", "mta-sts")]["message"]
 
 
 def write_table():
