@@ -52,10 +52,8 @@ def socketmap_query(address: str, zone: str, key: str, *, timeout: float = TIMEO
             reply += chunk
 
 
-class TestingPolicyLog:
+class StsTestingLog:
     """Warns when a delivery without verified TLS went to a domain whose MTA-STS policy is testing."""
-
-    __test__ = False  # not a pytest class
 
     def __init__(
         self,

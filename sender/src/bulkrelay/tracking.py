@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from bulkrelay import suppression
 from bulkrelay.bounces.classify import classify
 from bulkrelay.queue import Queue, QueueUnavailable
-from bulkrelay.ststesting import TestingPolicyLog
+from bulkrelay.ststesting import StsTestingLog
 
 log = logging.getLogger("bulkrelay.tracking")
 
@@ -153,7 +153,7 @@ class Tracker:
         queue: Queue,
         *,
         clock: Callable[[], float] = time.time,
-        sts_testing: TestingPolicyLog | None = None,
+        sts_testing: StsTestingLog | None = None,
     ):
         self.queue = queue
         self.clock = clock
