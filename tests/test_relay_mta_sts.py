@@ -14,7 +14,7 @@ import pytest
 import yaml
 from support import render_template, role_validation
 
-from bulkrelay import audit, tlspolicy
+from bulkrelay import audit, ststesting, tlspolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE = ROOT / "roles" / "relay_mta_sts"
@@ -46,7 +46,12 @@ def test_default_configuration_listens_on_loopback_and_caches_on_disk():
     assert cfg["proactive_policy_fetching"] == {"enabled": True, "interval": 86400}
     # testing policies are not enforced; SNI as RFC 8461 asks
     assert cfg["default_zone"] == {"strict_testing": False, "timeout": 4, "require_sni": True}
-    assert "zones" not in cfg
+    # the zone tracking asks about testing policies (bulkrelay.ststesting), strict; Postfix's
+    # zone is the default one
+    assert cfg["zones"] == {
+        ststesting.TESTING_ZONE: {"strict_testing": True, "timeout": 4, "require_sni": True}
+    }
+    assert defaults()["relay_mta_sts__postfix_map"].endswith(":" + ststesting.ENFORCED_ZONE)
 
 
 def test_internal_cache_and_no_background_refresh():

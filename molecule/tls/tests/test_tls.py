@@ -3,7 +3,9 @@
 sts-ok.test publishes an enforce policy whose mx: names its MX: the mail leaves over verified
 TLS, as Postfix's log and the sender's tracking say. sts-bad.test publishes an enforce policy
 whose mx: names another host: its mail stays deferred with the policy's reason and never reaches
-the MX. The audit's MTA-STS check passes, and fails when the resolver is stopped.
+the MX. sts-testing.test publishes the same under mode: testing: its mail is delivered (not
+enforced, RFC 8461) and the sender's tracking logs that enforce would have deferred it. The
+audit's MTA-STS check passes, and fails when the resolver is stopped.
 
 DANE (bulkrelay_tls_policy: dane): unbound on the relay validates the signed lab zone dane.test.
 ok.dane.test's MX matches its TLSA record (verified TLS); bad.dane.test's does not (deferred,
@@ -54,6 +56,7 @@ def sent():
     return {
         "ok": enqueue("alice@sts-ok.test"),
         "bad": enqueue("bob@sts-bad.test"),
+        "testing": enqueue("alice@sts-testing.test"),
         "dane-ok": enqueue("alice@ok.dane.test"),
         "dane-bad": enqueue("bob@bad.dane.test"),
     }
@@ -84,6 +87,11 @@ def test_the_map_answers_each_policy(host):
         "secure match=mx.sts-ok.test servername=hostname"
     )
     assert host.check_output(f"postmap -q sts-bad.test {MAP}") == (
+        "secure match=mx.elsewhere.test servername=hostname"
+    )
+    # testing: not for Postfix; the strict zone the sender's tracking asks has it
+    assert host.run(f"postmap -q sts-testing.test {MAP}").rc == 1
+    assert host.check_output(f"postmap -q sts-testing.test {MAP.replace(':postfix', ':testing')}") == (
         "secure match=mx.elsewhere.test servername=hostname"
     )
     # no policy published: nothing answered, Postfix's global level applies
@@ -141,6 +149,33 @@ def test_enforce_policy_that_matches_gets_verified_tls(sent):
 
 def test_enforce_policy_that_does_not_match_keeps_mail_deferred(sent):
     assert_deferred_unverified(sent["bad"], "bob", "sts-bad.test")
+
+
+def test_testing_policy_that_does_not_match_delivers_and_is_logged(sent):
+    ref = sent["testing"]
+    delivered = wait_for(
+        f"{ref} delivered", lambda: [e for e in events(ref) if e["type"] == "delivered"], timeout=120
+    )
+    assert delivered[0]["tls"] in ("untrusted", "trusted", "anonymous"), delivered
+    assert sh(DEST, f"grep -rlF 'Subject: {ref}' /home/alice/Maildir/new", check=False).stdout.strip()
+    warning = wait_for(
+        "the sender's MTA-STS testing warning",
+        lambda: (
+            sh(
+                RELAY,
+                "journalctl --no-pager -o cat -u bulkrelay-sender.service "
+                "| grep -F 'event=mta_sts_testing domain=sts-testing.test' || true",
+            ).stdout
+        ),
+    )
+    assert "policy_mx=mx.elsewhere.test relay=mx.sts-testing.test[198.51.100.72]:25" in warning, warning
+    assert f"tls={delivered[0]['tls']}" in warning and "would have been deferred" in warning
+    # one warning for the domain, none for the enforced or verified destinations
+    assert len(warning.splitlines()) == 1
+    others = sh(
+        RELAY, "journalctl --no-pager -o cat -u bulkrelay-sender.service | grep -F event=mta_sts_testing"
+    )
+    assert others.stdout.count("event=mta_sts_testing ") == 1
 
 
 # --- DANE ----------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class EnvelopeConfig(NamedTuple):
 class TrackingConfig(NamedTuple):
     source: str = "journal"
     path: str = "/var/log/mail.log"
+    # the MTA-STS daemon's socketmap (IP:port), asked about testing policies; "" = MTA-STS off
+    mta_sts_map: str = ""
 
 
 class DnsblConfig(NamedTuple):
@@ -383,6 +385,8 @@ def _cross_check(config: Config) -> None:
         )
     if config.metrics.listen:
         _check_listen("metrics.listen", config.metrics.listen)
+    if config.tracking.mta_sts_map:
+        _check_listen("tracking.mta_sts_map", config.tracking.mta_sts_map)
 
 
 def read_toml(path: str | Path, *, option: str = "--config") -> dict[str, Any]:

@@ -29,6 +29,7 @@ from bulkrelay.failures import record_failure
 from bulkrelay.policy import Policy
 from bulkrelay.queue import Queue, QueueUnavailable
 from bulkrelay.servicelock import single_instance
+from bulkrelay.ststesting import StsTestingLog
 
 log = logging.getLogger("bulkrelay.service")
 
@@ -277,7 +278,8 @@ async def serve(
 ) -> None:
     stop = stop or asyncio.Event()
     queue = Queue(config.queue.path, clock=clock)
-    tracker = tracking.Tracker(queue, clock=clock)
+    sts_map = config.tracking.mta_sts_map
+    tracker = tracking.Tracker(queue, clock=clock, sts_testing=StsTestingLog(sts_map) if sts_map else None)
     source = tracking.make_source(config.tracking.source, config.tracking.path, queue, clock=clock)
     seen = await tracking.catch_up(source, tracker)
     found, resent = resolve_ambiguous(queue, suppress=tracker.suppress)

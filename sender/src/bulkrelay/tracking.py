@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from bulkrelay import suppression
 from bulkrelay.bounces.classify import classify
 from bulkrelay.queue import Queue, QueueUnavailable
+from bulkrelay.ststesting import StsTestingLog
 
 log = logging.getLogger("bulkrelay.tracking")
 
@@ -147,9 +148,16 @@ def parse_journal_line(line: str) -> tuple[LogEvent | None, str | None]:
 class Tracker:
     """Applies log events to the queue (and hard bounces to the suppression list)."""
 
-    def __init__(self, queue: Queue, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        clock: Callable[[], float] = time.time,
+        sts_testing: StsTestingLog | None = None,
+    ):
         self.queue = queue
         self.clock = clock
+        self.sts_testing = sts_testing  # None: MTA-STS off, nothing to report
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "lines": 0}
         # process -> [TLS level, peer, queue id of the first result after the TLS line]
         self.tls_sessions: OrderedDict[str, list[str]] = OrderedDict()
@@ -200,6 +208,8 @@ class Tracker:
             tls,
             event.reply,
         )
+        if event.state == "delivered" and self.sts_testing is not None:
+            self.sts_testing.note(row["address"], event.relay, tls)
         # Only a hard bounce says the address is bad; a 5.7.x block of the relay (blacklisting,
         # policy) says nothing about the customer and must not suppress valid addresses.
         if event.state == "bounced" and classify(event.dsn, event.reply) == "hard":
