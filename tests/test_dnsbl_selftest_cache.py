@@ -265,14 +265,28 @@ def test_a_closed_port_is_a_network_error_at_once():
     assert result.elapsed < 1.0
 
 
+def udp_and_tcp_on_one_port(tries=20):
+    """A UDP and a listening TCP socket on the same free loopback port: the port the kernel gives
+    the UDP socket may be taken for TCP (a `make unit` run failed with "Address already in use")."""
+    for _ in range(tries):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen()
+        return udp, tcp
+    raise AssertionError(f"no loopback port free for both UDP and TCP in {tries} tries")
+
+
 def test_a_truncated_answer_is_asked_again_over_tcp():
     """The pool's UDP answer with TC set: the whole answer comes over TCP from the same server."""
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
+    udp, tcp = udp_and_tcp_on_one_port()
     port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", port))
-    tcp.listen()
     asked_over_tcp = []
 
     def answer(query):
