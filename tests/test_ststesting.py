@@ -16,7 +16,7 @@ import pytest
 from conftest import submitted
 from support import free_port
 
-from bulkrelay import tracking
+from bulkrelay import ststesting, tracking
 from bulkrelay.config import ConfigError, parse
 from bulkrelay.ststesting import StsTestingLog, socketmap_query
 
@@ -187,3 +187,17 @@ def test_the_map_address_is_checked_and_empty_means_off():
     for bad in ("localhost:8461", "127.0.0.1", 8461):
         with pytest.raises(ConfigError, match=r"tracking\.mta_sts_map"):
             parse({"tracking": {"mta_sts_map": bad}})
+
+
+def test_domains_asked_longer_ago_than_the_interval_are_forgotten(monkeypatch):
+    """The per-domain memory stays bounded on a long-running relay; one still inside the
+    interval is kept (it must not be asked again)."""
+    monkeypatch.setattr(ststesting, "ASKED_KEPT", 2)
+    now = [0.0]
+    sts = StsTestingLog(f"127.0.0.1:{free_port()}", every=10, clock=lambda: now[0])
+    sts.note("a@old.test", "", "Trusted")
+    now[0] = 5.0
+    sts.note("b@recent.test", "", "Trusted")
+    now[0] = 12.0
+    sts.note("c@new.test", "", "Trusted")
+    assert sts.asked == {"recent.test": 5.0, "new.test": 12.0}

@@ -28,6 +28,7 @@ TESTING_ZONE = "testing"  # strict_testing: true (roles/relay_mta_sts, mta-sts-d
 TIMEOUT = 5.0  # seconds per lookup: the daemon fetches an unknown policy over DNS and HTTPS (4 s)
 EVERY = 3600.0  # seconds between two lookups (and warnings) for one domain
 PENDING = 100  # domains waiting for a lookup; more are dropped until the thread catches up
+ASKED_KEPT = 10000  # domains remembered before the ones asked over `every` ago are forgotten
 
 
 def _netstring(data: bytes) -> bytes:
@@ -79,6 +80,8 @@ class StsTestingLog:
         now = self.clock()
         if now - self.asked.get(domain, -self.every) < self.every:
             return
+        if len(self.asked) >= ASKED_KEPT:  # an entry older than `every` is as good as none
+            self.asked = {d: t for d, t in self.asked.items() if now - t < self.every}
         self.asked[domain] = now
         try:
             self.pending.put_nowait((domain, relay, tls))
