@@ -11,9 +11,10 @@ export BENCH_RESULTS="$results"
 mkdir -p "$results"
 rm -f "$results"/*.json
 
-# Baselines from Debian: rbldnsd (test blacklists) and check_rbl (monitoring-plugins-contrib).
+# From Debian: rbldnsd (test blacklists), check_rbl (monitoring-plugins-contrib) and
+# python3-dnspython (check_dnsbl as a relay runs it).
 missing=()
-for pkg in rbldnsd monitoring-plugins-contrib libnet-dns-perl libcapture-tiny-perl \
+for pkg in rbldnsd monitoring-plugins-contrib python3-dnspython libnet-dns-perl libcapture-tiny-perl \
         libdata-validate-domain-perl libdata-validate-ip-perl libreadonly-perl \
         libmonitoring-plugin-perl libnet-ip-perl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

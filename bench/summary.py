@@ -52,6 +52,15 @@ ISSUE_16 = (
         "<= 1.0x",
         [("dnsbl", "check_dnsbl_vs_check_rbl_40"), ("dnsbl_listed3", "check_dnsbl_vs_check_rbl_40")],
     ),
+    (
+        "the same, check_dnsbl as a relay runs it (Debian's python3 and dnspython), 20 / 40 workers",
+        "<= 1.0x",
+        [
+            (name, f"check_dnsbl_relay_vs_check_rbl_{workers}")
+            for name in ("dnsbl", "dnsbl_listed3")
+            for workers in (20, 40)
+        ],
+    ),
     ("`bulkrelay status` with 1M recipients queued", "< 150 ms", [("queue_scale", "status_at_full_ms")]),
     (
         "`site.yml` re-run with nothing to change",

@@ -97,3 +97,26 @@ def test_cron_keeps_the_selftest_cache_beside_its_state_and_check_reads_it(tmp_p
         assert uncached.returncode == 0 and len(server.seen) == 7
     finally:
         server.close()
+
+
+def test_a_plugin_run_leaves_the_cron_code_and_unused_dns_modules_unimported(tmp_path):
+    """Nagios starts check_dnsbl every few minutes: with nameservers configured and no truncated
+    answer, it needs neither the cron run's code nor dns.resolver / dns.asyncquery (~12 ms)."""
+    server = LoopbackDns({("2.0.0.127.bl.lab.test.", "A"): "127.0.0.2"})
+    cfg = tmp_path / "s.json"
+    cfg.write_text(
+        json.dumps({"lists": [{"zone": "bl.lab.test"}], "nameservers": [f"127.0.0.1:{server.port}"]})
+    )
+    code = (
+        "import sys; from bulkrelay.dnsbl import cli;"
+        "status = cli.check_dnsbl_main(['--config', sys.argv[1], '-H', '192.0.2.1', '--selftest-cache', '']);"
+        "heavy = [m for m in ('bulkrelay.dnsbl.cron', 'dns.resolver', 'dns.asyncquery') if m in sys.modules];"
+        "print(status, heavy)"
+    )
+    try:
+        argv = [sys.executable, "-c", code, str(cfg)]
+        out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    finally:
+        server.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "0 []", out.stdout

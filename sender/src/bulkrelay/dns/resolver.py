@@ -24,7 +24,6 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.rdatatype
-import dns.resolver
 import dns.reversename
 
 OK = "ok"
@@ -184,6 +183,9 @@ class Resolver:
     """
 
     def __init__(self, nameservers: Iterable[str | Nameserver] = (), timeout: float = DEFAULT_TIMEOUT):
+        # dns.resolver costs ~9 ms to import; check_dnsbl reads Nameserver from here and never resolves
+        import dns.resolver  # noqa: PLC0415
+
         servers = [ns if isinstance(ns, Nameserver) else parse_nameserver(ns) for ns in nameservers]
         if timeout is None or float(timeout) <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -207,6 +209,8 @@ class Resolver:
     def query(self, name: str, rdtype: str) -> Answer:
         qname = absolute(name)
         rdtype = rdtype.upper()
+        import dns.resolver  # noqa: PLC0415 - see __init__
+
         try:
             rrset = self._resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=True)
         except dns.resolver.NXDOMAIN:

@@ -17,7 +17,6 @@ from typing import Any, NoReturn
 
 from bulkrelay.cli import UsageError
 from bulkrelay.dnsbl.checker import Checker
-from bulkrelay.dnsbl.cron import AlreadyRunning, MailSettings, hostname_default, run_cron, syslog_logger
 from bulkrelay.dnsbl.lists import Settings
 from bulkrelay.dnsbl.names import InputError, parse_domain_target, parse_ip_target, parse_nameserver
 from bulkrelay.dnsbl.report import EXIT_CODES, Thresholds, as_dict, plugin_output
@@ -153,6 +152,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
+    # the cron run's state, syslog and mail code stays out of the Nagios plugin's start-up
+    from bulkrelay.dnsbl.cron import (  # noqa: PLC0415
+        AlreadyRunning,
+        MailSettings,
+        hostname_default,
+        run_cron,
+        syslog_logger,
+    )
+
     settings = load_settings(args)
     thresholds = _thresholds(args)
     if args.alert_after < 1:

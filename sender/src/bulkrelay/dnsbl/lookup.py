@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import dns.asyncquery
 import dns.entropy
 import dns.exception
 import dns.flags
@@ -21,7 +20,6 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
-import dns.resolver
 
 from bulkrelay.dnsbl.names import InputError, Nameserver, parse_nameserver
 
@@ -50,6 +48,9 @@ class UdpPool:
         sock = await asyncio.shield(opening)  # one waiter's deadline must not close it for all
         response = await sock.ask(query)
         if response is None:  # truncated: the whole answer over TCP
+            # imported when needed: dns.asyncquery (~6 ms) is a rare fallback in a Nagios plugin's start-up
+            import dns.asyncquery  # noqa: PLC0415
+
             return await dns.asyncquery.tcp(query, server.address, timeout=timeout, port=server.port)
         return response
 
@@ -124,6 +125,8 @@ class _Socket(asyncio.DatagramProtocol):
 
 def system_nameservers() -> tuple[Nameserver, ...]:
     """The resolvers of /etc/resolv.conf, used when none are configured."""
+    import dns.resolver  # noqa: PLC0415 - ~9 ms, needed only without configured nameservers
+
     try:
         resolver = dns.resolver.Resolver(configure=True)
     except dns.resolver.NoResolverConfiguration:
