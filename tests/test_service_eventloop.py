@@ -46,15 +46,19 @@ def test_without_uvloop_the_automatic_choice_is_asyncio(monkeypatch):
         loop_factory("uvloop")
 
 
-def test_a_bad_choice_names_the_variable(monkeypatch):
+def test_a_bad_choice_names_the_variable(monkeypatch, sender_config):
     monkeypatch.setenv(EVENT_LOOP_ENV, "fast")
-    with pytest.raises(UsageError, match="BULKRELAY_EVENT_LOOP='fast'.*'asyncio', 'uvloop'"):
+    with pytest.raises(UsageError, match=r"BULKRELAY_EVENT_LOOP='fast'.*'asyncio', 'uvloop'"):
         loop_factory()
     bulkrelay = os.path.join(os.path.dirname(sys.executable), "bulkrelay")
+    config = str(sender_config(9))  # valid: the variable is what is wrong
     result = subprocess.run(
-        [bulkrelay, "serve", "--config", "/nonexistent/sender.toml"], capture_output=True, text=True, check=False
+        [bulkrelay, "serve", "--config", config], capture_output=True, text=True, check=False
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "bulkrelay serve: BULKRELAY_EVENT_LOOP='fast': use 'asyncio', 'uvloop' or leave it unset"
+    ]
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
