@@ -35,8 +35,7 @@ def test_uvloop_when_installed_unless_the_environment_says_asyncio(monkeypatch):
     assert loop_name(loop_factory()) == "uvloop"
     assert loop_name(loop_factory("uvloop")) == "uvloop"
     monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
-    assert loop_factory() is None
-    assert loop_name(None) == "asyncio"
+    assert loop_factory() is None  # asyncio.Runner's default: asyncio's loop (the child in the drain test)
 
 
 def test_without_uvloop_the_automatic_choice_is_asyncio(monkeypatch):
