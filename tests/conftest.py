@@ -42,6 +42,15 @@ KEY = VERP_KEY  # the VERP key of every sender.toml written here
 RAW = b"From: billing@example.test\r\nSubject: Invoice\r\n\r\nLine one\r\n.leading dot\r\n"
 
 
+def pytest_configure(config):
+    """``BULKRELAY_EVENT_LOOP=uvloop``: the tests' own event loops are uvloop's as well (the
+    `bulkrelay serve` children read the same variable), so the suite shows the code works on it."""
+    if os.environ.get("BULKRELAY_EVENT_LOOP") == "uvloop":
+        import uvloop  # noqa: PLC0415 - only in this mode
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def sink_user() -> list[str]:
     """smtp-sink refuses to run as root without -u."""
     return ["-u", "nobody"] if os.geteuid() == 0 else []

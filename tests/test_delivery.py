@@ -16,7 +16,7 @@ from conftest import pick_free_port as free_port
 
 from bulkrelay import suppression, verp
 from bulkrelay.config import Config, EnvelopeConfig, PolicyConfig, QueueConfig, SubmitConfig, TrackingConfig
-from bulkrelay.delivery import SmtpClient, SmtpConnectionError, Submitter, backoff, encode_data
+from bulkrelay.delivery import SmtpClient, SmtpConnectionError, Submitter, backoff, encode_body, encode_data
 from bulkrelay.queue import Queue
 from bulkrelay.service import ReleaseLoop, resolve_ambiguous
 
@@ -58,6 +58,34 @@ def run(coro):
 def test_encode_data_normalises_line_endings_and_stuffs_dots():
     assert encode_data(b"a\n.b\r\n..c") == b"a\r\n..b\r\n...c\r\n.\r\n"
     assert encode_data(b".\r\n") == b"..\r\n.\r\n"
+
+
+def line_by_line(raw: bytes) -> bytes:
+    """encode_body's result, the slow obvious way: each line ends in CRLF, a leading "." doubled."""
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+
+
+BASE64 = b"".join(b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo%06d\n" % i for i in range(5000))  # 200 KB, no dot
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        BASE64,  # no dot at all
+        BASE64.replace(b"\n", b"\r\n"),
+        b"a.b\n" + BASE64 + b".last line\n",  # a dot line after the dots looked at one by one
+        BASE64[:80] + b"x.y\n.z\n" + BASE64,  # a dot line among the first dots
+        b".first\r\n" + BASE64.replace(b"\n", b"\r\n"),
+        b"end of sentence.\r\n" * 3000 + b".\r\n..\r\ntext.",  # more dots than are looked at
+        BASE64[:4000] + b"\r\n" + BASE64[4000:8000] + b"mixed.\n.dot\r\n",  # bare LF among CRLF
+        b"short.\n.line\n",
+    ],
+)
+def test_encode_body_stuffs_every_dot_line_and_no_other(raw):
+    assert encode_body(raw) == line_by_line(raw)
 
 
 def test_backoff_grows_and_caps():

@@ -47,6 +47,8 @@ WRITE_BUFFER_HIGH = 64 * 1024  # wait for the socket only when this much is stil
 READ_CHUNK = 64 * 1024
 REPLY_LIMIT = 64 * 1024  # an unfinished reply line longer than this is not SMTP
 DOT = b".\r\n"
+DOT_LOOK_BYTES = 2048  # ``_dot_line`` looks at one dot per this many bytes, then searches
+ENVELOPE_STAGES = ("mail", "rcpt", "data")  # the replies to a pipelined ``SmtpClient.envelope``
 SPLIT_BODY = 32 * 1024  # a smaller body goes out with its "." in one write (one segment)
 
 
@@ -86,10 +88,27 @@ def encode_body(raw: bytes) -> bytes:
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    data = data.replace(b"\r\n.", b"\r\n..")
-    if data.startswith(b"."):
-        data = b"." + data
+    if _dot_line(data):
+        data = data.replace(b"\r\n.", b"\r\n..")
+        if data.startswith(b"."):
+            data = b"." + data
     return data
+
+
+def _dot_line(data: bytes) -> bool:
+    """Whether a line of ``data`` (CRLF line ends) may start with ".". Looks at the dots one by
+    one (an attachment's base64 has none): a few finds cost less than one 3-byte search
+    through the whole body. More dots than one per DOT_LOOK_BYTES (a text) are left to that
+    search: True."""
+    start = 0
+    for _ in range(len(data) // DOT_LOOK_BYTES):
+        at = data.find(b".", start)
+        if at < 0:
+            return False
+        if at == 0 or data[at - 1] == 0x0A:
+            return True
+        start = at + 1
+    return True
 
 
 def encode_data(raw: bytes) -> bytes:
@@ -146,17 +165,24 @@ class SmtpClient:
         return None
 
     async def read_reply(self, stage: str, *, after_data: bool = False) -> Reply:
+        return (await self.read_replies((stage,), after_data=after_data))[0]
+
+    async def read_replies(self, stages: tuple[str, ...], *, after_data: bool = False) -> list[Reply]:
+        """One reply per stage, in order: a pipelined group's replies in one call."""
+        replies = []
         try:
-            while (reply := self._next_reply(stage, after_data)) is None:
-                # A timeout only around a real wait: replies that came together cost no await.
-                async with asyncio.timeout(self.timeout):
-                    data = await self.reader.read(READ_CHUNK)
-                if not data:
-                    raise SmtpConnectionError(
-                        f"connection closed by server at {stage}", after_data=after_data
-                    )
-                self._received += data
-            return reply
+            for stage in stages:
+                while (reply := self._next_reply(stage, after_data)) is None:
+                    # A timeout only around a real wait: replies that came together cost no await.
+                    async with asyncio.timeout(self.timeout):
+                        data = await self.reader.read(READ_CHUNK)
+                    if not data:
+                        raise SmtpConnectionError(
+                            f"connection closed by server at {stage}", after_data=after_data
+                        )
+                    self._received += data
+                replies.append(reply)
+            return replies
         except (OSError, TimeoutError) as exc:
             self.closed = True
             raise SmtpConnectionError(
@@ -203,8 +229,7 @@ class SmtpClient:
     async def envelope_replies(self) -> Reply | None:
         """Replies to a pipelined ``envelope``: None when DATA got 354, else the deciding failure
         (the transaction is cleaned up with RSET before returning)."""
-        replies = [await self.read_reply(s) for s in ("mail", "rcpt", "data")]
-        return await self._check(replies)
+        return await self._check(await self.read_replies(ENVELOPE_STAGES))
 
     async def _check(self, replies: list[Reply]) -> Reply | None:
         for reply, expected in zip(replies, (2, 2, 3), strict=False):
@@ -224,7 +249,7 @@ class SmtpClient:
         rcpt_cmd = f"RCPT TO:<{rcpt}>"
         if self.pipelining:
             await self._write(self.envelope(mail_from, rcpt), "mail")
-            replies = [await self.read_reply(s) for s in ("mail", "rcpt", "data")]
+            replies = await self.read_replies(ENVELOPE_STAGES)
         else:
             replies = []
             for line, stage in ((mail, "mail"), (rcpt_cmd, "rcpt"), ("DATA", "data")):

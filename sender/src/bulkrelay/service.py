@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -38,6 +39,8 @@ MAINTENANCE_EVERY = 30.0
 AMBIGUOUS_GRACE = 60.0  # a row lost after "." waits this long for Postfix's log before resending
 KEEP_RELEASES = 2 * 86400.0
 QUEUE_RETRY = 5.0  # seconds before the release loop retries after QueueUnavailable
+# "asyncio" runs the service on asyncio's own loop although uvloop is installed; "uvloop" insists.
+EVENT_LOOP_ENV = "BULKRELAY_EVENT_LOOP"
 
 
 def resolve_ambiguous(
@@ -284,8 +287,9 @@ async def serve(
     seen = await tracking.catch_up(source, tracker)
     found, resent = resolve_ambiguous(queue, suppress=tracker.suppress)
     log.info(
-        "event=started queue=%s log_events=%d ambiguous_found=%d ambiguous_resent=%d counts=%s",
+        "event=started queue=%s loop=%s log_events=%d ambiguous_found=%d ambiguous_resent=%d counts=%s",
         config.queue.path,
+        running_loop_name(),
         seen,
         found,
         resent,
@@ -335,8 +339,34 @@ def setup_logging(level: str = "INFO") -> None:
     logging.logMultiprocessing = False
 
 
+def loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (Debian's python3-uvloop), else None: asyncio's own.
+
+    ``choice`` (default: the environment variable ``BULKRELAY_EVENT_LOOP``) is "" for that
+    automatic choice, "asyncio" to stay on asyncio's loop, or "uvloop" to require uvloop.
+    """
+    choice = os.environ.get(EVENT_LOOP_ENV, "") if choice is None else choice
+    if choice not in ("", "asyncio", "uvloop"):
+        raise UsageError(f"{EVENT_LOOP_ENV}={choice!r}: use 'asyncio', 'uvloop' or leave it unset")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional, and only `serve` needs it
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError(f"{EVENT_LOOP_ENV}=uvloop: uvloop is not installed (python3-uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def running_loop_name() -> str:
+    """'uvloop' or 'asyncio': the top-level package of the running loop's class."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 def _run(args) -> int:
     config = configmod.load(args.config)
+    new_loop = loop_factory()
     setup_logging(args.log_level)
     lock = single_instance(config.queue.path)
 
@@ -348,7 +378,8 @@ def _run(args) -> int:
         await serve(config, stop=stop)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(main())
     except QueueUnavailable as exc:
         raise UsageError(f"{exc}; check [queue] path and free disk space") from None
     except ComponentFailed as exc:
