@@ -289,13 +289,11 @@ class Storage:
         with self._lock:
             self.connection.execute(f"PRAGMA wal_autocheckpoint = {int(backstop_pages)}")
 
-    def checkpoint(self) -> tuple[int, int, int]:
+    def checkpoint(self) -> None:
         """Copy committed WAL frames into the database file: PASSIVE, so it neither waits for
-        nor blocks readers and writers (frames a reader still needs stay for a later run).
-        Returns SQLite's (busy, frames in the WAL, frames checkpointed)."""
+        nor blocks readers and writers (frames a reader still needs stay for a later run)."""
         with self._lock:
-            row = self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(row[0]), int(row[1]), int(row[2])
+            self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
