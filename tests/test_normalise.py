@@ -2,6 +2,7 @@
 
 import email
 import email.policy
+import re
 from email.message import EmailMessage
 
 import pytest
@@ -79,3 +80,33 @@ def test_trace_goes_on_top_and_bcc_addresses_are_returned():
     done = normalise(raw, trace=b"Received: from app by relay; Mon, 30 Nov 2026 03:00:00 +0000\r\n")
     assert done.raw.startswith(b"Received: from app") and b"Bcc" not in done.raw
     assert done.bcc == ["x@customer.test", "y@customer.test"]
+
+
+@pytest.mark.parametrize(
+    ("body", "lone_lf", "lone_cr"),
+    [
+        (b"hi\r\n", 0, 0),
+        (b"\r\n\r\n\r\n", 0, 0),
+        (b"hi\n", 1, 0),  # a bare LF last
+        (b"hi\r", 0, 1),  # a bare CR last
+        (b"\nhi\r\n", 1, 0),  # right after the blank line
+        (b"a\rb\r\n", 0, 1),
+        (b"a\n\rb\r\n", 1, 1),  # LF CR is not a line end pair
+        (b"a\r\r\nb\r\n", 0, 1),
+        (b"a\r\n\nb\r\n", 1, 0),
+        (b"base64line\r\n" * 3000 + b"\n", 1, 0),  # the only bare one far into the body
+    ],
+)
+def test_line_ends_every_bare_lf_and_cr_is_found_and_counted(body, lone_lf, lone_cr):
+    head = b"From: billing@example.test\r\nTo: a@customer.test\r\n\r\n"
+    done = normalise(head + body)
+    assert done.raw == head + re.sub(rb"\r\n|\r|\n", b"\r\n", body)
+    said = [r for r in done.repairs if r.startswith("line ends")]
+    if not lone_lf and not lone_cr:
+        assert said == [] and done.raw == head + body
+    else:
+        assert len(said) == 1
+        assert (f"{lone_lf} bare LF" in said[0]) == bool(lone_lf)
+        assert (f"{lone_cr} bare CR" in said[0]) == bool(lone_cr)
+    if lone_lf:  # also as the very first byte, with nothing before it
+        assert "1 bare LF" in normalise(b"\n" + head + b"x\r\n").repairs[0]

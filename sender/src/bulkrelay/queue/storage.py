@@ -276,6 +276,25 @@ class Storage:
                     raise QueueUnavailable(f"queue {self.path}: {exc}") from exc
                 raise
 
+    def defer_checkpoints(self, backstop_pages: int) -> None:
+        """Let another connection's :meth:`checkpoint` copy the WAL into the database file.
+
+        SQLite checkpoints inside the COMMIT that takes the WAL past ``wal_autocheckpoint``
+        pages (1000 by default), in the committing thread. Raised to ``backstop_pages``, that
+        happens only when the other connection falls behind, so the WAL stays bounded.
+        Durability does not depend on checkpoints: a COMMIT is on disk once its WAL frames are
+        synced (synchronous = FULL), and a WAL with frames not yet checkpointed is replayed when
+        the database is next opened after a crash.
+        """
+        with self._lock:
+            self.connection.execute(f"PRAGMA wal_autocheckpoint = {int(backstop_pages)}")
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file: PASSIVE, so it neither waits for
+        nor blocks readers and writers (frames a reader still needs stay for a later run)."""
+        with self._lock:
+            self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
