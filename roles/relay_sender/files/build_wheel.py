@@ -10,8 +10,13 @@ the relay (and the reinstall it triggers) idempotent.
 The wheel is built in a scratch directory and renamed into OUT_DIR, so a play that is copying
 the previous wheel from OUT_DIR at that moment (two molecule scenarios converging at once from
 one checkout) reads a whole file, never a half-written or deleted one.
+
+OUT_DIR/.source names the sources the wheel was built from (a digest of every file copied, and
+the Python that built it): while they are unchanged the wheel is printed without a new build,
+which is most of what a re-run of site.yml with nothing to change would otherwise spend here.
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -20,20 +25,39 @@ import tempfile
 from pathlib import Path
 
 EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
+IGNORED = ("build", "dist", "*.egg-info", "__pycache__", "*.pyc")
+STAMP = ".source"
+
+
+def source_digest(source: Path) -> str:
+    """What the wheel is built from: every file the build copies, and the Python that builds it."""
+    digest = hashlib.sha256(f"{sys.version} {EPOCH}".encode())
+    ignore = shutil.ignore_patterns(*IGNORED)
+    for folder, dirs, files in os.walk(source):
+        skipped = ignore(folder, dirs + files)
+        dirs[:] = sorted(d for d in dirs if d not in skipped)
+        for name in sorted(f for f in files if f not in skipped):
+            path = Path(folder, name)
+            digest.update(f"\0{path.relative_to(source)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def main(source: str, out: str) -> int:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    digest = source_digest(Path(source))
+    stamp = out_dir / STAMP
+    built_from, _, name = stamp.read_text().partition(" ") if stamp.exists() else ("", "", "")
+    if built_from == digest and (out_dir / name).is_file():
+        print(out_dir / name)
+        return 0
     # scratch: the source copy; built: beside OUT_DIR, so the rename below is atomic
     with (
         tempfile.TemporaryDirectory(prefix="bulkrelay-src-") as scratch,
         tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as built,
     ):
         tree = Path(scratch) / "sender"
-        shutil.copytree(
-            source, tree, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.pyc")
-        )
+        shutil.copytree(source, tree, ignore=shutil.ignore_patterns(*IGNORED))
         env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
         result = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", built, str(tree)],
@@ -51,6 +75,8 @@ def main(source: str, out: str) -> int:
             return 1
         wheel = out_dir / wheels[0].name
         os.replace(wheels[0], wheel)
+        (Path(built) / STAMP).write_text(f"{digest} {wheel.name}")
+        os.replace(Path(built) / STAMP, stamp)
     for stale in out_dir.glob("bulkrelay-*.whl"):
         if stale != wheel:
             stale.unlink(missing_ok=True)
