@@ -85,6 +85,17 @@ def test_enqueue_writes_one_accepted_event_per_recipient_with_ref_and_source(que
     assert [e["cursor"] for e in got] == [1, 2, 3, 4]
 
 
+def test_event_ids_are_unique_and_sort_by_time(queue, now):
+    """Ids land on the right edge of their index (a random UUID cost more per 100k as the
+    queue grew): later events sort after earlier ones, events of one instant stay unique."""
+    queue.enqueue(RAW, "billing@example.test", ["a@customer.test", "b@customer.test"], source="cli:x")
+    now[0] += 0.002
+    queue.enqueue(RAW, "billing@example.test", ["c@customer.test"], source="cli:x")
+    first, second, later = (e["id"] for e in events(queue))
+    assert first != second and first[:12] == second[:12] == f"{int(T0 * 1000):012x}"
+    assert max(first, second) < later and all(int(i, 16) >= 0 for i in (first, second, later))
+
+
 def test_take_writes_released_and_suppressed_with_the_reason(queue):
     queue.enqueue(REF_RAW, "billing@example.test", ["ok@customer.test", "gone@customer.test"], source="cli:x")
     before = queue.last_event_cursor()
