@@ -28,7 +28,7 @@ from bulkrelay.cli import UsageError
 from bulkrelay.delivery import Connector, Submitter
 from bulkrelay.failures import record_failure
 from bulkrelay.policy import Policy
-from bulkrelay.queue import Queue, QueueUnavailable
+from bulkrelay.queue import Checkpointer, Queue, QueueUnavailable, Storage
 from bulkrelay.servicelock import single_instance
 from bulkrelay.ststesting import StsTestingLog
 
@@ -306,6 +306,9 @@ async def serve(
         components["hotfolder"] = hotfolder.run_hotfolder(config, stop)
     if config.metrics.listen:
         components["metrics"] = metrics.serve_metrics(config, queue, loop, tracker, stop)
+    # Not in the event loop: a checkpoint inside a result's COMMIT would hold up the next ".".
+    checkpointer = Checkpointer(lambda: Storage(config.queue.path), name="service-checkpoint")
+    queue.checkpoint_elsewhere(checkpointer)
     try:
         # Release and tracking finish their step on stop; the others are cancelled. Metrics may
         # return (its port is taken): they are for watching, sending goes on without them.
@@ -319,6 +322,7 @@ async def serve(
         record_failure(queue, exc.component, exc.error, clock())
         raise
     finally:
+        checkpointer.close()
         queue.close()
         log.info("event=stopped")
 

@@ -38,11 +38,13 @@ from bulkrelay.queue.reconcile import Reconciliation
 from bulkrelay.queue.release import Release, queue_id_from_reply
 from bulkrelay.queue.storage import (
     BUSY_TIMEOUT,
+    CHECKPOINT_BACKSTOP_PAGES,
     ERRORS_KEPT,
     FINAL_STATES,
     SCHEMA,
     STATES,
     TLS_LEVELS,
+    Checkpointer,
     QueueUnavailable,
     Storage,
     domain_of,
@@ -51,12 +53,14 @@ from bulkrelay.queue.webhooks import WebhookLedger
 
 __all__ = [
     "BUSY_TIMEOUT",
+    "CHECKPOINT_BACKSTOP_PAGES",
     "ERRORS_KEPT",
     "EVENT_TYPES",
     "FINAL_STATES",
     "SCHEMA",
     "STATES",
     "TLS_LEVELS",
+    "Checkpointer",
     "Queue",
     "QueueUnavailable",
     "Storage",

@@ -10,6 +10,7 @@ The schema lives here because it is the contract they all share.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -30,6 +31,14 @@ FINAL_STATES = ("delivered", "bounced", "failed", "suppressed")
 TLS_LEVELS = ("none", "anonymous", "untrusted", "trusted", "verified")
 
 BUSY_TIMEOUT = 5.0  # seconds a write waits for another writer before QueueUnavailable
+# WAL pages (4 KiB; SQLite's default is 1000) after which a COMMIT of a connection that leaves
+# checkpoints to a ``Checkpointer`` checkpoints too. Under a steady stream the checkpointer never
+# finds the WAL fully copied with no COMMIT since, so the WAL is not restarted from its
+# beginning until it reaches this size: the WAL file stays at up to ~16 MB, and readers search
+# a larger WAL index.
+CHECKPOINT_BACKSTOP_PAGES = 4_000
+
+log = logging.getLogger("bulkrelay.queue")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -179,6 +188,7 @@ class Storage:
         self.path = str(path)
         self.clock = clock
         self._lock = threading.RLock()
+        self._after_commit: Callable[[], None] | None = None
         created = self.path != ":memory:" and not os.path.exists(self.path)
         try:
             if self.path != ":memory:":
@@ -269,6 +279,8 @@ class Storage:
             try:
                 yield conn
                 conn.execute("COMMIT")
+                if self._after_commit is not None:
+                    self._after_commit()
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -288,6 +300,12 @@ class Storage:
         """
         with self._lock:
             self.connection.execute(f"PRAGMA wal_autocheckpoint = {int(backstop_pages)}")
+
+    def checkpoint_elsewhere(self, checkpointer: Checkpointer) -> None:
+        """Leave the checkpoints of this connection's COMMITs to ``checkpointer`` (poked after
+        each), up to CHECKPOINT_BACKSTOP_PAGES: none runs inside one of its COMMITs."""
+        self.defer_checkpoints(CHECKPOINT_BACKSTOP_PAGES)
+        self._after_commit = checkpointer.poke
 
     def checkpoint(self) -> None:
         """Copy committed WAL frames into the database file: PASSIVE, so it neither waits for
@@ -312,3 +330,49 @@ class Storage:
             "SELECT ?, id, message, address, ? FROM recipients WHERE id = ?",
             (self.clock(), reason, recipient_id),
         )
+
+
+class Checkpointer:
+    """Copies committed WAL frames into the database file (``Storage.checkpoint``) on a thread
+    with its own connection, at most every ``every`` seconds after a COMMIT poked it.
+
+    A checkpoint (its page copies and two fsyncs) inside a COMMIT stops the committing thread:
+    the service's event loop between a message's result and its connection's next ".", the
+    intake's commit thread between two groups. Here one checkpoint also covers the COMMITs of
+    ``every`` seconds, copying a page they all changed once. A failed or late checkpoint loses
+    nothing (see ``Storage.defer_checkpoints``): the WAL only grows, up to the backstop.
+    """
+
+    def __init__(self, open_storage: Callable[[], Storage], *, every: float = 0.05, name: str = "checkpoint"):
+        self._open_storage = open_storage
+        self._every = every
+        self._poked = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """A COMMIT happened (cheap: only the first poke of a round wakes the thread)."""
+        if not self._poked.is_set():
+            self._poked.set()
+
+    def _run(self) -> None:
+        store = None
+        while not self._closing.is_set():
+            self._poked.wait()
+            self._poked.clear()
+            try:
+                if store is None:
+                    store = self._open_storage()
+                store.checkpoint()
+            except Exception as exc:  # the committers' own checkpoints take over at the backstop
+                log.warning("event=checkpoint_failed error=%r", f"{type(exc).__name__}: {exc}")
+            self._closing.wait(self._every)  # one checkpoint for the COMMITs meanwhile
+        if store is not None:
+            store.close()
+
+    def close(self) -> None:
+        """End the thread (after the checkpoint it may be running) and close its connection."""
+        self._closing.set()
+        self._poked.set()
+        self._thread.join()
