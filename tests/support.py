@@ -50,6 +50,16 @@ def role_validation(role: Path, variables: dict) -> tuple[bool, str]:
     return holds, " ".join(message.split())
 
 
+def wait_for_size(path: Path | str, size: int, timeout: float = 10.0) -> None:
+    """Wait until the file at ``path`` is larger than ``size`` bytes (a database file that a WAL
+    checkpoint on another thread is filling)."""
+    deadline = time.monotonic() + timeout
+    while Path(path).stat().st_size <= size:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} stayed under {size} bytes")
+        time.sleep(0.01)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A currently unused TCP port on ``host``."""
     with socket.socket() as s:

@@ -12,7 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
+
+from support import wait_for_size
 
 from bulkrelay.intake import GroupCommitter
 from bulkrelay.queue import Queue
@@ -63,14 +64,6 @@ def commit(committer, numbers):
             await committer.enqueue(invoice(number), "billing@example.test", ["a@customer.test"], "test")
 
     asyncio.run(send())
-
-
-def wait_for_size(path, size):
-    for _ in range(1000):
-        if os.path.getsize(path) > size:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError(f"{path} stayed under {size} bytes")
 
 
 def test_the_committer_leaves_checkpoints_to_its_own_thread(tmp_path):

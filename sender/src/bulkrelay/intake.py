@@ -39,16 +39,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from bulkrelay.message import BadMessage, address_problem, line_over
 from bulkrelay.normalise import accept
-from bulkrelay.queue import Queue, Submission
+from bulkrelay.queue import Checkpointer, Queue, Submission
 
 log = logging.getLogger("bulkrelay.intake")
 
 MAX_RECIPIENTS = 1000
-# WAL pages (4 KiB; SQLite's default is 1000) after which a COMMIT of the intake checkpoints
-# too. Under a steady stream the checkpoint thread (GroupCommitter) never finds the WAL fully
-# copied with no COMMIT since, so the WAL is not restarted from its beginning until it reaches
-# this size: the WAL file stays at up to ~16 MB, and readers search a larger WAL index.
-CHECKPOINT_BACKSTOP_PAGES = 4_000
 IDENT = "bulkrelay intake"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -430,7 +425,7 @@ class GroupCommitter:
     (each session answers 451) and stores none of them.
 
     WAL checkpoints (copying committed pages into the database file, 10-20 ms for a few MB)
-    run in a second thread with its own connection, at most every ``checkpoint_every``
+    run in a ``Checkpointer`` thread with its own connection, at most every ``checkpoint_every``
     seconds after a COMMIT, instead of inside every ~20th COMMIT of a 200 KB invoice.
     """
 
@@ -439,14 +434,10 @@ class GroupCommitter:
     ) -> None:
         self._open_queue = open_queue
         self._max_group = max_group
-        self._checkpoint_every = checkpoint_every
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
-        self._committed = threading.Event()
-        self._closing = threading.Event()
+        self._checkpointer = Checkpointer(open_queue, every=checkpoint_every, name="intake-checkpoint")
         self._thread = threading.Thread(target=self._run, name="intake-commit", daemon=True)
-        self._checkpointer = threading.Thread(target=self._checkpoints, name="intake-checkpoint", daemon=True)
         self._thread.start()
-        self._checkpointer.start()
 
     @property
     def waiting(self) -> int:
@@ -474,9 +465,8 @@ class GroupCommitter:
                 try:
                     if store is None:
                         store = self._open_queue()
-                        store.defer_checkpoints(CHECKPOINT_BACKSTOP_PAGES)
+                        store.checkpoint_elsewhere(self._checkpointer)
                     results: list[Any] = store.enqueue_group([submission for submission, _, _ in group])
-                    self._committed.set()
                 except Exception as exc:  # QueueUnavailable and anything unexpected: all of them
                     results = [exc] * len(group)
                 for (_, loop, committed), result in zip(group, results, strict=True):
@@ -487,30 +477,11 @@ class GroupCommitter:
         if store is not None:
             store.close()
 
-    def _checkpoints(self) -> None:
-        """After COMMITs, checkpoint on this thread's own connection (see ``defer_checkpoints``:
-        a failed or late checkpoint loses nothing, the WAL only grows until the next one)."""
-        store = None
-        while not self._closing.is_set():
-            self._committed.wait()
-            self._committed.clear()
-            try:
-                if store is None:
-                    store = self._open_queue()
-                store.checkpoint()
-            except Exception as exc:  # the committer's own checkpoints take over at the backstop
-                log.warning(_kv("intake.checkpoint_failed", error=type(exc).__name__, reason=exc))
-            self._closing.wait(self._checkpoint_every)  # one checkpoint for the COMMITs meanwhile
-        if store is not None:
-            store.close()
-
     def close(self) -> None:
         """Commit what is waiting, then close the connections and end the threads."""
         self._waiting.put(None)
         self._thread.join()
-        self._closing.set()
-        self._committed.set()
-        self._checkpointer.join()
+        self._checkpointer.close()
 
 
 def _settle(committed: asyncio.Future, result: Any) -> None:

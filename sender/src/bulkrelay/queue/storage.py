@@ -1,4 +1,5 @@
-"""Storage: the schema and its migrations, the connection, transactions and the shared errors log.
+"""Storage: the schema and its migrations, the connection, transactions, WAL checkpoints (a
+``Checkpointer`` thread runs them beside the COMMITs) and the shared errors log.
 
 Every other part of the queue (``enqueue``, ``release``, ``reconcile``, ``commands``, ``events``)
 is a class built on ``Storage``: it reaches the database only through ``transaction()`` (writes,
