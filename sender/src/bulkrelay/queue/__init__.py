@@ -38,7 +38,6 @@ from bulkrelay.queue.reconcile import Reconciliation
 from bulkrelay.queue.release import Release, queue_id_from_reply
 from bulkrelay.queue.storage import (
     BUSY_TIMEOUT,
-    CHECKPOINT_BACKSTOP_PAGES,
     ERRORS_KEPT,
     FINAL_STATES,
     SCHEMA,
@@ -53,7 +52,6 @@ from bulkrelay.queue.webhooks import WebhookLedger
 
 __all__ = [
     "BUSY_TIMEOUT",
-    "CHECKPOINT_BACKSTOP_PAGES",
     "ERRORS_KEPT",
     "EVENT_TYPES",
     "FINAL_STATES",
