@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -323,6 +324,12 @@ def _content(pieces: list[bytes], dotted: list[int], line_limit: int) -> bytes |
     return data
 
 
+@functools.lru_cache(maxsize=1)
+def _smtp_date(second: int) -> str:
+    """RFC 5322 date of a whole second: formatted once a second, not once a message."""
+    return email.utils.formatdate(second, usegmt=True)
+
+
 @dataclass
 class IntakeStats:
     accepted: int = 0
@@ -371,7 +378,7 @@ class IntakeHandler:
 
     def received_header(self, session: Any, protocol: str) -> bytes:
         helo = "".join(c for c in str(session.host_name or "unknown") if 33 <= ord(c) <= 126)[:64]
-        date = email.utils.formatdate(self.clock(), usegmt=True)
+        date = _smtp_date(int(self.clock()))
         return (
             f"Received: from {helo} ([{_peer_ip(session)}])\r\n\tby {self.hostname} ({IDENT}) "
             f"with {protocol};\r\n\t{date}\r\n"
