@@ -8,13 +8,11 @@ import random
 import pytest
 
 from bulkrelay.intake import read_data
-from bulkrelay.message import line_over
-from bulkrelay.normalise import _BARE_CR, _BARE_LF, LINE_LIMIT, LineScan
 
 LIMIT = 64  # a small stream limit so the pieces cut at the buffer limit are exercised too
 
 
-def read(chunks, *, size_limit=10_000, line_limit=1000, limit=LIMIT, scan=None):
+def read(chunks, *, size_limit=10_000, line_limit=1000, limit=LIMIT):
     """read_data over ``chunks`` fed one at a time; returns (result, what is left unread)."""
 
     async def run():
@@ -27,7 +25,7 @@ def read(chunks, *, size_limit=10_000, line_limit=1000, limit=LIMIT, scan=None):
             reader.feed_eof()
 
         feeding = asyncio.create_task(feed())
-        result = await read_data(reader, size_limit, line_limit, scan)
+        result = await read_data(reader, size_limit, line_limit)
         await feeding
         return result, await reader.read()
 
@@ -161,20 +159,3 @@ def test_random_bodies_in_random_pieces_read_as_the_separate_searches_did():
         want = separate_searches(wire, limits["size_limit"], limits["line_limit"])
         got = read(cut(wire, rng), limit=rng.choice([8, 16, 64]), **limits)
         assert got == want, (wire, limits)
-
-
-def test_the_line_scan_fed_by_read_data_agrees_with_normalises_own_checks():
-    """The LineScan that read_data feeds while the data arrives (dots and all) finds a bare CR
-    or LF exactly where normalise's searches on the data read find one, and never misses a
-    line over 998 (it may flag a dot-stuffed line of 999 on the wire)."""
-    rng = random.Random(18)
-    alphabet = [b"\r\n", b"\r\n.", b".", b"\r", b"\n", b"x", b"x" * 333, b"x" * 997, b"\r\n..", b"\r\n.\r"]
-    for _ in range(1500):
-        body = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        wire = body + b"\r\n.\r\nNEXT\r\n"
-        scan = LineScan()
-        data, _ = read(
-            cut(wire, rng), size_limit=None, line_limit=65536, limit=rng.choice([16, 1024]), scan=scan
-        )
-        assert scan.bare_line_end == bool(_BARE_LF.search(data) or _BARE_CR.search(data)), wire
-        assert scan.long_line >= line_over(data, LINE_LIMIT), wire

@@ -8,8 +8,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from bulkrelay.message import BadMessage, line_over, validate
-from bulkrelay.normalise import _BARE_CR, _BARE_LF, LINE_LIMIT, LineScan, accept, normalise
+from bulkrelay.message import BadMessage, validate
+from bulkrelay.normalise import accept, normalise
 
 CLEAN = (
     b"From: billing@example.test\r\nTo: a@customer.test\r\nSubject: s\r\nMessage-ID: <1@x.test>\r\n\r\nhi\r\n"
@@ -135,56 +135,3 @@ def test_the_line_check_normalise_hands_to_validate_agrees_with_validates_own():
         assert outcomes[0] == outcomes[1], raw
         checked += done.short_lines
     assert 100 < checked < 400  # both ways taken
-
-
-def separate_line_checks(data):
-    """(bare CR or LF, a line over 998) as normalise checks them on the whole message."""
-    return bool(_BARE_LF.search(data) or _BARE_CR.search(data)), line_over(data, LINE_LIMIT)
-
-
-def scan_in_pieces(data, rng):
-    """A LineScan fed ``data`` cut at 0 to 6 places, most of them next to a CR or LF."""
-    scan = LineScan()
-    near = [i + d for i, byte in enumerate(data) if byte in b"\r\n" for d in (0, 1) if 0 < i + d < len(data)]
-    places = sorted(set(near)) or list(range(1, len(data)))
-    cuts = sorted(set(rng.sample(places, min(len(places), rng.randint(0, 6))))) if len(data) > 1 else []
-    for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
-        scan.feed(data[a:b])
-    return scan, [data[a - 1 : a + 1] for a in cuts]
-
-
-def test_line_scan_in_pieces_finds_what_the_separate_checks_find():
-    """Random data (runs of x up to past 998, CR, LF, CRLF) cut at random places, CR at the end
-    of one piece and LF at the start of the next included: the same bare line ends, and every
-    long line; a long line only where the whole data has one, or a cut falls inside the CRLF
-    after a line of 999 (then normalise checks the lines itself)."""
-    rng = random.Random(16)
-    alphabet = [b"\r\n", b"\r", b"\n", b"x", b"x" * 333, b"x" * 998, b"\r\n" + b"y" * 998 + b"\r"]
-    edges = [b"", b"\r", b"\n", b"\r\n", b"\n\r", b"x" * 998, b"x" * 999, b"x" * 999 + b"\r\n"]
-    bodies = edges + [b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
-    for data in bodies:
-        for _ in range(3):
-            scan, cut_at = scan_in_pieces(data, rng)
-            bare, long_line = separate_line_checks(data)
-            assert scan.bare_line_end == bare, (data, cut_at)
-            if b"\r\n" in cut_at:
-                assert scan.long_line >= long_line, (data, cut_at)
-            else:
-                assert scan.long_line == long_line, (data, cut_at)
-
-
-def test_normalise_with_a_scan_gives_what_it_gives_without():
-    rng = random.Random(17)
-    lines = [b"x" * 998, b"x" * 999, b"a\rb", b"a\nb", b"\r", b"\n", b"text", b""]
-    for _ in range(600):
-        body = b"\r\n".join(rng.choice(lines) for _ in range(rng.randint(0, 5)))
-        raw = CLEAN.replace(b"hi\r\n", body + rng.choice([b"", b"\r\n", b"\n", b"\r"]))
-        raw = rng.choice([b"", b"\xef\xbb\xbf", b"From x@y Mon Jan 1\r\n", b"From x@y\n"]) + raw
-        outcomes = []
-        for scan in (scan_in_pieces(raw, rng)[0], None):
-            try:
-                done = normalise(raw, trace=b"Received: x\r\n", scan=scan)
-                outcomes.append((done.raw, done.repairs, done.bcc, done.short_lines))
-            except BadMessage as exc:
-                outcomes.append(exc.reason)
-        assert outcomes[0] == outcomes[1], raw

@@ -39,7 +39,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from bulkrelay.message import BadMessage, address_problem, line_over
-from bulkrelay.normalise import LineScan, accept
+from bulkrelay.normalise import accept
 from bulkrelay.queue import Queue, Submission
 
 log = logging.getLogger("bulkrelay.intake")
@@ -234,9 +234,8 @@ class IntakeSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        scan = LineScan()  # normalise's line checks, made while the rest is still arriving
         try:
-            data = await read_data(self._reader, self.data_size_limit, self.line_length_limit, scan)
+            data = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
         except (asyncio.CancelledError, asyncio.IncompleteReadError) as exc:
             log.info(_kv("intake.lost", peer=_peer_ip(self.session), during="DATA"))
             self._writer.close()
@@ -248,7 +247,7 @@ class IntakeSMTP(SMTP):
             self._set_post_data_state()
             return
         self.envelope.content = self.envelope.original_content = data
-        status = await self._intake.handle_DATA(self, self.session, self.envelope, scan=scan)
+        status = await self._intake.handle_DATA(self, self.session, self.envelope)
         self._set_post_data_state()
         await self.push(status)
 
@@ -263,9 +262,7 @@ def _partial_line_dot(tail: bytes) -> int:
     return 1 if tail.endswith(b"\r") else 0
 
 
-async def read_data(
-    reader: asyncio.StreamReader, size_limit: int | None, line_limit: int, scan: LineScan | None = None
-) -> bytes | str:
+async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_limit: int) -> bytes | str:
     """The content of DATA up to CRLF "." CRLF, dot-unstuffed; or the refusal (552, 500) when
     it is over ``size_limit`` bytes or has a line over ``line_limit`` (read to its end anyway).
 
@@ -275,7 +272,6 @@ async def read_data(
     can begin in bytes already read only at the start (the CRLF of ``DATA`` itself) or after
     bytes read exactly; there the next bytes are read exactly and compared too. The content is
     joined once, with each dropped dot sliced off its piece (no copy before the join).
-    ``scan`` is fed each piece as it arrives (the data as sent, up to the final dot).
     """
     pieces: list[bytes] = []  # as received, the last byte of each in ``dotted`` being a line dot
     dotted: list[int] = []
@@ -305,8 +301,6 @@ async def read_data(
             if at_dot:
                 dotted.append(len(pieces))
             pieces.append(piece)
-            if scan is not None:
-                scan.feed(piece)
         elif pieces:
             pieces.clear()  # over the limit: keep reading, keep nothing
             dotted.clear()
@@ -390,7 +384,7 @@ class IntakeHandler:
             f"with {protocol};\r\n\t{date}\r\n"
         ).encode("ascii")
 
-    async def handle_DATA(self, server, session, envelope, scan: LineScan | None = None):
+    async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or b""
         peer = _peer_ip(session)
         mail_from = envelope.mail_from or ""
@@ -404,7 +398,6 @@ class IntakeHandler:
                 recipients=rcpts,
                 trace=self.received_header(session, protocol),
                 from_domains=self.from_domains,
-                scan=scan,
             )
         except BadMessage as exc:
             self.stats.rejected += 1

@@ -55,39 +55,6 @@ _ENCODED = ("quoted-printable", "base64")
 _MBOX_FROM = re.compile(rb"From (?![ \t]*:)")
 
 
-class LineScan:
-    """Two of normalise's whole-message checks - a bare CR or LF, a line over LINE_LIMIT (CRLF
-    ends) - made on the pieces of a message as they arrive (the intake's DATA, while the client
-    is still sending), so that ``normalise`` skips them on the joined message when clean.
-
-    Dropping a line's leading dot (dot-unstuffing) or a leading BOM or mbox line never adds a
-    bare line end or lengthens a line, so a scan of the data as sent holds for what normalise
-    sees. ``long_line`` may also be set for a line of LINE_LIMIT + 1 octets whose CRLF is cut
-    between two pieces: normalise then checks the lines itself."""
-
-    def __init__(self) -> None:
-        self.long_line = False
-        self._bare = False
-        self._carry = b""  # the end of the data fed so far: its unfinished line
-
-    @property
-    def bare_line_end(self) -> bool:
-        return self._bare or self._carry.endswith(b"\r")  # a CR at the very end has no LF
-
-    def feed(self, piece: bytes) -> None:
-        data = self._carry + piece  # small: the unfinished line is at most LINE_LIMIT long
-        if not self._bare:
-            cr = _BARE_CR.search(data)
-            self._bare = _BARE_LF.search(data) is not None or (cr is not None and cr.end() < len(data))
-        if not self.long_line:
-            self.long_line = line_over(data, LINE_LIMIT)
-        if self.long_line:  # only a CR at the end still matters (is an LF next?)
-            self._carry = b"\r" if data.endswith(b"\r") else b""
-        else:
-            last = data.rfind(b"\r\n")  # from the end: no second pass over the piece
-            self._carry = data[last + 2 :] if last >= 0 else data
-
-
 @dataclass
 class Normalised:
     raw: bytes
@@ -115,16 +82,14 @@ def accept(
     trace: bytes = b"",
     envelope_from_content: bool = False,
     from_domains: Sequence[str] = (),
-    scan: LineScan | None = None,
 ) -> Accepted:
     """Normalise, derive the envelope where not given (None: From:, and To + Cc + Bcc), and
     validate; the one entry point of the intake, the hot folder and ``bulkrelay enqueue``.
     ``from_domains``: when given, every From: address must be in one of them (exact domain).
-    ``scan``: a :class:`LineScan` of ``raw`` made as it arrived (see ``normalise``).
     Raises :class:`BadMessage` with a reason that never quotes the message's content."""
     if len(raw) > max_size:
         validate(raw, "", [], max_size=max_size)  # the size reason, before any work on the content
-    done = normalise(raw, trace=trace, scan=scan)
+    done = normalise(raw, trace=trace)
     if recipients is None:  # one parse of the headers gives both halves of the envelope
         header_from, recipients = envelope_from_headers(done.raw, bcc=done.bcc)
         mail_from = header_from if mail_from is None else mail_from
@@ -143,11 +108,10 @@ def accept(
     return Accepted(done.raw, mail_from, list(recipients), done.repairs)
 
 
-def normalise(raw: bytes, *, trace: bytes = b"", scan: LineScan | None = None) -> Normalised:
+def normalise(raw: bytes, *, trace: bytes = b"") -> Normalised:
     """The message as the queue stores it, or :class:`BadMessage` for what cannot be repaired.
 
     ``trace``: complete header lines (CRLF) to put on top, e.g. the intake's ``Received:``.
-    ``scan``: what a :class:`LineScan` of all of ``raw`` found (None: look here).
     """
     repairs: list[str] = []
     bcc: list[str] = []
@@ -163,11 +127,10 @@ def normalise(raw: bytes, *, trace: bytes = b"", scan: LineScan | None = None) -
     if _MBOX_FROM.match(raw):
         raw = raw[_end_of_first_line(raw) :]
         repairs.append("dropped the leading mbox 'From ' line")
-    if scan is None or scan.bare_line_end:
-        raw = _crlf(raw, repairs)
+    raw = _crlf(raw, repairs)
     head_end = _head_end(raw)
     head = _headers(raw[:head_end], repairs, bcc)
-    if (scan is None or scan.long_line) and line_over(raw, LINE_LIMIT, start=head_end):
+    if line_over(raw, LINE_LIMIT, start=head_end):
         return Normalised(trace + _reencode_long_lines(head + raw[head_end:], repairs), repairs, bcc)
     body = memoryview(raw)[head_end:]
     return Normalised(b"".join((trace, head, body)), repairs, bcc, short_lines=True)  # one copy
