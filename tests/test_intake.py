@@ -5,6 +5,7 @@ with a reason and nothing queued; clients outside the allow-list get 554 at conn
 """
 
 import asyncio
+import email.utils
 import smtplib
 import socket
 import sqlite3
@@ -17,6 +18,7 @@ from conftest import pick_free_port as free_port
 
 from bulkrelay import config as cfg
 from bulkrelay.intake import (
+    IntakeHandler,
     hash_password,
     load_auth_file,
     parse_networks,
@@ -315,3 +317,16 @@ def test_serve_intake_without_listen_returns(tmp_path):
     conf = cfg.parse({"queue": {"path": str(tmp_path / "q.sqlite")}})
     asyncio.run(serve_intake(conf, None))
     assert not (tmp_path / "q.sqlite").exists()
+
+
+def test_received_date_is_the_clocks_second_formatted_once_a_second():
+    times = iter([0.0, 0.99, 1.0, 86400 * 365.25 * 56 + 0.5])
+    handler = IntakeHandler(None, networks=[], max_size=1000, hostname="r.test", clock=lambda: next(times))
+    session = type("Session", (), {"host_name": "app", "peer": ("127.0.0.1", 1)})()
+    dates = [handler.received_header(session, "ESMTP").rsplit(b"\t", 1)[1] for _ in range(4)]
+    assert dates == [
+        b"Thu, 01 Jan 1970 00:00:00 GMT\r\n",
+        b"Thu, 01 Jan 1970 00:00:00 GMT\r\n",
+        b"Thu, 01 Jan 1970 00:00:01 GMT\r\n",
+        email.utils.formatdate(86400 * 365.25 * 56 + 0.5, usegmt=True).encode() + b"\r\n",
+    ]

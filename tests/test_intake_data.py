@@ -3,6 +3,7 @@ wherever the network splits it, only CRLF "." CRLF ending the data, dot-unstuffi
 and line limits, and the bytes after the end left for the next command."""
 
 import asyncio
+import random
 
 import pytest
 
@@ -92,3 +93,69 @@ def test_a_line_over_the_line_limit_is_refused():
     wire = b"short\r\n" + b"y" * 200 + b"\r\n.\r\n"
     assert read([wire], line_limit=150)[0].startswith("500 ")
     assert read([wire], line_limit=202)[0] == wire[:-3]
+
+
+# --- the one pass against the separate searches it replaced -------------------------------------
+
+
+def separate_searches(stream, size_limit, line_limit):
+    """What ``read_data`` returned before the one pass, on the whole stream at once: the first
+    CRLF "." CRLF (the data starts a line), the size and line limits on the data as sent, then
+    every line's leading dot removed; and what is left for the next command."""
+    end = (b"\r\n" + stream).find(b"\r\n.\r\n")
+    assert end >= 0, "a test stream must hold the end marker"
+    sent, rest = stream[:end], stream[end + 3 :]
+    if size_limit and len(sent) > size_limit:
+        return "552 Error: Too much mail data", rest
+    if any(len(line) > line_limit - 2 for line in sent.split(b"\r\n")):
+        return "500 Line too long (see RFC5321 4.5.3.1.6)", rest
+    return (b"\r\n" + sent).replace(b"\r\n.", b"\r\n")[2:], rest
+
+
+def cut(wire, rng):
+    """The wire in 1 to 6 pieces at random offsets."""
+    offsets = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randint(0, 5))))
+    return [wire[a:b] for a, b in zip([0, *offsets], [*offsets, len(wire)], strict=True)]
+
+
+EDGE_BODIES = [
+    b"",  # the end marker first
+    b".\r\n",  # a stuffed empty line... then the end
+    b"..\r\n",
+    b"x\r\n",
+    b".x\r\n..\r\n...\r\n",
+    b"a\r\n.\r\r\n",  # a stuffed dot, then CR, then CRLF
+    b"a\r\r\n.\n.\r\n",
+    b"\r\n\r\n",
+    b"\n.\r\n\r.\r\n",  # bare LF / CR around a dot: not the end
+    b"z" * 150 + b"\r\n",  # over the small stream limit, over the line limit
+    b"." + b"y" * 97 + b"\r\n",  # 98 octets with the stuffed dot: exactly the line limit
+    b"." + b"y" * 98 + b"\r\n",  # one more
+    b"p" * 198 + b"\r\n",  # exactly the size limit of the test below
+    b"p" * 199 + b"\r\n",
+]
+
+
+@pytest.mark.parametrize("body", EDGE_BODIES)
+def test_edge_bodies_cut_at_every_offset_read_as_the_separate_searches_did(body):
+    wire = body + b".\r\nQUIT\r\n"
+    want = separate_searches(wire, 200, 100)
+    for limit in (16, 64):
+        assert read([wire], size_limit=200, line_limit=100, limit=limit) == want
+        for chunks in every_split(wire):
+            assert read(chunks, size_limit=200, line_limit=100, limit=limit) == want, chunks
+        for i in range(1, len(wire) - 1):  # three pieces: a dot, CR or LF alone at any place
+            chunks = [wire[:i], wire[i : i + 1], wire[i + 1 :]]
+            assert read(chunks, size_limit=200, line_limit=100, limit=limit) == want, chunks
+
+
+def test_random_bodies_in_random_pieces_read_as_the_separate_searches_did():
+    rng = random.Random(16)
+    alphabet = [b"\r\n", b"\r\n.", b".", b"\r", b"\n", b"x", b"yy", b"\r\n.\r", b"\r\n..", b"\x00"]
+    for _ in range(3000):
+        body = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        wire = body + b"\r\n.\r\nNEXT\r\n"  # the first marker may come earlier, inside the body
+        limits = {"size_limit": rng.choice([None, 0, 20, 60]), "line_limit": rng.choice([6, 12, 1000])}
+        want = separate_searches(wire, limits["size_limit"], limits["line_limit"])
+        got = read(cut(wire, rng), limit=rng.choice([8, 16, 64]), **limits)
+        assert got == want, (wire, limits)

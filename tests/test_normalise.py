@@ -2,12 +2,13 @@
 
 import email
 import email.policy
+import random
 import re
 from email.message import EmailMessage
 
 import pytest
 
-from bulkrelay.message import BadMessage
+from bulkrelay.message import BadMessage, validate
 from bulkrelay.normalise import accept, normalise
 
 CLEAN = (
@@ -110,3 +111,27 @@ def test_line_ends_every_bare_lf_and_cr_is_found_and_counted(body, lone_lf, lone
         assert (f"{lone_cr} bare CR" in said[0]) == bool(lone_cr)
     if lone_lf:  # also as the very first byte, with nothing before it
         assert "1 bare LF" in normalise(b"\n" + head + b"x\r\n").repairs[0]
+
+
+def test_the_line_check_normalise_hands_to_validate_agrees_with_validates_own():
+    """``accept`` lets validate skip its body-line scan when normalise found every line short:
+    on random bodies (lines around the 998 limit, bare CR and LF, with and without a final
+    line end) validate answers the same with that finding as with its own scan."""
+    rng = random.Random(16)
+    pieces = [b"x" * n for n in (0, 1, 996, 997, 998, 999, 1000)] + [b"a\rb", b"a\nb", b"\r", b"\n"]
+    checked = 0
+    for _ in range(400):
+        body = b"\r\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+        raw = CLEAN.replace(b"hi\r\n", body + rng.choice([b"", b"\r\n", b"\n", b"\r"]))
+        done = normalise(raw)
+        outcomes = []
+        for lines_checked in (done.short_lines, False):
+            try:
+                validate(done.raw, "billing@example.test", ["a@customer.test"], max_size=10**6,
+                         body_lines_checked=lines_checked)  # fmt: skip
+                outcomes.append(None)
+            except BadMessage as exc:
+                outcomes.append(exc.reason)
+        assert outcomes[0] == outcomes[1], raw
+        checked += done.short_lines
+    assert 100 < checked < 400  # both ways taken

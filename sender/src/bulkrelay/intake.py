@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -246,67 +247,82 @@ class IntakeSMTP(SMTP):
         await self.push(status)
 
 
-END_OF_DATA = b"\r\n.\r\n"  # RFC 5321 4.1.1.4; the first CRLF ends the last line of the data
+LINE_DOT = b"\r\n."  # a line that starts with a dot: the end (CRLF "." CRLF) or dot-stuffed
 
 
-def _partial_end(tail: bytes) -> int:
-    """Length of the longest end of ``tail`` that begins END_OF_DATA without completing it."""
-    for size in range(min(len(tail), len(END_OF_DATA) - 1), 0, -1):
-        if END_OF_DATA.startswith(tail[-size:]):
-            return size
-    return 0
-
-
-def _drop_last(pieces: list[bytes], count: int) -> None:
-    """Remove the last ``count`` bytes of ``pieces`` (before joining: the body is copied once)."""
-    while count:
-        last = pieces.pop()
-        if len(last) > count:
-            pieces.append(last[:-count])
-        count = max(count - len(last), 0)
+def _partial_line_dot(tail: bytes) -> int:
+    """Length of the longest end of ``tail`` that begins LINE_DOT without completing it."""
+    if tail.endswith(b"\r\n"):
+        return 2
+    return 1 if tail.endswith(b"\r") else 0
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_limit: int) -> bytes | str:
     """The content of DATA up to CRLF "." CRLF, dot-unstuffed; or the refusal (552, 500) when
     it is over ``size_limit`` bytes or has a line over ``line_limit`` (read to its end anyway).
 
-    Searches for the whole end marker at C speed (``readuntil``). The only place it can begin
-    in bytes already read is at the start (the CRLF of ``DATA`` itself) or after a piece cut
-    at the stream's buffer limit; there the next few bytes are read exactly and compared.
+    One search at C speed (``readuntil``) for CRLF "." finds both the end and the dot-stuffed
+    lines: after each such dot the next two bytes are read exactly, and only CRLF ends the
+    data; any other byte after it means a dot-stuffed line, whose dot is left out. A line dot
+    can begin in bytes already read only at the start (the CRLF of ``DATA`` itself) or after
+    bytes read exactly; there the next bytes are read exactly and compared too. The content is
+    joined once, with each dropped dot sliced off its piece (no copy before the join).
     """
-    pieces: list[bytes] = []
+    pieces: list[bytes] = []  # as received, the last byte of each in ``dotted`` being a line dot
+    dotted: list[int] = []
     received = 0
     tail = b"\r\n"  # the data starts at the start of a line
+    at_dot = False  # the last piece ended with a dot at the start of a line
     while True:
-        partial = _partial_end(tail)
-        if partial:
-            piece = await reader.readexactly(len(END_OF_DATA) - partial)
-            done = (tail[-partial:] + piece) == END_OF_DATA
+        if at_dot:  # the dot ends the data if CRLF follows; else it was stuffed
+            piece = await reader.readexactly(2)
+            if piece == b"\r\n":
+                received += 2
+                break
+            at_dot = False
+        elif partial := _partial_line_dot(tail):
+            piece = await reader.readexactly(len(LINE_DOT) - partial)
+            at_dot = tail[-partial:] + piece == LINE_DOT
         else:
             try:
-                piece = await reader.readuntil(END_OF_DATA)
-                done = True
-            except asyncio.LimitOverrunError as exc:  # no end within the buffer: take what is safe
+                piece = await reader.readuntil(LINE_DOT)
+                at_dot = True
+            except asyncio.LimitOverrunError as exc:  # no line dot within the buffer: take what is safe
                 piece = await reader.readexactly(exc.consumed)
-                done = False
         received += len(piece)
-        if not size_limit or received <= size_limit + len(END_OF_DATA):
+        if not at_dot:
+            tail = (tail + piece)[-2:]
+        if not size_limit or received <= size_limit + len(LINE_DOT):
+            if at_dot:
+                dotted.append(len(pieces))
             pieces.append(piece)
         elif pieces:
             pieces.clear()  # over the limit: keep reading, keep nothing
-        tail = (tail + piece)[-len(END_OF_DATA) :]
-        if done:
-            break
+            dotted.clear()
     if size_limit and received - 3 > size_limit:
         return "552 Error: Too much mail data"
-    _drop_last(pieces, 3)  # the final "." CRLF
-    data = b"".join(pieces)
-    pieces.clear()
-    if line_over(data, line_limit - 2):  # the limit counts the CRLF
+    return _content(pieces, dotted, line_limit)
+
+
+def _content(pieces: list[bytes], dotted: list[int], line_limit: int) -> bytes | str:
+    """The pieces joined once without the dots at their ends listed in ``dotted`` (the last
+    piece ends with the final dot), or the 500 refusal when a line is over ``line_limit``."""
+    wire: list[bytes | memoryview] = list(pieces)  # the data as sent (without the final dot)
+    wire[-1] = memoryview(wire[-1])[:-1]
+    kept = wire.copy()
+    for index in dotted:
+        kept[index] = memoryview(pieces[index])[:-1]
+    data = b"".join(kept)
+    # the limit counts the CRLF, and a stuffed line its dot: exact on the data as sent
+    if line_over(data, line_limit - 3) and line_over(b"".join(wire), line_limit - 2):
         return "500 Line too long (see RFC5321 4.5.3.1.6)"
-    if data.startswith(b".") or b"\r\n." in data:
-        data = (b"\r\n" + data).replace(b"\r\n.", b"\r\n")[2:]
     return data
+
+
+@functools.lru_cache(maxsize=1)
+def _smtp_date(second: int) -> str:
+    """RFC 5322 date of a whole second: formatted once a second, not once a message."""
+    return email.utils.formatdate(second, usegmt=True)
 
 
 @dataclass
@@ -357,7 +373,7 @@ class IntakeHandler:
 
     def received_header(self, session: Any, protocol: str) -> bytes:
         helo = "".join(c for c in str(session.host_name or "unknown") if 33 <= ord(c) <= 126)[:64]
-        date = email.utils.formatdate(self.clock(), usegmt=True)
+        date = _smtp_date(int(self.clock()))
         return (
             f"Received: from {helo} ([{_peer_ip(session)}])\r\n\tby {self.hostname} ({IDENT}) "
             f"with {protocol};\r\n\t{date}\r\n"

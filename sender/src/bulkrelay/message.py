@@ -194,12 +194,14 @@ def validate(
     *,
     max_size: int,
     envelope_from_content: bool = False,
+    body_lines_checked: bool = False,
 ) -> None:
     """Raise :class:`BadMessage` unless ``raw`` with this envelope may be queued.
 
     ``mail_from`` may be "" (null sender); the sender replaces it with a VERP address anyway.
     ``envelope_from_content``: the envelope was read from the message's headers (hot folder),
-    so reasons name the problem without quoting the addresses.
+    so reasons name the problem without quoting the addresses. ``body_lines_checked``: the
+    caller (``normalise``) found every body line within the limit already: not scanned again.
     """
     show = not envelope_from_content
     if len(raw) > max_size:
@@ -219,7 +221,7 @@ def validate(
         check_address(rcpt, what="recipient address", show=show)
     block = split_headers(raw)
     _check_header_fields(block)
-    if not line_over(raw, _LINE_LIMIT, b"\n", start=block.body_offset):  # the usual case
+    if body_lines_checked or not line_over(raw, _LINE_LIMIT, b"\n", start=block.body_offset):
         return
     for lineno, line in enumerate(raw[block.body_offset :].split(b"\n"), start=1):
         if len(line.rstrip(b"\r")) > _LINE_LIMIT:

@@ -60,6 +60,7 @@ class Normalised:
     raw: bytes
     repairs: list[str] = field(default_factory=list)
     bcc: list[str] = field(default_factory=list)  # addresses of the removed Bcc: fields
+    short_lines: bool = False  # every body line was found within LINE_LIMIT (CRLF ends)
 
 
 @dataclass
@@ -94,7 +95,14 @@ def accept(
         mail_from = header_from if mail_from is None else mail_from
     elif mail_from is None:
         mail_from = header_sender(done.raw)
-    validate(done.raw, mail_from, recipients, max_size=max_size, envelope_from_content=envelope_from_content)
+    validate(
+        done.raw,
+        mail_from,
+        recipients,
+        max_size=max_size,
+        envelope_from_content=envelope_from_content,
+        body_lines_checked=done.short_lines,
+    )
     if from_domains:
         check_from_domains(done.raw, from_domains)
     return Accepted(done.raw, mail_from, list(recipients), done.repairs)
@@ -124,7 +132,8 @@ def normalise(raw: bytes, *, trace: bytes = b"") -> Normalised:
     head = _headers(raw[:head_end], repairs, bcc)
     if line_over(raw, LINE_LIMIT, start=head_end):
         return Normalised(trace + _reencode_long_lines(head + raw[head_end:], repairs), repairs, bcc)
-    return Normalised(b"".join((trace, head, memoryview(raw)[head_end:])), repairs, bcc)  # one copy
+    body = memoryview(raw)[head_end:]
+    return Normalised(b"".join((trace, head, body)), repairs, bcc, short_lines=True)  # one copy
 
 
 def check_from_domains(raw: bytes, from_domains: Sequence[str]) -> None:

@@ -57,7 +57,8 @@ def take_ref(raw: bytes) -> tuple[bytes, str | None]:
     found = _ref_field().search(head)
     if found is None:
         return raw, None
-    return _ref_field().sub(b"", head) + raw[end:], read_ref(found.group("value"))
+    body = memoryview(raw)[end:]  # copied once, by the join
+    return b"".join((_ref_field().sub(b"", head), body)), read_ref(found.group("value"))
 
 
 _TRACE = re.compile(rb"(?:(?:Received|Return-Path)[ \t]*:.*\r?\n(?:[ \t].*\r?\n)*)*", re.I)
@@ -82,7 +83,7 @@ def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
         date = email.utils.format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
         added += b"Date: " + date.encode("ascii") + newline
     at = _TRACE.match(raw).end() if added else 0
-    return raw[:at] + added + raw[at:], message_id
+    return b"".join((raw[:at], added, memoryview(raw)[at:])), message_id  # one copy of the body
 
 
 class Submission(NamedTuple):
