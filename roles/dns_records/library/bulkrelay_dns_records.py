@@ -118,10 +118,9 @@ warnings_found:
 """
 
 import os
-import stat
-import tempfile
 
 from ansible.module_utils.bulkrelay import DNS_OPTIONS, bulkrelay_imports, bulkrelay_module, dns_resolver
+from ansible.module_utils.bulkrelay_files import write_files
 
 with bulkrelay_imports():
     from bulkrelay.dns import records as rec
@@ -151,57 +150,6 @@ def read_live(module, resolver, names):
             )
         live[name] = [(b"".join(p).decode("utf-8", "replace"), presentation(p)) for p in answer.records]
     return live
-
-
-def write_files(module, directory: str, files: dict) -> tuple[list, list]:
-    """Write each name -> text into ``directory`` where its content or mode differs (not in check
-    mode); returns the names changed and one diff per changed file (and for a created folder)."""
-    changed, diffs = [], []
-    if not os.path.isdir(directory):
-        diffs.append(
-            {
-                "before_header": directory,
-                "after_header": directory,
-                "before": {"state": "absent"},
-                "after": {"state": "directory", "mode": "0755"},
-            }
-        )
-        if not module.check_mode:
-            os.makedirs(directory, mode=0o755)
-    for name, text in sorted(files.items()):
-        path = os.path.join(directory, name)
-        try:
-            with open(path, encoding="utf-8") as f:
-                before, mode = f.read(), stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-        except FileNotFoundError:
-            before, mode = None, None
-        if before == text and mode == 0o644:
-            continue
-        changed.append(name)
-        if before == text:  # only the mode differs
-            diffs.append(
-                {
-                    "before_header": path,
-                    "after_header": path,
-                    "before": {"mode": f"{mode:04o}"},
-                    "after": {"mode": "0644"},
-                }
-            )
-        else:
-            diffs.append({"before_header": path, "after_header": path, "before": before or "", "after": text})
-        if module.check_mode:
-            continue
-        # a temporary file renamed over the old one: a crash leaves the old file or the new, never half
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    return changed, diffs
 
 
 def main() -> None:
@@ -265,8 +213,18 @@ def main() -> None:
         module.warn(warning)
     changed, diffs = [], []
     if p["output_dir"]:
+        folder = p["output_dir"]
+        if not os.path.isdir(folder):
+            diffs.append(
+                {"before_header": folder, "after_header": folder, "before": "", "after": "(folder)\n"}
+            )
+            if not module.check_mode:
+                os.makedirs(folder, mode=0o755)
         files = rec.output_files(out, relay_fqdn=p["relay_fqdn"], ipv4=p["ipv4"], ipv6=p["ipv6"])
-        changed, diffs = write_files(module, p["output_dir"], files)
+        paths = {os.path.join(folder, name): text for name, text in sorted(files.items())}
+        written, file_diffs = write_files(module, paths, 0o644)
+        changed = [os.path.basename(path) for path in written]
+        diffs += file_diffs
     module.exit_json(
         changed=bool(changed),
         files_changed=changed,
