@@ -230,12 +230,15 @@ class LoopbackDns:
         self.sock.close()
 
 
-def run_module(module: str, args: dict, check: bool = False) -> dict:
-    """The result of one of the project's modules run by ``ansible -m`` on localhost, with the
-    venv's python (the modules import bulkrelay); ``check``: in check mode."""
+def run_module(
+    module: str, args: dict, check: bool = False, diff: bool = False, library: str = "library"
+) -> dict:
+    """The result of one of the project's modules (in ``library``, a folder of the project) run by
+    ``ansible -m`` on localhost, with the venv's python (the modules import bulkrelay);
+    ``check``: in check mode, ``diff``: with --diff."""
     env = dict(
         os.environ,
-        ANSIBLE_LIBRARY=str(PROJECT / "library"),
+        ANSIBLE_LIBRARY=str(PROJECT / library),
         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
         ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
         ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.json",  # no profile_tasks line before the JSON
@@ -243,8 +246,7 @@ def run_module(module: str, args: dict, check: bool = False) -> dict:
     )
     ansible = Path(sys.executable).parent / "ansible"
     cmd = [str(ansible), "localhost", "-i", "localhost,", "-c", "local", "-m", module, "-a", json.dumps(args)]
-    if check:
-        cmd.append("--check")
+    cmd += ["--check"] * check + ["--diff"] * diff
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT, env=env, check=False)
     data = json.loads(proc.stdout)
     return next(iter(data["plays"][0]["tasks"][0]["hosts"].values()))

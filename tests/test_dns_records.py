@@ -1,6 +1,11 @@
-"""The record generator: SPF merging, TXT splitting, lookup counting, the full record set."""
+"""The record generator: SPF merging, TXT splitting, lookup counting, the full record set, the
+files written for people to paste (and the module writing them)."""
+
+import json
+import stat
 
 import pytest
+from conftest import run_module
 
 from bulkrelay.dns import records, spf
 from bulkrelay.dns.resolver import StaticResolver
@@ -228,3 +233,113 @@ def test_lookup_warnings_name_what_receivers_refuse():
     assert "has no SPF record" in warnings[2]
     fine = StaticResolver({"b.test": [("TXT", "v=spf1 ip4:192.0.2.1 -all")]})
     assert spf.lookup_warnings(fine, "a.test", "v=spf1 include:b.test -all") == []
+
+
+def test_output_files_per_group_and_address():
+    out = plan(
+        ipv6=IP6, dkim={"example.test": {"selector": "lab", "txt": "v=DKIM1; k=ed25519; p=" + "A" * 43}}
+    )
+    files = records.output_files(out, relay_fqdn="relay.example.test.", ipv4=IP4, ipv6=IP6)
+    groups = ["relay", "example.test", "news.example.test", "bounce.example.test"]
+    assert set(files) == {f"{g}.{ext}" for g in groups for ext in ("zone", "json", "md")} | {
+        f"ptr-request-{IP4}.md",
+        "ptr-request-2001_db8_100__25.md",
+    }
+    zone = files["example.test.zone"]
+    assert zone.startswith("; managed by bulkrelay") and zone.endswith("\n")
+    assert f'example.test.\t3600\tIN\tTXT\t"v=spf1 ip4:{IP4} ip6:{IP6} mx ~all"' in zone
+    data = json.loads(files["relay.json"])
+    assert data["group"] == "relay" and data["relay"] == "relay.example.test"
+    assert {r["type"] for r in data["records"]} == {"A", "AAAA", "MX", "TXT"}
+    summary = files["example.test.md"]
+    assert f"For relay **relay.example.test** ({IP4}, {IP6})." in summary
+    assert "| `lab._domainkey.example.test.` | TXT | `v=DKIM1; k=ed25519; p=" in summary
+    assert "DMARC path" in summary and "DMARC path" not in files["relay.md"]
+    assert "## Warnings" in summary and "- no DKIM public key for news.example.test" in summary
+    assert "**198.51.100.25** to **relay.example.test**" in files[f"ptr-request-{IP4}.md"]
+
+
+def test_output_files_without_warnings_or_ipv6():
+    out = plan(
+        sending_domains=["example.test"],
+        bounce_domain="",
+        dkim={"example.test": {"selector": "lab", "txt": "v=DKIM1; k=ed25519; p=" + "A" * 43}},
+    )
+    assert out.warnings == []
+    files = records.output_files(out, relay_fqdn="relay.example.test", ipv4=IP4, ipv6="")
+    assert sorted(files) == [
+        "example.test.json",
+        "example.test.md",
+        "example.test.zone",
+        f"ptr-request-{IP4}.md",
+        "relay.json",
+        "relay.md",
+        "relay.zone",
+    ]
+    assert "Warnings" not in files["example.test.md"] and f"({IP4})." in files["example.test.md"]
+
+
+# --- the module writes the files: once, then nothing; check mode and --diff tell the truth --------
+
+MODULE_ARGS = {
+    "relay_fqdn": "relay.example.test",
+    "ipv4": IP4,
+    "sending_domains": ["example.test"],
+    "bounce_domain": "bounce.example.test",
+    "bounce_mx": "mail.example.test",
+    "relay_mx": "mail.example.test",
+    "live": False,
+}
+FILES = sorted(
+    [f"{g}.{ext}" for g in ("relay", "example.test", "bounce.example.test") for ext in ("zone", "json", "md")]
+    + [f"ptr-request-{IP4}.md"]
+)
+
+
+def write(out, check=False, diff=False):
+    args = {**MODULE_ARGS, "output_dir": str(out)}
+    result = run_module(
+        "bulkrelay_dns_records", args, check=check, diff=diff, library="roles/dns_records/library"
+    )
+    assert not result.get("failed"), result.get("msg")
+    return result
+
+
+def contents(out):
+    return {p.name: (p.read_text(), stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()}
+
+
+def test_module_writes_the_files_once(tmp_path):
+    out = tmp_path / "build" / "relay"
+    first = write(out, diff=True)
+    assert first["changed"] is True and first["files_changed"] == FILES
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    assert {mode for _, mode in contents(out).values()} == {0o644}
+    zone_diff = next(d for d in first["diff"] if d["after_header"] == str(out / "relay.zone"))
+    assert zone_diff["before"] == "" and zone_diff["after"] == (out / "relay.zone").read_text()
+    again = write(out, diff=True)
+    assert again["changed"] is False and again["files_changed"] == [] and again["diff"] == []
+
+
+def test_module_rewrites_only_what_differs_and_check_mode_writes_nothing(tmp_path):
+    out = tmp_path / "relay"
+    write(out)
+    good = contents(out)
+    (out / "example.test.zone").write_text("; edited by hand\n")
+    (out / "relay.md").chmod(0o600)
+    edited = contents(out)
+    for check in (True, False):
+        result = write(out, check=check, diff=True)
+        assert result["changed"] is True
+        assert result["files_changed"] == ["example.test.zone", "relay.md"]
+        zone, mode = result["diff"]
+        assert zone["before"] == "; edited by hand\n" and zone["after"] == good["example.test.zone"][0]
+        assert mode["before"] == {"mode": "0600"} and mode["after"] == {"mode": "0644"}
+        assert contents(out) == (edited if check else good)
+    assert write(out)["changed"] is False
+
+
+def test_module_check_mode_creates_no_folder(tmp_path):
+    result = write(tmp_path / "relay", check=True)
+    assert result["changed"] is True and result["files_changed"] == FILES
+    assert not (tmp_path / "relay").exists()

@@ -91,7 +91,8 @@ def test_main_cf_names_the_table_and_turns_on_dnssec_only_for_dane():
 def test_the_role_writes_the_table_and_reloads():
     tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
     tables = next(t for t in tasks if t["name"] == "Write the Postfix lookup tables")
-    assert "tls_policy" in tables["loop"]
+    written = {f["dest"]: f["content"] for f in tables["bulkrelay_files"]["files"]}
+    assert "etc/postfix/tls_policy.j2" in written["/etc/postfix/tls_policy"]
     assert tables["notify"] == "relay_postfix reload"  # texthash is read when a process starts
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # managed in the bulkrelay repository; the logic lives in bulkrelay.dns.records (sender/).
-"""Ansible module: compute the DNS records of a relay, merging into the live SPF (read-only)."""
+"""Ansible module: compute the DNS records of a relay, merging into the live SPF (read-only), and
+write them as files for people to paste."""
 # ruff: noqa: E402 - Ansible modules put DOCUMENTATION/EXAMPLES/RETURN before the imports
 
 from __future__ import annotations
@@ -8,12 +9,16 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: bulkrelay_dns_records
-short_description: "Compute the DNS records a bulk relay needs, merged into the live zone"
+short_description: "Compute the DNS records a bulk relay needs, merged into the live zone, and write them"
 description:
   - Reads the live TXT records of each sending domain and of the bounce domain, and the live
     DMARC records, then computes the relay's records with bulkrelay.dns.records - A/AAAA and
     MX for the relay name, SPF merged into the live record, DKIM, DMARC, TLS-RPT, the bounce MX -
-    and the PTR request notes. Changes nothing; the role writes files and optionally applies RRsets.
+    and the PTR request notes. Changes no DNS; the role optionally applies the RRsets.
+  - With O(output_dir), writes the records there for people to paste, in one module run -
+    per group (C(relay), each sending domain, the bounce domain) C(<group>.zone),
+    C(<group>.json) and C(<group>.md), per relay address C(ptr-request-<ip>.md) - each only when
+    its content or mode differs (reported in RV(files_changed), one diff per file).
   - A DNS failure while reading a live record fails the task - the SPF is never generated
     without knowing what is published.
 version_added: "0.1.0"
@@ -53,9 +58,18 @@ options:
     type: dict
     default: {}
   live: {description: Read live records (false = treat every name as empty)., type: bool, default: true}
+  output_dir:
+    description: "Folder (created, mode 0755) to write the files into (mode 0644); empty = write none."
+    type: path
+    default: ""
 extends_documentation_fragment:
   - bulkrelay_dns_check
-  - bulkrelay_read_only
+attributes:
+  check_mode:
+    support: full
+    details: Reports the files it would write, and their diffs, without writing.
+  diff_mode:
+    support: full
 """
 
 EXAMPLES = r"""
@@ -67,6 +81,7 @@ EXAMPLES = r"""
     bounce_domain: bounce.example.com
     bounce_mx: mail.example.com
     relay_mx: mail.example.com
+    output_dir: build/dns/relay.example.com
   delegate_to: localhost
 """
 
@@ -90,6 +105,11 @@ ptr_requests:
   type: list
   elements: dict
   returned: success
+files_changed:
+  description: The files of O(output_dir) written (in check mode, that would be written), by name.
+  type: list
+  elements: str
+  returned: success
 warnings_found:
   description: Warnings about the records (multiple SPF, lookup limits, missing DKIM key).
   type: list
@@ -97,7 +117,10 @@ warnings_found:
   returned: success
 """
 
+import os
+
 from ansible.module_utils.bulkrelay import DNS_OPTIONS, bulkrelay_imports, bulkrelay_module, dns_resolver
+from ansible.module_utils.bulkrelay_files import write_files
 
 with bulkrelay_imports():
     from bulkrelay.dns import records as rec
@@ -148,6 +171,7 @@ def main() -> None:
             "spf_new_all": {"type": "str", "default": "~all"},
             "spf_existing": {"type": "dict", "default": {}},
             "live": {"type": "bool", "default": True},
+            "output_dir": {"type": "path", "default": ""},
             **DNS_OPTIONS,
         }
     )
@@ -182,19 +206,34 @@ def main() -> None:
         )
     except rec.RecordError as exc:
         module.fail_json(msg=f"cannot generate the DNS records: {exc}")
-    warnings = out.warnings
     if p["live"]:
         for name, record in out.spf.items():
-            warnings += spf.lookup_warnings(resolver, name, record)
-    for warning in warnings:
+            out.warnings += spf.lookup_warnings(resolver, name, record)
+    for warning in out.warnings:
         module.warn(warning)
+    changed, diffs = [], []
+    if p["output_dir"]:
+        folder = p["output_dir"]
+        if not os.path.isdir(folder):
+            diffs.append(
+                {"before_header": folder, "after_header": folder, "before": "", "after": "(folder)\n"}
+            )
+            if not module.check_mode:
+                os.makedirs(folder, mode=0o755)
+        files = rec.output_files(out, relay_fqdn=p["relay_fqdn"], ipv4=p["ipv4"], ipv6=p["ipv6"])
+        paths = {os.path.join(folder, name): text for name, text in sorted(files.items())}
+        written, file_diffs = write_files(module, paths, 0o644)
+        changed = [os.path.basename(path) for path in written]
+        diffs += file_diffs
     module.exit_json(
-        changed=False,
+        changed=bool(changed),
+        files_changed=changed,
+        diff=diffs,
         records=out.records,
         groups=out.groups,
         rrsets=out.rrsets,
         ptr_requests=out.ptr_requests,
-        warnings_found=warnings,
+        warnings_found=out.warnings,
     )
 
 

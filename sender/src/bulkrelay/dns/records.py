@@ -21,6 +21,7 @@ Records produced, per relay and sending domain:
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -368,3 +369,66 @@ def plan(
         if ip
     ]
     return Plan(data["records"], data["groups"], list(rrsets.values()), ptr, list(out.warnings), spf_txt)
+
+
+MANAGED = "managed by bulkrelay, changes are overwritten (dns_records role)"
+
+
+def output_files(result: Plan, *, relay_fqdn: str, ipv4: str, ipv6: str) -> dict[str, str]:
+    """The files for people to paste, name -> text: per group (the relay, each sending domain,
+    the bounce domain) ``<group>.zone`` (BIND snippet), ``.json`` (the records as data) and
+    ``.md`` (a summary); per relay address ``ptr-request-<ip>.md`` (``:`` as ``_``)."""
+    fqdn = relative(relay_fqdn)
+    files = {}
+    for group, items in result.groups.items():
+        zone = [f"; {MANAGED}", f"; {group}: records for relay {fqdn}"]
+        zone.append("; Paste into the zone that holds these names (absolute names, trailing dot).")
+        for r in items:
+            zone += [f"; {r['purpose']}", f"{r['fqdn']}\t{r['ttl']}\tIN\t{r['type']}\t{r['value']}"]
+        files[f"{group}.zone"] = "\n".join(zone) + "\n"
+        data = {
+            "managed_by": MANAGED,
+            "group": group,
+            "relay": fqdn,
+            "records": items,
+            "warnings": result.warnings,
+        }
+        files[f"{group}.json"] = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        files[f"{group}.md"] = _summary(
+            group, items, result.warnings, fqdn, [ip for ip in (ipv4, ipv6) if ip]
+        )
+    for note in result.ptr_requests:
+        files[f"ptr-request-{note['ip'].replace(':', '_')}.md"] = f"<!-- {MANAGED} -->\n{note['text']}"
+    return files
+
+
+def _summary(group: str, items: list[dict[str, Any]], warnings: list[str], fqdn: str, ips: list[str]) -> str:
+    """``<group>.md``: the records as a table, the DMARC path when the group has DMARC, the warnings."""
+    lines = [
+        f"<!-- {MANAGED} -->",
+        f"# DNS records: {group}",
+        "",
+        f"For relay **{fqdn}** ({', '.join(ips)}).",
+        f"Paste `{group}.zone` into a BIND zone, or enter each line below at your DNS provider",
+        "(name, type, value; strings in quotes are one TXT record, several quoted strings are joined).",
+        "",
+        "| Name | Type | Value | Why |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in items:
+        value = r["txt"] if r["type"] == "TXT" else r["value"]
+        lines.append(f"| `{r['fqdn']}` | {r['type']} | `{value}` | {r['purpose']} |")
+    if any(r["fqdn"].startswith("_dmarc.") for r in items):
+        lines += [
+            "",
+            "DMARC path: keep `p=none` while the `rua` reports show every legitimate source passing SPF or",
+            "DKIM aligned; then `p=quarantine` (optionally `pct=25` -> `50` -> `100`), then `p=reject`.",
+        ]
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in warnings)]
+    lines += [
+        "",
+        "The PTR of each relay address is set by the hosting provider, not in this zone: see the",
+        "`ptr-request-*.md` notes beside this file. Verify everything with `playbooks/audit.yml`.",
+    ]
+    return "\n".join(lines) + "\n"
