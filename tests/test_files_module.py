@@ -1,6 +1,7 @@
 """library/bulkrelay_files run by ansible on localhost: 0, 1 and 2 files written once, then
 nothing; only what differs (content, mode, group) rewritten, each with its own diff; check mode
-writes nothing; a bad mode or a missing folder is a one-line failure."""
+writes nothing; a bad mode or a missing folder is a one-line failure; a file that is not UTF-8
+is rewritten, not a traceback."""
 
 import grp
 import os
@@ -80,3 +81,12 @@ def test_bad_input_is_one_line(tmp_path, args, words):
     result = run_module("bulkrelay_files", full)
     assert result.get("failed") and words in result["msg"] and "\n" not in result["msg"]
     assert "Traceback" not in str(result)
+
+
+def test_a_file_in_another_encoding_is_rewritten(tmp_path):
+    path = tmp_path / "virtual"
+    path.write_bytes(b"caf\xe9 latin-1\n")  # not UTF-8: left by hand or by another tool
+    result = write([{"dest": str(path), "content": "café\n"}], mode="0644")
+    assert result["files_changed"] == [str(path)] and result["diff"][0]["before"] == "caf\ufffd latin-1\n"
+    assert path.read_text(encoding="utf-8") == "café\n"
+    assert write([{"dest": str(path), "content": "café\n"}], mode="0644")["changed"] is False

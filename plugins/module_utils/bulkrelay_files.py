@@ -43,18 +43,20 @@ def write_files(module, files: dict, mode: int, owner: str | None = None, group:
     changed, diffs = [], []
     for path, text in files.items():
         try:
-            with open(path, encoding="utf-8") as f:
+            # bytes: a file someone left in another encoding is rewritten, not a traceback
+            with open(path, "rb") as f:
                 before, attrs = f.read(), _attributes(os.fstat(f.fileno()), owner, group)
         except FileNotFoundError:
             before, attrs = None, None
-        if before == text and attrs == want:
+        if before == text.encode("utf-8") and attrs == want:
             continue
         changed.append(path)
         diff = {"before_header": path, "after_header": path}
-        if before == text:
+        if before == text.encode("utf-8"):
             diffs.append({**diff, "before": attrs, "after": want})
         else:
-            diffs.append({**diff, "before": before or "", "after": text})
+            shown = (before or b"").decode("utf-8", errors="replace")
+            diffs.append({**diff, "before": shown, "after": text})
         if module.check_mode:
             continue
         # a temporary file renamed over the old one: a crash leaves the old file or the new, never half
