@@ -50,6 +50,15 @@ def role_validation(role: Path, variables: dict) -> tuple[bool, str]:
     return holds, " ".join(message.split())
 
 
+INVOICE_BODY = 300_000  # 20 of them (6 MB) are past SQLite's automatic checkpoint (1000 pages, 4 MB)
+
+
+def invoice(number: int) -> bytes:
+    """A message with a ~300 KB base64-like body and the Message-ID ``<number@x.test>``."""
+    head = f"From: billing@example.test\r\nTo: a@customer.test\r\nMessage-ID: <{number}@x.test>\r\n\r\n"
+    return head.encode() + (b"QUJD" * 19 + b"\r\n") * (INVOICE_BODY // 78)
+
+
 def wait_for_size(path: Path | str, size: int, timeout: float = 10.0) -> None:
     """Wait until the file at ``path`` is larger than ``size`` bytes (a database file that a WAL
     checkpoint on another thread is filling)."""

@@ -8,16 +8,10 @@ import os
 import threading
 
 import pytest
-from support import wait_for_size
+from support import INVOICE_BODY as BODY
+from support import invoice, wait_for_size
 
 from bulkrelay.queue import Checkpointer, Queue, QueueUnavailable, Storage
-
-BODY = 300_000  # 20 of them (6 MB) are past SQLite's automatic checkpoint (1000 pages, 4 MB)
-
-
-def invoice(number):
-    head = f"From: billing@example.test\r\nTo: a@customer.test\r\nMessage-ID: <{number}@x.test>\r\n\r\n"
-    return head.encode() + (b"QUJD" * 19 + b"\r\n") * (BODY // 78)
 
 
 def enqueue(queue, numbers):

@@ -13,18 +13,13 @@ import subprocess
 import sys
 import textwrap
 
-from support import wait_for_size
+from support import INVOICE_BODY as BODY
+from support import invoice, wait_for_size
 
 from bulkrelay.intake import GroupCommitter
 from bulkrelay.queue import Queue
 
-BODY = 300_000  # 20 of them (6 MB) are past SQLite's automatic checkpoint (1000 pages, 4 MB)
 COUNT = 20
-
-
-def invoice(number):
-    head = f"From: billing@example.test\r\nTo: a@customer.test\r\nMessage-ID: <{number}@x.test>\r\n\r\n"
-    return head.encode() + (b"QUJD" * 19 + b"\r\n") * (BODY // 78)
 
 
 def stored(path):
@@ -40,7 +35,7 @@ def test_committed_messages_only_in_the_wal_survive_kill_9(tmp_path):
         f"""
         import os, signal, sys
         sys.path[:0] = {sys.path!r}
-        from test_intake_checkpoint import invoice
+        from support import invoice
         from bulkrelay.queue import Queue
         queue = Queue({str(path)!r})
         queue.defer_checkpoints(100_000)
