@@ -39,6 +39,19 @@ def wait_for(what, predicate, timeout=120, step=1.0):
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def poller_pass(container, unit="bulkrelay-bounces.service"):
+    """One pass of the bounce poller that starts after this call. `systemctl start` on a pass
+    the timer already began joins it and returns its result, read from files as they were
+    before the caller changed them (a CI run saw a "wrong password" pass succeed): wait that
+    pass out first. A pass the timer starts after the wait sees the caller's files too."""
+    wait_for(
+        f"the running {unit} pass to end",
+        lambda: sh(container, f"systemctl show -p ActiveState --value {unit}").stdout.strip() != "activating",
+        timeout=180,
+    )
+    return sh(container, f"systemctl start {unit}", check=False)
+
+
 def ansible(*args, timeout=900):
     """ansible-playbook against the scenario's inventory with the project's ansible.cfg."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"))
