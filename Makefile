@@ -40,7 +40,8 @@ unit: venv
 molecule: lab-up
 	@scripts/molecule-all.sh $(SCENARIOS)
 
-test: lint unit molecule
+# lab-up first: it installs the Debian packages the unit tests use too (Postfix, rbldnsd, chromium)
+test: lab-up lint unit molecule
 
 bench: lab-up
 	bench/run_all.sh

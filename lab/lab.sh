@@ -26,8 +26,9 @@ networks=(
 
 # postfix for smtp-sink/smtp-source, swaks for probes, chromium to test the HTML audit report,
 # Debian's check_rbl (monitoring-plugins-contrib; its Perl modules are only recommended) for the
-# dnsbl scenario's side-by-side run.
-host_packages=(docker.io debootstrap apt-cacher-ng iproute2 postfix swaks chromium
+# dnsbl scenario's side-by-side run, rbldnsd for the unit tests' real blacklist server (its
+# package starts no daemon until /etc/default/rbldnsd names a zone).
+host_packages=(docker.io debootstrap apt-cacher-ng iproute2 postfix swaks chromium rbldnsd
     monitoring-plugins-contrib libmonitoring-plugin-perl libnet-dns-perl libreadonly-perl
     libcapture-tiny-perl libdata-validate-domain-perl libdata-validate-ip-perl libnet-ip-perl)
 
