@@ -4,8 +4,10 @@ or, where a list of cases is needed while collecting, as functions imported from
 The SMTP receiver is aiosmtpd on 127.0.0.1 (a real SMTP server, no mocks). It can advertise
 PIPELINING or not (aiosmtpd reads pipelined commands either way, it only does not announce the
 extension) and can hold back its 220 greeting, which is what makes connections of one batch
-come up in a different order than they were opened. Corpora from other projects (flufl.bounce's
-bounces, the RFC 7208 suite) are fetched from PyPI at test time, never copied into the tree.
+come up in a different order than they were opened. A throwaway Postfix (``start_postfix``, as
+root) runs with its own config, queue and log on 127.0.0.1. Corpora from other projects
+(flufl.bounce's bounces, the RFC 7208 suite) are fetched from PyPI at test time, never copied
+into the tree.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import smtplib
 import socket
 import subprocess
@@ -72,6 +75,90 @@ def sink_recipients(dump: Path) -> list[str]:
         if m:
             out.append(m.group(1).decode())
     return out
+
+
+POSTFIX = "/usr/sbin/postfix"
+needs_postfix = pytest.mark.skipif(
+    not os.path.exists(POSTFIX) or os.geteuid() != 0, reason="needs Postfix installed and root to start it"
+)
+
+POSTFIX_SERVICES = """\
+smtp      inet  n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+def start_postfix(base: Path, port: int, sink_port: int | None = None, main_cf: str = "") -> Path:
+    """A throwaway Postfix under ``base`` (its own config in base/etc, queue, and log file
+    base/mail.log) with smtpd on 127.0.0.1:``port``, relaying all mail to smtp-sink on
+    ``sink_port`` when given; ``main_cf``: more main.cf lines. Returns the config directory
+    (for ``postfix -c``, ``postcat -c`` and :func:`stop_postfix`)."""
+    etc = base / "etc"
+    etc.mkdir()
+    (base / "data").mkdir()
+    shutil.chown(base / "data", "postfix", "postfix")
+    services = POSTFIX_SERVICES.replace("smtp      inet", f"127.0.0.1:{port} inet", 1)
+    (etc / "master.cf").write_text(services)
+    (etc / "main.cf").write_text(f"""\
+compatibility_level = 3.6
+myhostname = relay.bulkrelay.test
+mydomain = bulkrelay.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = {f"[127.0.0.1]:{sink_port}" if sink_port else ""}
+queue_directory = {base}/queue
+data_directory = {base}/data
+maillog_file = {base}/mail.log
+maillog_file_prefixes = {base}
+syslog_name = postfix-test
+alias_maps =
+alias_database =
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtp_tls_security_level = none
+smtp_dns_support_level = disabled
+default_destination_concurrency_limit = 4
+{main_cf}""")
+    (base / "queue").mkdir()
+    started = subprocess.run([POSTFIX, "-c", str(etc), "start"], capture_output=True, check=False, timeout=60)
+    if started.returncode:
+        # postfix prints its fatal reason only to a terminal; script(1) provides one
+        why = subprocess.run(
+            ["script", "-qc", f"{POSTFIX} -c {etc} check", "/dev/null"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        raise AssertionError(f"throwaway Postfix did not start: {why.stdout.strip()}")
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return etc
+        time.sleep(0.1)
+    raise AssertionError("throwaway Postfix did not listen: " + (base / "mail.log").read_text()[-2000:])
+
+
+def stop_postfix(etc: Path) -> None:
+    subprocess.run([POSTFIX, "-c", str(etc), "stop"], capture_output=True, check=False, timeout=60)
 
 
 def start_serve(config: Path, log: Path) -> subprocess.Popen:

@@ -13,95 +13,28 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from conftest import enqueue_invoices, sink_recipients, start_serve, start_smtp_sink
+from conftest import (
+    enqueue_invoices,
+    needs_postfix,
+    sink_recipients,
+    start_postfix,
+    start_serve,
+    start_smtp_sink,
+    stop_postfix,
+)
 from conftest import pick_free_port as free_port
 
 from bulkrelay.queue import Queue
 
-POSTFIX = "/usr/sbin/postfix"
 MESSAGES = 600
 KILLS = 3
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(POSTFIX) or os.geteuid() != 0, reason="needs Postfix installed and root to start it"
-)
-
-SERVICES = """\
-smtp      inet  n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
-
-def start_postfix(base: Path, port: int, sink_port: int) -> Path:
-    etc = base / "etc"
-    etc.mkdir()
-    (base / "data").mkdir()
-    shutil.chown(base / "data", "postfix", "postfix")
-    services = SERVICES.replace("smtp      inet", f"127.0.0.1:{port} inet", 1)
-    (etc / "master.cf").write_text(services)
-    (etc / "main.cf").write_text(f"""\
-compatibility_level = 3.6
-myhostname = relay.bulkrelay.test
-mydomain = bulkrelay.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:{sink_port}
-queue_directory = {base}/queue
-data_directory = {base}/data
-maillog_file = {base}/mail.log
-maillog_file_prefixes = {base}
-syslog_name = postfix-crashtest
-alias_maps =
-alias_database =
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtp_tls_security_level = none
-smtp_dns_support_level = disabled
-default_destination_concurrency_limit = 4
-""")
-    (base / "queue").mkdir()
-    started = subprocess.run([POSTFIX, "-c", str(etc), "start"], capture_output=True, check=False, timeout=60)
-    if started.returncode:
-        # postfix prints its fatal reason only to a terminal; script(1) provides one
-        why = subprocess.run(
-            ["script", "-qc", f"{POSTFIX} -c {etc} check", "/dev/null"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        raise AssertionError(f"throwaway Postfix did not start: {why.stdout.strip()}")
-    for _ in range(100):
-        with __import__("socket").socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return etc
-        time.sleep(0.1)
-    raise AssertionError("throwaway Postfix did not listen: " + (base / "mail.log").read_text()[-2000:])
+pytestmark = needs_postfix
 
 
 def counts(base: Path) -> dict:
@@ -155,7 +88,7 @@ def test_kill_9_with_postfix_log_resolves_every_ambiguous_row(sender_config):
         service_log = (base / "service.log").read_text()
     finally:
         if etc is not None:
-            subprocess.run([POSTFIX, "-c", str(etc), "stop"], capture_output=True, check=False, timeout=60)
+            stop_postfix(etc)
         sink.terminate()
         sink.wait()
         shutil.rmtree(base, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The intake's DATA reader (``read_data``) on a real asyncio.StreamReader: the end marker found
-wherever the network splits it, only CRLF "." CRLF ending the data, dot-unstuffing, the size
-and line limits, and the bytes after the end left for the next command."""
+wherever the network splits it, only CRLF "." CRLF ending the data, dot-unstuffing after CRLF
+and after a bare LF, the size and line limits, and the bytes after the end left for the next
+command."""
 
 import asyncio
 import random
@@ -51,19 +52,57 @@ def test_dot_stuffed_lines_are_unstuffed():
     assert read([wire]) == (b".leading\r\nmid\r\n..\r\nx\r\n", b"")
 
 
-@pytest.mark.parametrize(
-    ("fake", "kept"),
-    [
-        (b"\n.\r\n", b"\n.\r\n"),
-        (b"\r.\r\n", b"\r.\r\n"),
-        (b"\n.\n", b"\n.\n"),
-        (b"\r\n.\n", b"\r\n\n"),  # a line that starts with a dot: unstuffed, not the end
-        (b"\r\n. \r\n", b"\r\n \r\n"),
-    ],
-)
+# A lone dot next to a bare LF is a line that begins with a dot, so it loses that dot and stays
+# an empty line, in the message. (Postfix's smtpd_forbid_bare_newline = normalize drops the
+# line instead; neither is content a client can mean: a client that stuffs sends "..".)
+SMUGGLED_ENDS = [
+    (b"\n.\r\n", b"\n\r\n"),
+    (b"\r\n.\n", b"\r\n\n"),
+    (b"\n.\n", b"\n\n"),
+    (b"\r.\r\n", b"\r.\r\n"),  # no line begins after a bare CR: the dot stays
+    (b"\r\n. \r\n", b"\r\n \r\n"),
+]
+
+
+@pytest.mark.parametrize(("fake", "kept"), SMUGGLED_ENDS)
 def test_only_crlf_dot_crlf_ends_the_data(fake, kept):
     after = b"MAIL FROM:<x@example.test>\r\n"
     assert read([b"hello" + fake + after + b".\r\n"]) == (b"hello" + kept + after, b"")
+
+
+@pytest.mark.parametrize(("fake", "kept"), SMUGGLED_ENDS[:3])
+def test_a_smuggled_end_wherever_the_split_keeps_what_follows_inside(fake, kept):
+    after = b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<v@customer.test>\r\nDATA\r\nforged\r\n"
+    wire = b"real" + fake + after + b".\r\nQUIT\r\n"
+    for chunks in every_split(wire):
+        assert read(chunks) == (b"real" + kept + after, b"QUIT\r\n"), chunks
+
+
+# (wire before the end, content): what smtplib.sendmail sends for bytes with bare LF (stuffed
+# after every LF, CRLF added at the end), the same with CRLF, and both in one message.
+DOT_LED = [
+    (b"line one\n..hidden\n\r\n", b"line one\n.hidden\n\r\n"),
+    (b"line one\r\n..hidden\r\n", b"line one\r\n.hidden\r\n"),
+    (b"..a\r\n..b\n..c\r\n.d\n...\n\n..\r\n", b".a\r\n.b\n.c\r\nd\n..\n\n.\r\n"),
+]
+
+
+@pytest.mark.parametrize(("sent", "content"), DOT_LED)
+def test_dot_led_lines_after_crlf_or_a_bare_lf_lose_the_stuffed_dot(sent, content):
+    wire = sent + b".\r\nQUIT\r\n"
+    for chunks in [[wire], *every_split(wire)]:
+        assert read(chunks) == (content, b"QUIT\r\n"), chunks
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_none_one_or_two_dot_led_lines(count, end):
+    lines = [b"top", *[b".%d" % i for i in range(count)], b"bottom"]
+    sent = b"".join(b"." * line.startswith(b".") + line + end for line in lines)
+    wire = sent + (b"\r\n" if end == b"\n" else b"") + b".\r\nQUIT\r\n"
+    content = b"".join(line + end for line in lines) + (b"\r\n" if end == b"\n" else b"")
+    assert read([wire]) == (content, b"QUIT\r\n")
+    assert read([bytes([b]) for b in wire]) == (content, b"QUIT\r\n")  # one byte a read
 
 
 def test_a_long_message_over_the_stream_limit_in_small_pieces():
@@ -95,13 +134,25 @@ def test_a_line_over_the_line_limit_is_refused():
     assert read([wire], line_limit=202)[0] == wire[:-3]
 
 
+def test_the_limits_count_the_stuffed_dots_after_bare_lf_as_sent():
+    """A line between CRLFs may hold bare LFs, each with a stuffed dot: the line limit counts
+    every one of them (19 octets with the CRLF), as does the size limit (23 octets)."""
+    wire = b"x" + b"\n." * 8 + b"\r\n.\r\n"
+    assert read([wire], line_limit=19)[0] == b"x" + b"\n" * 8 + b"\r\n"
+    assert read([wire], line_limit=18)[0].startswith("500 ")
+    wire = b"aa\r\n" + wire
+    assert read([wire], size_limit=23)[0] == b"aa\r\nx" + b"\n" * 8 + b"\r\n"
+    assert read([wire], size_limit=22)[0] == "552 Error: Too much mail data"
+
+
 # --- the one pass against the separate searches it replaced -------------------------------------
 
 
 def separate_searches(stream, size_limit, line_limit):
-    """What ``read_data`` returned before the one pass, on the whole stream at once: the first
+    """What ``read_data`` returns, by separate searches on the whole stream at once: the first
     CRLF "." CRLF (the data starts a line), the size and line limits on the data as sent, then
-    every line's leading dot removed; and what is left for the next command."""
+    the leading dot of every line removed, after CRLF or a bare LF; and what is left for the
+    next command."""
     end = (b"\r\n" + stream).find(b"\r\n.\r\n")
     assert end >= 0, "a test stream must hold the end marker"
     sent, rest = stream[:end], stream[end + 3 :]
@@ -109,7 +160,7 @@ def separate_searches(stream, size_limit, line_limit):
         return "552 Error: Too much mail data", rest
     if any(len(line) > line_limit - 2 for line in sent.split(b"\r\n")):
         return "500 Line too long (see RFC5321 4.5.3.1.6)", rest
-    return (b"\r\n" + sent).replace(b"\r\n.", b"\r\n")[2:], rest
+    return (b"\r\n" + sent).replace(b"\n.", b"\n")[2:], rest
 
 
 def cut(wire, rng):
@@ -128,6 +179,11 @@ EDGE_BODIES = [
     b"a\r\r\n.\n.\r\n",
     b"\r\n\r\n",
     b"\n.\r\n\r.\r\n",  # bare LF / CR around a dot: not the end
+    b"\r\n.\n.\n\n.\r\n",  # lone dots next to bare LFs, one after the other
+    b"line one\n..hidden\n\r\n",  # smtplib's stuffing of bytes with bare LF
+    b"..\n..\n\r\n",
+    b"." + b"y" * 50 + b"\n." + b"y" * 45 + b"\r\n",  # 98 octets with its two dots: the limit
+    b"." + b"y" * 50 + b"\n." + b"y" * 46 + b"\r\n",  # one more
     b"z" * 150 + b"\r\n",  # over the small stream limit, over the line limit
     b"." + b"y" * 97 + b"\r\n",  # 98 octets with the stuffed dot: exactly the line limit
     b"." + b"y" * 98 + b"\r\n",  # one more
@@ -151,7 +207,7 @@ def test_edge_bodies_cut_at_every_offset_read_as_the_separate_searches_did(body)
 
 def test_random_bodies_in_random_pieces_read_as_the_separate_searches_did():
     rng = random.Random(16)
-    alphabet = [b"\r\n", b"\r\n.", b".", b"\r", b"\n", b"x", b"yy", b"\r\n.\r", b"\r\n..", b"\x00"]
+    alphabet = [b"\r\n", b"\r\n.", b".", b"\r", b"\n", b"x", b"yy", b"\r\n.\r", b"\r\n..", b"\x00", b"\n.."]
     for _ in range(3000):
         body = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         wire = body + b"\r\n.\r\nNEXT\r\n"  # the first marker may come earlier, inside the body

@@ -215,9 +215,9 @@ class IntakeSMTP(SMTP):
         aiosmtpd builds one bytearray per line in Python: for a 200 KB invoice (2,700 base64
         lines) that was the intake's largest cost (see docs/benchmarks.md). The rules are
         aiosmtpd's: only CRLF "." CRLF ends the data (a bare LF or CR around the dot does not:
-        SMTP smuggling), a leading dot is removed from each line, and a message over
-        ``data_size_limit`` (552) or with a line over ``line_length_limit`` (500) is read to its
-        end, discarded and refused.
+        SMTP smuggling), a leading dot is removed from each line (here from a line after a bare
+        LF too, as Postfix does), and a message over ``data_size_limit`` (552) or with a line
+        over ``line_length_limit`` (500) is read to its end, discarded and refused.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -247,53 +247,47 @@ class IntakeSMTP(SMTP):
         await self.push(status)
 
 
-LINE_DOT = b"\r\n."  # a line that starts with a dot: the end (CRLF "." CRLF) or dot-stuffed
-
-
-def _partial_line_dot(tail: bytes) -> int:
-    """Length of the longest end of ``tail`` that begins LINE_DOT without completing it."""
-    if tail.endswith(b"\r\n"):
-        return 2
-    return 1 if tail.endswith(b"\r") else 0
+LINE_DOT = b"\n."  # a dot that begins a line (after CRLF or a bare LF): stuffed, or the end
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_limit: int) -> bytes | str:
     """The content of DATA up to CRLF "." CRLF, dot-unstuffed; or the refusal (552, 500) when
     it is over ``size_limit`` bytes or has a line over ``line_limit`` (read to its end anyway).
 
-    One search at C speed (``readuntil``) for CRLF "." finds both the end and the dot-stuffed
-    lines: after each such dot the next two bytes are read exactly, and only CRLF ends the
-    data; any other byte after it means a dot-stuffed line, whose dot is left out. A line dot
-    can begin in bytes already read only at the start (the CRLF of ``DATA`` itself) or after
-    bytes read exactly; there the next bytes are read exactly and compared too. The content is
-    joined once, with each dropped dot sliced off its piece (no copy before the join).
+    One search at C speed (``readuntil``) for LF "." finds both the end and the dot-stuffed
+    lines. A dot after CRLF ends the data when the next two bytes, read exactly, are CRLF.
+    Every other dot that begins a line, after CRLF or after a bare LF, was stuffed and is left
+    out, as Postfix's smtpd does: clients that send bare LF (smtplib with bytes) stuff after
+    every LF. So a lone "." next to a bare LF (LF "." CRLF, CRLF "." LF, LF "." LF: SMTP
+    smuggling) ends nothing and becomes an empty line, where Postfix's
+    ``smtpd_forbid_bare_newline = normalize`` drops that line: neither is content a client
+    means (one that stuffs sends ".."), and one rule for every line keeps everything else the
+    client sent. A line can begin in bytes already read only at the start (the CRLF of
+    ``DATA`` itself) or after bytes read exactly or cut at the buffer limit; there the next
+    byte is read exactly. The content is joined once, with each dropped dot sliced off its
+    piece (no copy before the join).
     """
     pieces: list[bytes] = []  # as received, the last byte of each in ``dotted`` being a line dot
     dotted: list[int] = []
     received = 0
-    tail = b"\r\n"  # the data starts at the start of a line
-    at_dot = False  # the last piece ended with a dot at the start of a line
+    tail = b"\r\n"  # the last bytes received, up to 3: the data starts at the start of a line
     while True:
-        if at_dot:  # the dot ends the data if CRLF follows; else it was stuffed
+        if tail == b"\r\n.":  # the end if CRLF follows; else the dot was stuffed
             piece = await reader.readexactly(2)
             if piece == b"\r\n":
                 received += 2
                 break
-            at_dot = False
-        elif partial := _partial_line_dot(tail):
-            piece = await reader.readexactly(len(LINE_DOT) - partial)
-            at_dot = tail[-partial:] + piece == LINE_DOT
+        elif tail.endswith(b"\n"):  # a line begins with the next byte
+            piece = await reader.readexactly(1)
         else:
             try:
                 piece = await reader.readuntil(LINE_DOT)
-                at_dot = True
             except asyncio.LimitOverrunError as exc:  # no line dot within the buffer: take what is safe
                 piece = await reader.readexactly(exc.consumed)
         received += len(piece)
-        if not at_dot:
-            tail = (tail + piece)[-2:]
-        if not size_limit or received <= size_limit + len(LINE_DOT):
-            if at_dot:
+        tail = (tail + piece[-3:])[-3:]
+        if not size_limit or received <= size_limit + 3:  # the data as sent may be within the limit
+            if tail.endswith(LINE_DOT):
                 dotted.append(len(pieces))
             pieces.append(piece)
         elif pieces:
@@ -311,8 +305,10 @@ def _content(pieces: list[bytes], dotted: list[int], line_limit: int) -> bytes |
     for index in dotted:
         kept[index] = memoryview(pieces[index])[:-1]
     data = b"".join(kept)
-    if line_over(data, line_limit - 3):  # rare: measured again on the data as sent (below)
-        # the limit counts the CRLF, and a stuffed line its dot
+    # The limit counts the CRLF and the stuffed dots of the line as sent (a line of CRLF may hold
+    # bare LFs, each with a stuffed dot): a line of the data is shorter by at most the dots
+    # dropped, the final one aside, so the data as sent is measured only when one may be over.
+    if line_over(data, line_limit - 2 - (len(dotted) - 1)):
         wire = b"".join([*pieces[:-1], memoryview(pieces[-1])[:-1]])
         if line_over(wire, line_limit - 2):
             return "500 Line too long (see RFC5321 4.5.3.1.6)"
