@@ -82,6 +82,9 @@ BASE64 = b"".join(b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo%06d\n" % i for i in rang
         b"end of sentence.\r\n" * 3000 + b".\r\n..\r\ntext.",  # more dots than are looked at
         BASE64[:4000] + b"\r\n" + BASE64[4000:8000] + b"mixed.\n.dot\r\n",  # bare LF among CRLF
         b"short.\n.line\n",
+        BASE64.replace(b"\n", b"\r\n") + b".tail\n",  # one bare LF, the last byte
+        b"\n" + BASE64.replace(b"\n", b"\r\n"),  # one bare LF, the first byte
+        b"a\r\n\n.b\r\n",  # a bare LF right after a CRLF
     ],
 )
 def test_encode_body_stuffs_every_dot_line_and_no_other(raw):

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bulkrelay.config import SubmitConfig
+from bulkrelay.message import has_bare_lf
 from bulkrelay.queue import Queue, queue_id_from_reply
 
 log = logging.getLogger("bulkrelay.delivery")
@@ -79,12 +80,12 @@ def local_name() -> str:
 def encode_body(raw: bytes) -> bytes:
     """The DATA content without its final ".": CRLF line ends, dot-stuffed, ending in CRLF.
 
-    Bytes methods only (C speed); a body without any CR, checked at memchr speed, needs a
-    single replace for its line ends."""
+    At C speed: a body without any CR, checked at memchr speed, needs a single replace for its
+    line ends; one with CRs (every body the intake stored) one search for a bare LF."""
     data = raw
     if b"\r" not in data:
         data = data.replace(b"\n", b"\r\n")
-    elif data.count(b"\n") != data.count(b"\r\n"):  # some bare LF: normalise every line end
+    elif has_bare_lf(data):  # some bare LF: normalise every line end
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
