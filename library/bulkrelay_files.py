@@ -11,7 +11,9 @@ short_description: Write several files (content given) with one owner, group and
 description:
   - One task instead of a template task per file (each costs two module runs on the host even
     when nothing changes), for the sets of small files a role renders together, such as
-    Postfix's lookup tables. Render each file's content with C(lookup('template', ...)).
+    Postfix's lookup tables, and for a single file a role writes without a C(validate) (one
+    module run where a template or copy task costs two). Render each file's content with
+    C(lookup('template', ...)).
   - A file is written (through a temporary file renamed over it) only when its content, owner,
     group or mode differs; RV(files_changed) names those, and C(--diff) shows one diff per file.
     Check mode writes nothing.
