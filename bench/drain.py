@@ -28,6 +28,7 @@ from pathlib import Path
 import common as c
 
 from bulkrelay.delivery import encode_data
+from bulkrelay.normalise import normalise
 from bulkrelay.queue import Queue
 
 # (receiver, message kind, connections, messages)
@@ -46,10 +47,14 @@ BATCH = 1000
 
 
 def prepare_queue(path: Path, raw: bytes, count: int) -> None:
-    """A queue file holding ``count`` one-recipient messages, each with its own Message-ID."""
+    """A queue file holding ``count`` one-recipient messages, each with its own Message-ID.
+
+    Stored as every way in stores a message (``normalise``: CRLF line ends), so the sender reads
+    what it reads on a relay; the message file keeps LF for smtp-source, which sends CRLF."""
     queue = Queue(path)
+    stored = normalise(raw).raw
     for i in range(count):
-        body = raw.replace(b"<bench-0001@example.test>", f"<bench-{i:07d}@example.test>".encode())
+        body = stored.replace(b"<bench-0001@example.test>", f"<bench-{i:07d}@example.test>".encode())
         queue.enqueue(body, c.FROM, [f"customer{i}@customer.test"], source="bench")
     queue.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     queue.close()
