@@ -87,6 +87,32 @@ def test_8bit_header():
     assert "8-bit" in err.reason and "'subject'" in err.reason and "RFC 2047" in err.reason
 
 
+@pytest.mark.parametrize("byte", range(256))
+def test_every_byte_in_a_header_value(byte):
+    """A header line may hold TAB and printable ASCII (0x20-0x7e) and nothing else; CR and LF
+    end lines, so a bare CR has a reason of its own and LF splits the line."""
+    raw = GOOD.replace(b"Subject: Invoice 42", b"Subject: Invoice" + bytes([byte]) + b"42")
+    if byte == 9 or 0x20 <= byte <= 0x7E:
+        validate(raw, "billing@example.test", ["alice@customer.test"], max_size=10_000)
+    elif byte == 10:
+        assert "not 'Name: value'" in refused(raw).reason
+    else:
+        reason = refused(raw).reason
+        assert ("bare CR" if byte == 13 else "raw 8-bit or control bytes") in reason
+
+
+@pytest.mark.parametrize("code", [*range(0x80), 0x80, 0xA0, 0xFF, 0x100, 0x2028, 0x1F600])
+def test_every_character_in_an_address(code):
+    """An address holds printable ASCII only: every control or non-ASCII character is refused
+    with the same reason, whatever else the address's syntax allows."""
+    address = f"a{chr(code)}b@example.test"
+    problem = address_problem(address)
+    if 0x20 <= code <= 0x7E:
+        assert problem is None or "control or non-ASCII" not in problem
+    else:
+        assert problem is not None and "control or non-ASCII" in problem
+
+
 def test_8bit_in_folded_continuation():
     refused(GOOD.replace(b"Subject: Invoice 42", "Subject: Invoice\r\n für".encode()))
 

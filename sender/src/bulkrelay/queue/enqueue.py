@@ -82,7 +82,9 @@ def ensure_ids(raw: bytes, mail_from: str, *, now: float) -> tuple[bytes, str]:
     if _has_header(headers, b"Date") is None:
         date = email.utils.format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
         added += b"Date: " + date.encode("ascii") + newline
-    at = _TRACE.match(raw).end() if added else 0
+    if not added:
+        return raw, message_id  # no copy of a 200 KB body for nothing (a mmap and its page faults)
+    at = _TRACE.match(raw).end()
     return b"".join((raw[:at], added, memoryview(raw)[at:])), message_id  # one copy of the body
 
 
