@@ -10,13 +10,14 @@ separator "."); one test switches it to `separator = /` and back.
 import json
 import re
 import shlex
-import time
 import uuid
 
 import pytest
 import testinfra
+from labexec import poller_pass, wait_for
 
-testinfra_hosts = ["br-bounces-sender"]
+SENDER = "br-bounces-sender"
+testinfra_hosts = [SENDER]
 
 MAILHOST = "198.51.100.40"
 BULKRELAY = "/opt/bulkrelay/venv/bin/bulkrelay"
@@ -29,7 +30,7 @@ PROCESSED = "bulkrelay.processed"  # "bulkrelay/processed" as Dovecot's stock Ma
 
 @pytest.fixture(scope="module")
 def sender():
-    return testinfra.get_host("docker://br-bounces-sender")
+    return testinfra.get_host(f"docker://{SENDER}")
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +94,6 @@ def mailbox(mail, folder="INBOX"):
     return [(r[0], r[1] if len(r) > 1 else "") for r in rows]
 
 
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def new_bounce_count(mail):
     return int(
         mail.run(
@@ -112,26 +103,11 @@ def new_bounce_count(mail):
     )
 
 
-def start_a_pass(sender):
-    """`systemctl start` the poller's unit for a pass that begins now: a pass the timer began
-    earlier is waited out first, or the start would join it and report a result read from files
-    as they were before the test changed them. Returns (the start, its epoch second)."""
-    wait_for(
-        lambda: (
-            sender.run("systemctl show -p ActiveState --value bulkrelay-bounces.service").stdout.strip()
-            != "activating"
-        ),
-        timeout=180,
-        what="the timer's pass to end",
-    )
-    since = sender.run("date +%s").stdout.strip()
-    return sender.run("systemctl start bulkrelay-bounces.service"), since
-
-
 def poll(sender):
     """Run the poller's own systemd unit once (what the timer starts) and return its journal."""
-    result, since = start_a_pass(sender)
-    assert result.rc == 0, sender.run("journalctl -u bulkrelay-bounces.service -n 30 --no-pager").stdout
+    result, since = poller_pass(SENDER)
+    journal = "journalctl -u bulkrelay-bounces.service -n 30 --no-pager"
+    assert result.returncode == 0, sender.run(journal).stdout
     return sender.run(f"journalctl -u bulkrelay-bounces.service --since @{since} --no-pager -o cat").stdout
 
 
@@ -214,11 +190,11 @@ def test_sender_path_next_message_is_not_sent(sender, mail):
     def row():
         return message(sender, mid)["recipients"][0]
 
-    wait_for(lambda: row()["state"] in ("submitted", "delivered"), what="the release loop to submit")
+    wait_for("the release loop to submit", lambda: row()["state"] in ("submitted", "delivered"))
     assert row()["envelope_from"].startswith("bounces+r"), row()
     wait_for(
+        "the DSN for the released message",
         lambda: mail.run(f"grep -rl {shlex.quote(unknown)} /home/bounces/Maildir/new").rc == 0,
-        what="the DSN for the released message",
     )
     journal = poll(sender)
     assert "outcome=suppressed" in journal, journal
@@ -229,9 +205,7 @@ def test_sender_path_next_message_is_not_sent(sender, mail):
     def rows2():
         return message(sender, mid2)
 
-    wait_for(
-        lambda: rows2()["recipients"][0]["state"] == "suppressed", what="the second message to be suppressed"
-    )
+    wait_for("the second message to be suppressed", lambda: rows2()["recipients"][0]["state"] == "suppressed")
     assert "suppressed" in rows2()["recipients"][0]["last_reply"]
     # the mailhost saw exactly one delivery attempt for that address
     attempts = mail.run(f"journalctl --no-pager -o cat | grep -c 'to=<{unknown}>' || true").stdout.strip()
@@ -247,7 +221,7 @@ def test_human_reply_stays_unread_and_is_forwarded_once(sender, mail):
         "--body 'The invoice lists 12 items, we ordered 10.'"
     )
     assert sent.rc == 0, sent.stdout
-    wait_for(lambda: any(token in s for _, s in mailbox(mail)), what="the reply in the bounce mailbox")
+    wait_for("the reply in the bounce mailbox", lambda: any(token in s for _, s in mailbox(mail)))
     poll(sender)
     poll(sender)  # a second pass must neither forward again nor touch the reply
     kept = [(flags, s) for flags, s in mailbox(mail) if token in s]
@@ -258,7 +232,7 @@ def test_human_reply_stays_unread_and_is_forwarded_once(sender, mail):
             f"grep -l 'Fwd: Re: Invoice {token}' /home/humans/Maildir/new/* 2>/dev/null"
         ).stdout.split()
 
-    forwarded = wait_for(forwards, what="the forward to humans@example.test")
+    forwarded = wait_for("the forward to humans@example.test", forwards)
     assert len(forwarded) == 1, forwarded
     body = mail.file(forwarded[0]).content_string
     assert "Reply-To: dave@customer.test" in body
@@ -272,7 +246,7 @@ def test_autoreply_stays_unread_and_is_not_forwarded(sender, mail):
         "--body 'Out of office.' --hide-all"
     )
     assert sent.rc == 0
-    wait_for(lambda: any(token in s for _, s in mailbox(mail)), what="the auto-reply in the bounce mailbox")
+    wait_for("the auto-reply in the bounce mailbox", lambda: any(token in s for _, s in mailbox(mail)))
     poll(sender)
     kept = [(flags, s) for flags, s in mailbox(mail) if token in s]
     assert len(kept) == 1 and "\\Seen" not in kept[0][0]
@@ -376,7 +350,7 @@ def real_bounce(sender, mail, unknown):
         "--header 'Subject: Invoice' --body 'hello' --hide-all"
     )
     assert sent.rc == 0, sent.stdout + sent.stderr
-    wait_for(lambda: new_bounce_count(mail) > before, what="the DSN in the bounce mailbox")
+    wait_for("the DSN in the bounce mailbox", lambda: new_bounce_count(mail) > before)
     return rid
 
 
@@ -411,7 +385,7 @@ def test_delay_warning_suppresses_nobody(sender, mail):
                 f"--add-header 'Message-ID: <delay-{uuid.uuid4().hex}@mail.example.test>' --hide-all"
             )
             assert sent.rc == 0, sent.stdout + sent.stderr
-        wait_for(lambda: len([s for _, s in mailbox(mail) if "Delayed Mail" in s]) >= 3, what="the warnings")
+        wait_for("the warnings", lambda: len([s for _, s in mailbox(mail) if "Delayed Mail" in s]) >= 3)
         journal = poll(sender)
         assert journal.count("outcome=delayed") == 3, journal
         assert "outcome=suppressed" not in journal and "outcome=soft-counted" not in journal, journal
@@ -465,12 +439,12 @@ def test_failing_poller_is_seen_and_the_admin_told_once(sender, mail):
     assert state["ok"] is True and state["admin_alerted"] is False, state
     # A recovery mail of earlier tests' failures was handed to Postfix by that pass: once
     # neither Postfix has mail in hand, it is in the mailbox and counts as "before".
-    wait_for(lambda: not in_hand(sender) and not in_hand(mail), what="both Postfix queues to settle")
+    wait_for("both Postfix queues to settle", lambda: not in_hand(sender) and not in_hand(mail))
     before = alice_alerts(mail)
     sender.run("cp -p /etc/bulkrelay/imap-password /tmp/pw.bak && echo wrong > /etc/bulkrelay/imap-password")
     try:
         for _ in range(3):
-            assert start_a_pass(sender)[0].rc != 0
+            assert poller_pass(SENDER)[0].returncode != 0
         # what the audit reads: the unit has failed, and status says why and since when
         assert sender.run("systemctl is-failed bulkrelay-bounces.service").stdout.strip() == "failed"
         state = poller_status(sender)
@@ -478,7 +452,7 @@ def test_failing_poller_is_seen_and_the_admin_told_once(sender, mail):
         assert "login as bounces refused" in state["detail"] and state["age_seconds"] < 60
         text = bulkrelay(sender, "status").stdout
         assert "bounce poller: last pass" in text and "FAILED (3 in a row)" in text, text
-        new = wait_for(lambda: alice_alerts(mail)[len(before) :], what="the alert mail")
+        new = wait_for("the alert mail", lambda: alice_alerts(mail)[len(before) :])
         assert len(new) == 1 and "FAILING" in new[0], new
     finally:
         sender.run("cp -p /tmp/pw.bak /etc/bulkrelay/imap-password")
@@ -486,5 +460,8 @@ def test_failing_poller_is_seen_and_the_admin_told_once(sender, mail):
     poll(sender)
     assert sender.run("systemctl is-failed bulkrelay-bounces.service").stdout.strip() != "failed"
     assert poller_status(sender)["ok"] is True
-    new = wait_for(lambda: len(alice_alerts(mail)) >= len(before) + 2 and alice_alerts(mail)[len(before) :])
+    new = wait_for(
+        "the alert and the recovery mail",
+        lambda: len(alice_alerts(mail)) >= len(before) + 2 and alice_alerts(mail)[len(before) :],
+    )
     assert len(new) == 2 and "recovered" in new[1], new

@@ -43,13 +43,16 @@ def poller_pass(container, unit="bulkrelay-bounces.service"):
     """One pass of the bounce poller that starts after this call. `systemctl start` on a pass
     the timer already began joins it and returns its result, read from files as they were
     before the caller changed them (a CI run saw a "wrong password" pass succeed): wait that
-    pass out first. A pass the timer starts after the wait sees the caller's files too."""
+    pass out first. A pass the timer starts after the wait sees the caller's files too.
+    Returns (the start, the container's epoch second after the wait: `journalctl --since @`
+    that second shows this pass and not the one waited out)."""
     wait_for(
         f"the running {unit} pass to end",
         lambda: sh(container, f"systemctl show -p ActiveState --value {unit}").stdout.strip() != "activating",
         timeout=180,
     )
-    return sh(container, f"systemctl start {unit}", check=False)
+    since = sh(container, "date +%s").stdout.strip()
+    return sh(container, f"systemctl start {unit}", check=False), since
 
 
 def ansible(*args, timeout=900):
