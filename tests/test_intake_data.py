@@ -134,13 +134,22 @@ def test_a_line_over_the_line_limit_is_refused():
     assert read([wire], line_limit=202)[0] == wire[:-3]
 
 
-def test_the_limits_count_the_stuffed_dots_after_bare_lf_as_sent():
-    """A line between CRLFs may hold bare LFs, each with a stuffed dot: the line limit counts
-    every one of them (19 octets with the CRLF), as does the size limit (23 octets)."""
-    wire = b"x" + b"\n." * 8 + b"\r\n.\r\n"
-    assert read([wire], line_limit=19)[0] == b"x" + b"\n" * 8 + b"\r\n"
-    assert read([wire], line_limit=18)[0].startswith("500 ")
-    wire = b"aa\r\n" + wire
+def test_a_bare_lf_ends_a_line_for_the_line_limit():
+    """As in Postfix's smtpd: a message of bare-LF lines (smtplib with bytes) is many short
+    lines, not one long one; a line is counted as sent, with its LF and its stuffed dot."""
+    body = b"".join(b"line %05d of a bare-LF invoice\n" % i for i in range(400))  # 12,800 octets
+    wire = body + b"\r\n.\r\n"
+    assert read([wire], size_limit=None, line_limit=1000, limit=1024)[0] == body + b"\r\n"
+    wire = b"top\n." + b"y" * 98 + b"\nend\r\n.\r\n"  # 100 octets with the dot and the LF
+    assert read([wire], line_limit=100)[0] == b"top\n" + b"y" * 98 + b"\nend\r\n"
+    assert read([wire], line_limit=99)[0].startswith("500 ")
+    wire = b"a\r" + b"y" * 97 + b"\r\n.\r\n"  # a bare CR ends no line: 101 octets
+    assert read([wire], line_limit=101)[0] == wire[:-3]
+    assert read([wire], line_limit=100)[0].startswith("500 ")
+
+
+def test_the_size_limit_counts_the_stuffed_dots_after_bare_lf_as_sent():
+    wire = b"aa\r\nx" + b"\n." * 8 + b"\r\n.\r\n"  # 23 octets before the end
     assert read([wire], size_limit=23)[0] == b"aa\r\nx" + b"\n" * 8 + b"\r\n"
     assert read([wire], size_limit=22)[0] == "552 Error: Too much mail data"
 
@@ -152,13 +161,13 @@ def separate_searches(stream, size_limit, line_limit):
     """What ``read_data`` returns, by separate searches on the whole stream at once: the first
     CRLF "." CRLF (the data starts a line), the size and line limits on the data as sent, then
     the leading dot of every line removed, after CRLF or a bare LF; and what is left for the
-    next command."""
+    next command. A line ends at LF, CRLF or bare."""
     end = (b"\r\n" + stream).find(b"\r\n.\r\n")
     assert end >= 0, "a test stream must hold the end marker"
     sent, rest = stream[:end], stream[end + 3 :]
     if size_limit and len(sent) > size_limit:
         return "552 Error: Too much mail data", rest
-    if any(len(line) > line_limit - 2 for line in sent.split(b"\r\n")):
+    if any(len(line) > line_limit - 1 for line in sent.split(b"\n")):  # a line with its LF
         return "500 Line too long (see RFC5321 4.5.3.1.6)", rest
     return (b"\r\n" + sent).replace(b"\n.", b"\n")[2:], rest
 
@@ -182,8 +191,10 @@ EDGE_BODIES = [
     b"\r\n.\n.\n\n.\r\n",  # lone dots next to bare LFs, one after the other
     b"line one\n..hidden\n\r\n",  # smtplib's stuffing of bytes with bare LF
     b"..\n..\n\r\n",
-    b"." + b"y" * 50 + b"\n." + b"y" * 45 + b"\r\n",  # 98 octets with its two dots: the limit
-    b"." + b"y" * 50 + b"\n." + b"y" * 46 + b"\r\n",  # one more
+    b"." + b"y" * 98 + b"\n\r\n",  # 100 octets with the stuffed dot and a bare LF: the line limit
+    b"." + b"y" * 99 + b"\n\r\n",  # one more
+    b"y" * 98 + b"\r\r\n",  # 100 octets, a CR in it: the limit
+    b"y" * 99 + b"\r\r\n",  # one more
     b"z" * 150 + b"\r\n",  # over the small stream limit, over the line limit
     b"." + b"y" * 97 + b"\r\n",  # 98 octets with the stuffed dot: exactly the line limit
     b"." + b"y" * 98 + b"\r\n",  # one more

@@ -9,6 +9,8 @@ and a message stored with the stuffing dots left in is silently changed.
 
 from __future__ import annotations
 
+import base64
+import random
 import shutil
 import smtplib
 import sqlite3
@@ -152,3 +154,23 @@ def test_smtplib_sendmail_of_bytes_with_bare_lf(postfix, intake):
         code, reply = smtp.data(message)
     assert code == 250
     assert postfix_body(etc, reply.decode()) == ours
+
+
+def test_an_invoice_of_bare_lf_lines_over_the_line_limit(postfix, intake):
+    """A 200 KB invoice sent as bytes with bare LF (smtplib.sendmail), which holds no CRLF for
+    more than the intake's 64 KiB line limit: Postfix takes its lines as lines, and so must the
+    intake (it stored nothing and answered "500 Line too long" before)."""
+    port, etc = postfix
+    pdf = base64.encodebytes(random.Random(16).randbytes(150_000))  # lines of 76, each with LF
+    message = HEAD.replace(b"\r\n", b"\n") + b"Your invoice, attached.\n\n" + pdf
+    assert len(message) > 200_000 and b"\r\n" not in message
+    with smtplib.SMTP("127.0.0.1", intake.port, timeout=30) as smtp:
+        assert smtp.sendmail(SENDER, [RECIPIENT], message) == {}
+    ours = intake_body(intake)
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.mail(SENDER)
+        smtp.rcpt(RECIPIENT)
+        code, reply = smtp.data(message)
+    assert code == 250
+    assert postfix_body(etc, reply.decode()) == ours
+    assert ours.endswith(pdf + b"\n")  # smtplib adds CRLF after the last LF

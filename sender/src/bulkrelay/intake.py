@@ -265,7 +265,8 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
     client sent. A line can begin in bytes already read only at the start (the CRLF of
     ``DATA`` itself) or after bytes read exactly or cut at the buffer limit; there the next
     byte is read exactly. The content is joined once, with each dropped dot sliced off its
-    piece (no copy before the join).
+    piece (no copy before the join). A line ends at LF for ``line_limit``, as for the stuffing
+    and as in Postfix's smtpd: a 200 KB invoice of bare-LF lines is lines, not one line.
     """
     pieces: list[bytes] = []  # as received, the last byte of each in ``dotted`` being a line dot
     dotted: list[int] = []
@@ -305,12 +306,12 @@ def _content(pieces: list[bytes], dotted: list[int], line_limit: int) -> bytes |
     for index in dotted:
         kept[index] = memoryview(pieces[index])[:-1]
     data = b"".join(kept)
-    # The limit counts the CRLF and the stuffed dots of the line as sent (a line of CRLF may hold
-    # bare LFs, each with a stuffed dot): a line of the data is shorter by at most the dots
-    # dropped, the final one aside, so the data as sent is measured only when one may be over.
-    if line_over(data, line_limit - 2 - (len(dotted) - 1)):
+    # The limit counts a line as sent: up to and with its LF (CR LF or a bare LF), and with its
+    # stuffed dot. A line of the data is shorter by at most that dot, so the data as sent is
+    # measured only when one may be over.
+    if line_over(data, line_limit - 2, b"\n"):
         wire = b"".join([*pieces[:-1], memoryview(pieces[-1])[:-1]])
-        if line_over(wire, line_limit - 2):
+        if line_over(wire, line_limit - 1, b"\n"):
             return "500 Line too long (see RFC5321 4.5.3.1.6)"
     return data
 
