@@ -138,39 +138,37 @@ def test_a_lone_dot_next_to_a_bare_lf_ends_nothing_in_either(fake, postfix, inta
     assert postfix_body(etc, send_data(port, data)) == b"hello\n" + after
 
 
-def test_smtplib_sendmail_of_bytes_with_bare_lf(postfix, intake):
-    """Python's smtplib stuffs a bytes message after every LF and leaves bare LF as it is: the
-    intake stores the lines as written, as Postfix does (sendmail is MAIL, RCPT and data();
-    data() is called directly for Postfix, whose reply names its queue id)."""
+def sendmail_to_both(postfix, intake, message: bytes) -> tuple[bytes, bytes]:
+    """``message`` sent with smtplib's sendmail (MAIL, RCPT and data()) to the intake and to
+    Postfix (data() called directly there, for the reply that names its queue id); returns the
+    two stored bodies (the intake's, Postfix's)."""
     port, etc = postfix
-    message = HEAD.replace(b"\r\n", b"\n") + b"line one\n.hidden\n..two\n.\nlast\n"
     with smtplib.SMTP("127.0.0.1", intake.port, timeout=30) as smtp:
         assert smtp.sendmail(SENDER, [RECIPIENT], message) == {}
-    ours = intake_body(intake)
-    assert ours == b"line one\n.hidden\n..two\n.\nlast\n\n"  # smtplib adds CRLF after the last LF
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.mail(SENDER)
         smtp.rcpt(RECIPIENT)
         code, reply = smtp.data(message)
-    assert code == 250
-    assert postfix_body(etc, reply.decode()) == ours
+    assert code == 250, reply
+    return intake_body(intake), postfix_body(etc, reply.decode())
+
+
+def test_smtplib_sendmail_of_bytes_with_bare_lf(postfix, intake):
+    """Python's smtplib stuffs a bytes message after every LF and leaves bare LF as it is: the
+    intake stores the lines as written, as Postfix does."""
+    message = HEAD.replace(b"\r\n", b"\n") + b"line one\n.hidden\n..two\n.\nlast\n"
+    ours, theirs = sendmail_to_both(postfix, intake, message)
+    assert ours == b"line one\n.hidden\n..two\n.\nlast\n\n"  # smtplib adds CRLF after the last LF
+    assert theirs == ours
 
 
 def test_an_invoice_of_bare_lf_lines_over_the_line_limit(postfix, intake):
     """A 200 KB invoice sent as bytes with bare LF (smtplib.sendmail), which holds no CRLF for
     more than the intake's 64 KiB line limit: Postfix takes its lines as lines, and so must the
     intake (it stored nothing and answered "500 Line too long" before)."""
-    port, etc = postfix
     pdf = base64.encodebytes(random.Random(16).randbytes(150_000))  # lines of 76, each with LF
     message = HEAD.replace(b"\r\n", b"\n") + b"Your invoice, attached.\n\n" + pdf
     assert len(message) > 200_000 and b"\r\n" not in message
-    with smtplib.SMTP("127.0.0.1", intake.port, timeout=30) as smtp:
-        assert smtp.sendmail(SENDER, [RECIPIENT], message) == {}
-    ours = intake_body(intake)
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
-        smtp.mail(SENDER)
-        smtp.rcpt(RECIPIENT)
-        code, reply = smtp.data(message)
-    assert code == 250
-    assert postfix_body(etc, reply.decode()) == ours
+    ours, theirs = sendmail_to_both(postfix, intake, message)
+    assert theirs == ours
     assert ours.endswith(pdf + b"\n")  # smtplib adds CRLF after the last LF
