@@ -193,8 +193,8 @@ EDGE_BODIES = [
     b"..\n..\n\r\n",
     b"." + b"y" * 98 + b"\n\r\n",  # 100 octets with the stuffed dot and a bare LF: the line limit
     b"." + b"y" * 99 + b"\n\r\n",  # one more
-    b"y" * 98 + b"\r\r\n",  # 100 octets, a CR in it: the limit
-    b"y" * 99 + b"\r\r\n",  # one more
+    b"y" * 97 + b"\r\r\n",  # 100 octets, a bare CR in it: the limit
+    b"y" * 98 + b"\r\r\n",  # one more
     b"z" * 150 + b"\r\n",  # over the small stream limit, over the line limit
     b"." + b"y" * 97 + b"\r\n",  # 98 octets with the stuffed dot: exactly the line limit
     b"." + b"y" * 98 + b"\r\n",  # one more
