@@ -106,9 +106,9 @@ def new_bounce_count(mail):
 def poll(sender):
     """Run the poller's own systemd unit once (what the timer starts) and return its journal."""
     result, since = poller_pass(SENDER)
-    journal = "journalctl -u bulkrelay-bounces.service -n 30 --no-pager"
-    assert result.returncode == 0, sender.run(journal).stdout
-    return sender.run(f"journalctl -u bulkrelay-bounces.service --since @{since} --no-pager -o cat").stdout
+    journal = "journalctl -u bulkrelay-bounces.service --no-pager"
+    assert result.returncode == 0, sender.run(f"{journal} -n 30").stdout
+    return sender.run(f"{journal} --since @{since} -o cat").stdout
 
 
 def test_units_are_installed_and_timer_active(sender):
