@@ -17,8 +17,12 @@ import common as c
 from bulkrelay.normalise import accept
 from bulkrelay.queue import Queue
 
-# (message kind, sessions, messages)
-CASES = [("small", 1, 500), ("small", 4, 800), ("pdf", 1, 150)]
+# (message kind, sessions, messages). Issue 16 sets a rate target for the first three; the
+# last is there for its memory target (service RSS while 200 KB messages arrive over 4
+# sessions), its rate is a figure.
+CASES = [("small", 1, 500), ("small", 4, 800), ("pdf", 1, 150), ("pdf", 4, 300)]
+RATE_TARGETS = {("small", 1), ("small", 4), ("pdf", 1)}
+MEMORY_TARGET = ("pdf", 4)
 
 
 def intake_rate(kind: str, sessions: int, count: int, rounds: int) -> tuple[float, float, int]:
@@ -82,9 +86,16 @@ def run() -> int:
         report.figure(f"{key}.service_peak_rss", round(rss / 1024, 1), "MiB")
         report.figure(f"{key}.postfix_ms_per_message", round(1000 / base, 2), "ms")
         report.figure(f"{key}.intake_ms_per_message", round(1000 / rate, 2), "ms")
-        report.verdict(
-            f"{key}.ratio", rate / base, ">=", 1.0, "intake >= Postfix smtpd, durable commit included"
-        )
+        if (kind, sessions) in RATE_TARGETS:
+            report.verdict(
+                f"{key}.ratio", rate / base, ">=", 1.0, "intake >= Postfix smtpd, durable commit included"
+            )
+        else:
+            report.figure(f"{key}.ratio", round(rate / base, 3), "x Postfix smtpd", "no target")
+        if (kind, sessions) == MEMORY_TARGET:
+            report.verdict(
+                f"{key}.service_peak_rss_mib", rss / 1024, "<=", 150, "service RSS under 150 MB meanwhile"
+            )
     report.figure("elapsed", round(time.monotonic() - started, 1), "s")
     print(f"   results: {report.save()}")
     return 0
