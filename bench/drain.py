@@ -4,8 +4,9 @@
 For each case (receiver x message size x connections) the same message file goes twice into
 the same receiver, back to back:
 
-- baseline: ``smtp-source -d -s C -m N -F message`` (Postfix's own load generator, one
-  connection reused per session, no PIPELINING - it has none);
+- baseline: ``smtp-source -d -N -s C -m N -F message`` (Postfix's own load generator, one
+  connection reused per session, no PIPELINING - it has none; -N: each message to its own
+  recipient address, as the queue holds them - see ``common.smtp_source``);
 - sender: N copies queued with ``Queue.enqueue`` (one message per recipient, own Message-ID),
   then ``bulkrelay serve`` drains them with ``[submit] connections = C`` and the policy opened
   wide (``batch_size`` 1000 per 1 ms). The drain time is read from the queue itself: first
