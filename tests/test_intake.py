@@ -90,6 +90,46 @@ def test_accepts_and_commits_before_250(intake):
         q.close()
 
 
+def _reply(reader):
+    """One complete SMTP reply (all its lines) from a raw socket's reader."""
+    lines = [reader.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(reader.readline())
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("helo", "shown"),
+    [
+        (b"app.example.test", b"app.example.test"),
+        (b"[192.0.2.1]", b"[192.0.2.1]"),
+        (b"app\rx.example.test", b"appx.example.test"),  # a bare CR must not end the header line
+        (b"app example.test", b"appexample.test"),
+        (b"app\x7f\x01\tx.test", b"appx.test"),
+        (b"a" * 100, b"a" * 64),
+        (b"\x01\x7f", b"unknown"),  # nothing printable left: still a well-formed "from" clause
+    ],
+)
+def test_the_helo_name_in_received_is_printable_ascii_without_space(intake, helo, shown):
+    """The client's EHLO name goes into the Received: header of every message it sends:
+    control bytes, white space and DEL are dropped, the name is cut at 64 characters, and a
+    name with nothing left reads "unknown". Raw socket: smtplib refuses to send these names."""
+    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as s:
+        reader = s.makefile("rb")
+        assert _reply(reader).startswith(b"220")
+        for line, code in [
+            (b"EHLO " + helo, b"250"),
+            (b"MAIL FROM:<billing@example.test>", b"250"),
+            (b"RCPT TO:<alice@customer.test>", b"250"),
+            (b"DATA", b"354"),
+            (GOOD + b".", b"250"),
+        ]:
+            s.sendall(line + b"\r\n")
+            assert _reply(reader).startswith(code)
+    (_id, _from, _source, body), *_ = messages(intake.conf)
+    assert body.split(b"\r\n", 1)[0] == b"Received: from " + shown + b" ([127.0.0.1])"
+
+
 def test_the_reference_is_kept_out_of_the_message_and_on_its_events(intake):
     with intake.client() as smtp:
         smtp.ehlo("app.example.test")

@@ -155,6 +155,7 @@ def _peer_ip(session: Any) -> str:
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+"  # RFC 5322 atext without "?": no "=?" encoded word
 _PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+_NOT_HELO_TEXT = re.compile(r"[^!-~]+")  # Received: keeps the EHLO name's printable ASCII, not space
 
 
 class IntakeSMTP(SMTP):
@@ -369,7 +370,7 @@ class IntakeHandler:
         return "250 2.1.5 OK"
 
     def received_header(self, session: Any, protocol: str) -> bytes:
-        helo = "".join(c for c in str(session.host_name or "unknown") if 33 <= ord(c) <= 126)[:64]
+        helo = _NOT_HELO_TEXT.sub("", str(session.host_name or ""))[:64] or "unknown"
         date = _smtp_date(int(self.clock()))
         return (
             f"Received: from {helo} ([{_peer_ip(session)}])\r\n\tby {self.hostname} ({IDENT}) "
