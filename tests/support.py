@@ -1,6 +1,6 @@
 """Plain helpers shared by tests/conftest.py and bench/common.py (no pytest, no aiosmtpd here,
 so the benchmarks import it without the test toolchain): a free loopback port and a
-sender.toml writer for `bulkrelay serve` on loopback, a webhook receiver."""
+sender.toml writer for `bulkrelay serve` on loopback, a webhook receiver, a raw SMTP client."""
 
 from __future__ import annotations
 
@@ -146,6 +146,34 @@ listen = "{metrics}"
 """
     )
     return path
+
+
+class RawClient:
+    """An SMTP client on a raw socket, for what smtplib would repair or refuse to send."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def reply(self):
+        """One complete (possibly multi-line) reply."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    return b"\n".join(lines)
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"\n".join(lines)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def close(self):
+        self.sock.close()
 
 
 class WebhookReceiver:

@@ -15,6 +15,7 @@ import subprocess
 import pytest
 from conftest import IntakeServer as Intake
 from conftest import pick_free_port as free_port
+from support import RawClient
 
 from bulkrelay import config as cfg
 from bulkrelay.intake import (
@@ -90,14 +91,6 @@ def test_accepts_and_commits_before_250(intake):
         q.close()
 
 
-def _reply(reader):
-    """One complete SMTP reply (all its lines) from a raw socket's reader."""
-    lines = [reader.readline()]
-    while lines[-1][3:4] == b"-":
-        lines.append(reader.readline())
-    return b"".join(lines)
-
-
 @pytest.mark.parametrize(
     ("helo", "shown"),
     [
@@ -114,9 +107,9 @@ def test_the_helo_name_in_received_is_printable_ascii_without_space(intake, helo
     """The client's EHLO name goes into the Received: header of every message it sends:
     control bytes, white space and DEL are dropped, the name is cut at 64 characters, and a
     name with nothing left reads "unknown". Raw socket: smtplib refuses to send these names."""
-    with socket.create_connection(("127.0.0.1", intake.port), timeout=10) as s:
-        reader = s.makefile("rb")
-        assert _reply(reader).startswith(b"220")
+    client = RawClient(intake.port)
+    try:
+        assert client.reply().startswith(b"220")
         for line, code in [
             (b"EHLO " + helo, b"250"),
             (b"MAIL FROM:<billing@example.test>", b"250"),
@@ -124,8 +117,10 @@ def test_the_helo_name_in_received_is_printable_ascii_without_space(intake, helo
             (b"DATA", b"354"),
             (GOOD + b".", b"250"),
         ]:
-            s.sendall(line + b"\r\n")
-            assert _reply(reader).startswith(code)
+            client.send(line + b"\r\n")
+            assert client.reply().startswith(code)
+    finally:
+        client.close()
     (_id, _from, _source, body), *_ = messages(intake.conf)
     assert body.split(b"\r\n", 1)[0] == b"Received: from " + shown + b" ([127.0.0.1])"
 

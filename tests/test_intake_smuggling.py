@@ -6,40 +6,14 @@ sends the same payloads to the relay's Debian package. Raw sockets: smtplib woul
 line ends and hide the attack.
 """
 
-import socket
 import sqlite3
 
 import pytest
+from support import RawClient
 
 from bulkrelay import config as configmod
 
 PAYLOADS = {"lf-dot-crlf": b"\n.\r\n", "cr-dot-crlf": b"\r.\r\n", "lf-dot-lf": b"\n.\n"}
-
-
-class RawClient:
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-
-    def reply(self):
-        """One complete (possibly multi-line) reply."""
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(4096)
-                if not chunk:
-                    return b"\n".join(lines)
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line)
-            if line[3:4] != b"-":
-                return b"\n".join(lines)
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def close(self):
-        self.sock.close()
 
 
 def queued(path):
