@@ -332,21 +332,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: f
     raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def smtp_source(port: int, message: Path, *, count: int, sessions: int, recipients: int = 1,
-                to: str = TO) -> float:  # fmt: skip
+def smtp_source(port: int, message: Path, *, count: int, sessions: int) -> float:
     """Run Postfix's smtp-source (reusing connections, -d); returns wall seconds.
 
-    Each recipient address is its own (-N: a sequence number before ``to``), as in the
+    Each recipient address is its own (-N: a sequence number before ``TO``), as in the
     sender's queue and in a month-end run. With one address for every message, a Postfix
     receiver answers each from its address caches (smtp-source(1): "the artificial 100% hit
     rate in the resolve and rewrite client caches"): the baseline's Postfix would skip work
     that the Postfix receiving the sender's drain does for every message."""
     need(SMTP_SOURCE, "postfix")
     argv = [SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(count), "-F", str(message),
-            "-f", FROM, "-t", to, "-N", "-M", "app.example.test"]  # fmt: skip
-    if recipients > 1:
-        argv += ["-r", str(recipients)]
-    argv.append(f"127.0.0.1:{port}")
+            "-f", FROM, "-t", TO, "-N", "-M", "app.example.test", f"127.0.0.1:{port}"]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
