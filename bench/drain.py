@@ -138,7 +138,7 @@ def encode_cost(report: c.Report, work: Path) -> None:
 
 
 def run() -> int:
-    args = c.round_args(__doc__, 2, "alternating rounds per case (median)")
+    args = c.round_args(__doc__, 3, "alternating rounds per case (median)")
     work = c.workdir("drain")
     c.write_message(work, "small")
     c.write_message(work, "pdf")

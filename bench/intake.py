@@ -74,7 +74,7 @@ def parts(report: c.Report, kind: str) -> None:
 
 
 def run() -> int:
-    args = c.round_args(__doc__, 2, "alternating rounds per case (median)")
+    args = c.round_args(__doc__, 3, "alternating rounds per case (median)")
     report = c.Report("intake", "smtp-source into the sender's intake vs into Postfix smtpd")
     started = time.monotonic()
     parts(report, "small")
