@@ -7,7 +7,6 @@ with a reason and nothing queued; clients outside the allow-list get 554 at conn
 import asyncio
 import email.utils
 import smtplib
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -240,12 +239,14 @@ def test_client_outside_allowed_networks_gets_554(tmp_path):
             server.client()
         assert info.value.smtp_code == 554
         # raw socket: 554 banner, QUIT answered, then closed
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            f = s.makefile("rb")
-            assert f.readline().startswith(b"554 ")
-            s.sendall(b"EHLO x\r\n")
-            assert f.readline().startswith(b"503 ")
-            assert f.readline() == b""
+        client = RawClient(server.port)
+        try:
+            assert client.reply().startswith(b"554 ")
+            client.send(b"EHLO x\r\n")
+            assert client.reply().startswith(b"503 ")
+            assert client.reply() == b""
+        finally:
+            client.close()
     finally:
         server.close()
     assert not (tmp_path / "queue.sqlite").exists() or messages(conf) == []
