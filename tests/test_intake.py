@@ -238,7 +238,7 @@ def test_client_outside_allowed_networks_gets_554(tmp_path):
         with pytest.raises(smtplib.SMTPConnectError) as info:
             server.client()
         assert info.value.smtp_code == 554
-        # raw socket: 554 banner, QUIT answered, then closed
+        # raw socket: 554 banner, EHLO answered 503, then closed
         client = RawClient(server.port)
         try:
             assert client.reply().startswith(b"554 ")
